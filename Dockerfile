@@ -1,0 +1,90 @@
+# Container images for roundhouse: one Dockerfile, one target per component.
+#
+#   docker build --target backend -t roundhouse/backend:0.1.0 .
+#   docker build --target lb      -t roundhouse/lb:0.1.0      .
+#
+# Where the binaries come from is chosen by BIN_SOURCE:
+#
+#   BIN_SOURCE=builder  (default) a normal multi-stage build: the `builder`
+#                       stage compiles static binaries from source in the
+#                       official Rust image.
+#   BIN_SOURCE=prebuilt copies static binaries that were already built on the
+#                       host (scripts/build-images.sh does this) from
+#                       target/x86_64-unknown-linux-gnu/release/ in the build
+#                       context. Needs BuildKit (DOCKER_BUILDKIT=1 or
+#                       `docker buildx build`): BuildKit only resolves the
+#                       stages a target really uses, so the Rust base image is
+#                       then never pulled and the build works offline.
+#
+# Both paths end in the same runtime stages below; only the stage the binary
+# is copied from differs. No `# syntax=` line on purpose: the built-in
+# Dockerfile frontend is enough and nothing has to be pulled for it.
+
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG BIN_SOURCE=builder
+ARG VERSION=0.1.0
+
+# ---------------------------------------------------------------------------
+# builder: compile both static binaries from source.
+FROM ${RUST_IMAGE} AS builder
+WORKDIR /src
+ENV CARGO_TERM_COLOR=never \
+    RUSTFLAGS="-C target-feature=+crt-static"
+COPY . .
+# Same commands as scripts/build-images.sh. The lb is built without the `demo`
+# feature, so the production binary carries no in-process backends.
+RUN cargo build --release --locked --target x86_64-unknown-linux-gnu -p backend \
+ && cargo build --release --locked --target x86_64-unknown-linux-gnu -p lb --no-default-features \
+ && mkdir -p /out \
+ && cp target/x86_64-unknown-linux-gnu/release/backend target/x86_64-unknown-linux-gnu/release/lb /out/
+
+FROM scratch AS builder-backend
+COPY --from=builder /out/backend /backend
+
+FROM scratch AS builder-lb
+COPY --from=builder /out/lb /lb
+
+# ---------------------------------------------------------------------------
+# prebuilt: take static binaries from the build context (see .dockerignore).
+FROM scratch AS prebuilt-backend
+COPY target/x86_64-unknown-linux-gnu/release/backend /backend
+
+FROM scratch AS prebuilt-lb
+COPY target/x86_64-unknown-linux-gnu/release/lb /lb
+
+# ---------------------------------------------------------------------------
+# The binary source selected by BIN_SOURCE.
+FROM ${BIN_SOURCE}-backend AS backend-bin
+FROM ${BIN_SOURCE}-lb AS lb-bin
+
+# ---------------------------------------------------------------------------
+# Runtime images: the static binary only, no shell, non-root.
+FROM scratch AS backend
+ARG VERSION
+LABEL org.opencontainers.image.title="roundhouse-backend" \
+      org.opencontainers.image.description="The service roundhouse balances: answers /host and /date, with health endpoints and a readiness drain." \
+      org.opencontainers.image.source="https://github.com/roundhouse-lb/roundhouse" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=backend-bin /backend /backend
+USER 65532:65532
+EXPOSE 5000
+ENTRYPOINT ["/backend"]
+CMD ["--listen", "0.0.0.0:5000"]
+
+FROM scratch AS lb
+ARG VERSION
+LABEL org.opencontainers.image.title="roundhouse-lb" \
+      org.opencontainers.image.description="roundhouse: an exact round-robin HTTP load balancer with static and Kubernetes discovery." \
+      org.opencontainers.image.source="https://github.com/roundhouse-lb/roundhouse" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=lb-bin /lb /lb
+USER 65532:65532
+# 8080: proxied traffic; 9090: admin (/healthz, /readyz, /metrics, /endpoints).
+EXPOSE 8080 9090
+# Exec form: the image has no shell; `lb probe URL` exits 0 iff URL answers 2xx.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=2s --retries=3 \
+    CMD ["/lb", "probe", "http://127.0.0.1:9090/readyz"]
+ENTRYPOINT ["/lb"]
+CMD ["serve"]

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds the roundhouse container images from the repository's Dockerfile.
+#
+#   scripts/build-images.sh                  # static binaries with cargo here,
+#                                            # then images from them (no pull)
+#   scripts/build-images.sh --from-source    # normal multi-stage build in the
+#                                            # Rust image (needs a registry)
+#   scripts/build-images.sh backend          # only some components
+#
+# Tags: roundhouse/<component>:<workspace version> and :latest.
+# Both paths need BuildKit: `docker buildx` if installed, otherwise a Docker
+# CLI older than 23 with DOCKER_BUILDKIT=1 (its built-in BuildKit client).
+# Set DOCKER=/path/to/docker to choose the client.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_TRIPLE=x86_64-unknown-linux-gnu
+MAX_IMAGE_BYTES=$((15 * 1024 * 1024))
+
+usage() {
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+from_source=0
+components=()
+for arg in "$@"; do
+    case "$arg" in
+        --from-source) from_source=1 ;;
+        backend | lb) components+=("$arg") ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "build-images.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+if [ "${#components[@]}" -eq 0 ]; then
+    components=(backend lb)
+fi
+
+# The version in [workspace.package] of Cargo.toml.
+VERSION=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n1)
+VERSION=${VERSION:-0.1.0}
+
+# BUILD: the command that runs a BuildKit build and loads the image into the
+# engine. BuildKit matters for the prebuilt path: it resolves only the stages
+# a target uses, so the Rust base image of the builder stage is never pulled.
+BUILD=()
+pick_builder() {
+    local d v major candidates=()
+    if [ -n "${DOCKER:-}" ]; then
+        candidates=("$DOCKER")
+    else
+        mapfile -t candidates < <(type -ap docker | awk '!seen[$0]++')
+    fi
+    if [ "${#candidates[@]}" -eq 0 ]; then
+        echo "build-images.sh: no docker client found" >&2
+        return 1
+    fi
+    for d in "${candidates[@]}"; do
+        if "$d" buildx version >/dev/null 2>&1; then
+            BUILD=("$d" buildx build --load)
+            return 0
+        fi
+    done
+    for d in "${candidates[@]}"; do
+        v=$("$d" version --format '{{.Client.Version}}' 2>/dev/null || true)
+        major=${v%%.*}
+        if [[ "$major" =~ ^[0-9]+$ ]] && [ "$major" -lt 23 ]; then
+            BUILD=(env DOCKER_BUILDKIT=1 "$d" build)
+            return 0
+        fi
+    done
+    echo "build-images.sh: no BuildKit-capable docker client: install the buildx plugin" \
+        "(or use a Docker CLI < 23 with DOCKER_BUILDKIT=1)" >&2
+    return 1
+}
+
+build_binaries() {
+    local c
+    for c in "${components[@]}"; do
+        local args=(-p "$c")
+        if [ "$c" = lb ]; then
+            args+=(--no-default-features)
+        fi
+        echo "==> cargo build --release (static, $TARGET_TRIPLE) ${args[*]}"
+        (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
+            cargo build --release --locked --target "$TARGET_TRIPLE" \
+            --target-dir "$ROOT/target" "${args[@]}")
+        local bin="$ROOT/target/$TARGET_TRIPLE/release/$c"
+        if command -v readelf >/dev/null 2>&1 && readelf -l "$bin" | grep -q 'INTERP'; then
+            echo "build-images.sh: $bin is dynamically linked; a scratch image needs a static binary" >&2
+            return 1
+        fi
+    done
+}
+
+build_images() {
+    local source=$1 c
+    for c in "${components[@]}"; do
+        echo "==> image roundhouse/$c:$VERSION (BIN_SOURCE=$source)"
+        "${BUILD[@]}" --progress=plain \
+            --file "$ROOT/Dockerfile" \
+            --target "$c" \
+            --build-arg "BIN_SOURCE=$source" \
+            --build-arg "VERSION=$VERSION" \
+            --tag "roundhouse/$c:$VERSION" \
+            --tag "roundhouse/$c:latest" \
+            "$ROOT"
+    done
+}
+
+report_sizes() {
+    local c size status=0
+    echo "==> image sizes"
+    for c in "${components[@]}"; do
+        size=$(docker image inspect -f '{{.Size}}' "roundhouse/$c:$VERSION")
+        printf '%-28s %10d bytes  (%s MB)\n' "roundhouse/$c:$VERSION" "$size" \
+            "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1000000 }')"
+        if [ "$size" -gt "$MAX_IMAGE_BYTES" ]; then
+            echo "build-images.sh: roundhouse/$c:$VERSION is larger than 15 MiB" >&2
+            status=1
+        fi
+    done
+    return "$status"
+}
+
+pick_builder
+if [ "$from_source" -eq 1 ]; then
+    build_images builder
+else
+    build_binaries
+    build_images prebuilt
+fi
+report_sizes
