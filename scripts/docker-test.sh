@@ -64,8 +64,10 @@ fi
 
 if docker compose version >/dev/null 2>&1; then
     COMPOSE=(docker compose)
+    COMPOSE_NAME='docker compose'
 elif command -v docker-compose >/dev/null 2>&1; then
     COMPOSE=(docker-compose)
+    COMPOSE_NAME=docker-compose
 else
     echo "FAIL: neither 'docker compose' nor 'docker-compose' is installed"
     echo "0 passed, 1 failed"
@@ -109,6 +111,9 @@ teardown() {
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 on_exit() {
     local rc=$?
+    if [ -n "${wrk_pid:-}" ]; then
+        kill "$wrk_pid" 2>/dev/null || true
+    fi
     if [ "$torn_down" -eq 0 ]; then
         echo "aborted (exit $rc): tearing down $PROJECT"
         teardown
@@ -132,7 +137,7 @@ finish() {
         before_containers=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
         if [ "$before_containers" -eq 0 ] &&
             [ -z "$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")" ]; then
-            pass "step 8: '${COMPOSE[*]:0:2} down -v --remove-orphans' removed all containers and networks"
+            pass "step 8: '$COMPOSE_NAME down -v --remove-orphans' removed all containers and networks"
         else
             fail "step 8: tear-down left $before_containers container(s) or networks of $PROJECT"
             sed 's/^/      /' "$TMP/down.log"
@@ -149,7 +154,7 @@ logs_tail() {
     "${COMPOSE[@]}" logs --no-color --tail=30 2>&1 | sed 's/^/      /'
 }
 
-echo "docker-test: project $PROJECT, compose '${COMPOSE[*]:0:2}', LB on $LB_URL"
+echo "docker-test: project $PROJECT, compose '$COMPOSE_NAME', LB on $LB_URL"
 
 # --- 1. images ----------------------------------------------------------------
 if [ "${SKIP_BUILD:-0}" = 1 ]; then
@@ -174,7 +179,7 @@ fi
 # --- 2. start + readiness -----------------------------------------------------
 t0=$(now)
 if ! "${COMPOSE[@]}" up -d --no-build >"$TMP/up.log" 2>&1; then
-    fail "step 2: '${COMPOSE[*]:0:2} up' failed"
+    fail "step 2: '$COMPOSE_NAME up' failed"
     sed 's/^/      /' "$TMP/up.log"
     logs_tail
     finish
