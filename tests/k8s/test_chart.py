@@ -1,0 +1,118 @@
+"""The chart, rendered by Helm's own engine (see helm_render.py), against manifests/.
+
+Drift rule: with default values, release "roundhouse" in namespace
+"roundhouse", the chart renders exactly the objects of manifests/ except the
+Namespace (created with the release namespace, see docs/kubernetes.md): same
+kinds and names, identical spec/rules/roleRef/subjects/annotations, and the
+same labels plus only the bookkeeping labels Helm adds.
+"""
+
+import copy
+
+import k8slib
+
+# Added by Helm's kube client at create time (ownership), not by the templates.
+HELM_OWNERSHIP_ANNOTATIONS = {"meta.helm.sh/release-name", "meta.helm.sh/release-namespace"}
+HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance"}
+NOT_IN_CHART_TEMPLATES = {"Namespace", "CustomResourceDefinition"}
+COMPARED_FIELDS = ("spec", "rules", "roleRef", "subjects", "automountServiceAccountToken", "data")
+
+
+def by_key(objects):
+    return {k8slib.key(o): o for o in objects}
+
+
+def test_default_render_matches_manifests_object_set(manifests, rendered_default):
+    want = {k8slib.key(o) for o in manifests if o["kind"] not in NOT_IN_CHART_TEMPLATES}
+    got = {k8slib.key(o) for o in rendered_default["templates"]}
+    assert got == want
+
+
+def test_default_render_has_no_drift(manifests, rendered_default):
+    chart = by_key(rendered_default["templates"])
+    for obj in manifests:
+        if obj["kind"] in NOT_IN_CHART_TEMPLATES:
+            continue
+        k = k8slib.key(obj)
+        r = chart[k]
+        assert r["apiVersion"] == obj["apiVersion"], k
+        assert r["metadata"].get("namespace") == obj["metadata"]["namespace"], k
+        for field in COMPARED_FIELDS:
+            assert r.get(field) == obj.get(field), f"{k} .{field} differs"
+        r_ann = {a: v for a, v in (r["metadata"].get("annotations") or {}).items()
+                 if a not in HELM_OWNERSHIP_ANNOTATIONS}
+        assert r_ann == (obj["metadata"].get("annotations") or {}), k
+        m_labels, r_labels = obj["metadata"]["labels"], r["metadata"]["labels"]
+        extra = set(r_labels) - set(m_labels)
+        assert extra <= HELM_ONLY_LABELS, f"{k}: unexpected chart labels {extra}"
+        assert {lk: r_labels.get(lk) for lk in m_labels} == m_labels, k
+        assert r_labels["app.kubernetes.io/instance"] == k8slib.RELEASE
+
+
+def test_chart_crd_is_installed_verbatim(rendered_default):
+    assert rendered_default["crds"] == [k8slib.crd()]
+
+
+def test_default_render_has_no_upstreams(rendered_default):
+    assert not [o for o in rendered_default["objects"] if o["kind"] == "Upstream"]
+
+
+def test_helm_test_hook_runs_lb_check(rendered_default, rendered_custom):
+    for rendered, replicas, requests in ((rendered_default, 2, 100), (rendered_custom, 3, 99)):
+        hooks = rendered["hooks"]
+        assert len(hooks) == 1
+        pod = hooks[0]
+        assert pod["kind"] == "Pod"
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        spec = pod["spec"]
+        assert spec["restartPolicy"] == "Never"
+        assert spec["automountServiceAccountToken"] is False
+        c = spec["containers"][0]
+        assert c["image"] == "roundhouse/lb:0.1.0"
+        assert c["args"] == ["check", "http://lb:8080/host", "--requests", str(requests),
+                             "--expect-backends", str(replicas)]
+
+
+def test_custom_values_render(rendered_custom):
+    objs = by_key(rendered_custom["templates"])
+    backend = objs[("Deployment", "backend")]["spec"]
+    assert backend["replicas"] == 3
+    assert backend["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+    bc = backend["template"]["spec"]["containers"][0]
+    assert bc["args"] == ["--listen", "0.0.0.0:5000", "--drain-seconds", "10"]
+    assert {e["name"]: e.get("value") for e in bc["env"]}["BACKEND_LOG_FORMAT"] == "human"
+    assert objs[("Deployment", "lb")]["spec"]["replicas"] == 1
+    svc = objs[("Service", "lb")]["spec"]
+    assert svc["type"] == "ClusterIP" and svc["sessionAffinity"] == "None"
+    assert "sessionAffinityConfig" not in svc
+    assert all("nodePort" not in p for p in svc["ports"])
+    assert ("NetworkPolicy", "backend") not in objs
+    assert ("PodDisruptionBudget", "lb") not in objs
+    assert objs[("PodDisruptionBudget", "backend")]["spec"]["minAvailable"] == 2
+    ups = {o["metadata"]["name"]: o for o in rendered_custom["objects"] if o["kind"] == "Upstream"}
+    assert set(ups) == {"api", "numeric-port"}
+    assert ups["api"]["apiVersion"] == "roundhouse.dev/v1alpha1"
+    assert ups["api"]["metadata"]["namespace"] == k8slib.NAMESPACE
+    assert ups["numeric-port"]["spec"]["port"] == 5000
+
+
+def test_rendered_upstreams_match_crd_schema(rendered_custom):
+    for obj in rendered_custom["objects"]:
+        if obj["kind"] == "Upstream":
+            assert k8slib.upstream_errors(obj) == [], obj["metadata"]["name"]
+
+
+def test_values_schema_rejects_bad_values():
+    import jsonschema
+    import json
+    import yaml
+
+    schema = json.loads((k8slib.CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((k8slib.CHART / "values.yaml").read_text())
+    jsonschema.validate(values, schema)
+    bad = copy.deepcopy(values)
+    bad["lb"]["service"]["type"] = "Ingress"
+    assert not jsonschema.Draft7Validator(schema).is_valid(bad)
+    bad = copy.deepcopy(values)
+    bad["upstreams"] = [{"spec": {"service": "backend"}}]  # no name
+    assert not jsonschema.Draft7Validator(schema).is_valid(bad)
