@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install the offline validation toolchain used by scripts/k8s/validate.sh.
+# Idempotent: skips whatever is already present. Needs PyPI and Debian apt.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+HELM_SDKPY_VERSION="${HELM_SDKPY_VERSION:-0.1.32}"
+
+log() { printf '==> %s\n' "$*"; }
+
+py_has() { "$PYTHON" -c "import $1" >/dev/null 2>&1; }
+
+pip_pkgs=()
+py_has kubernetes_validate || pip_pkgs+=(kubernetes-validate)
+command -v checkov >/dev/null 2>&1 || pip_pkgs+=(checkov)
+py_has jsonschema || pip_pkgs+=(jsonschema)
+py_has yaml || pip_pkgs+=(pyyaml)
+py_has pytest || pip_pkgs+=(pytest)
+py_has cffi || pip_pkgs+=(cffi)
+if ((${#pip_pkgs[@]})); then
+  log "pip install ${pip_pkgs[*]}"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check "${pip_pkgs[@]}"
+else
+  log "python packages already installed"
+fi
+
+# helm-sdkpy declares Requires-Python >=3.12 but its code and the bundled
+# libhelm_sdkpy.so (Helm's Go engine, driven through cffi) work on 3.11.
+if "$PYTHON" -c 'import helm_sdkpy, sys; sys.exit(helm_sdkpy.__version__ != sys.argv[1] if hasattr(helm_sdkpy, "__version__") else 0)' "$HELM_SDKPY_VERSION" >/dev/null 2>&1; then
+  log "helm-sdkpy already installed"
+else
+  log "pip install helm-sdkpy==$HELM_SDKPY_VERSION (--ignore-requires-python)"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --ignore-requires-python "helm-sdkpy==$HELM_SDKPY_VERSION"
+fi
+
+apt_pkgs=()
+command -v vagrant >/dev/null 2>&1 || apt_pkgs+=(vagrant)
+command -v shellcheck >/dev/null 2>&1 || apt_pkgs+=(shellcheck)
+if ((${#apt_pkgs[@]})); then
+  log "apt-get install ${apt_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
+else
+  log "vagrant and shellcheck already installed"
+fi
+log "validation tools ready"
