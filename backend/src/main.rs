@@ -1,0 +1,41 @@
+//! `backend`: parses the configuration, binds the listener and serves until
+//! SIGTERM/SIGINT, then drains and exits 0.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use backend::{AppState, Config};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::info;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    backend::init_tracing(config.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "backend failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(config: Config) -> anyhow::Result<()> {
+    let host = config.host_name()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, host = %host, "listening");
+    backend::run(
+        listener,
+        AppState::new(host),
+        config.drain(),
+        backend::shutdown_signal(),
+    )
+    .await
+    .context("server error")
+}
