@@ -1,0 +1,271 @@
+//! Prometheus metrics.
+//!
+//! Hot-path metrics are plain atomics: each endpoint keeps the handles of its
+//! own per-status-class counters (resolved once, when the endpoint appears),
+//! so a request never looks a label set up in a map.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a proxied request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// Endpoint address.
+    pub endpoint: String,
+    /// `1xx` … `5xx`.
+    pub class: &'static str,
+}
+
+/// Labels of a response the LB produced itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalLabels {
+    /// Why: `no_route`, `no_endpoints`, `upstream_failed`, `upstream_timeout`, `body_too_large`, …
+    pub reason: &'static str,
+}
+
+/// Labels of an endpoint-state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointStateLabels {
+    /// Upstream name.
+    pub upstream: String,
+    /// `ready` or `ejected`.
+    pub state: &'static str,
+}
+
+/// Labels of an upstream error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `connect`, `connect_timeout`, `send`, `response_timeout`, `body`.
+    pub kind: &'static str,
+}
+
+/// Every metric the LB exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Proxied requests by upstream, endpoint and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Responses produced by the LB itself.
+    pub local_responses: Family<LocalLabels, Counter>,
+    /// Time from request head to response head, for proxied requests.
+    pub duration: Histogram,
+    /// Open client connections.
+    pub active_connections: Gauge,
+    /// Client connections refused because `--max-connections` was reached.
+    pub refused_connections: Counter,
+    /// Endpoints per upstream and state.
+    pub endpoints: Family<EndpointStateLabels, Gauge>,
+    /// Attempts beyond the first.
+    pub retries: Counter,
+    /// Passive-health ejections.
+    pub ejections: Counter,
+    /// Upstream failures by kind.
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    /// Routing snapshots applied.
+    pub discovery_updates: Counter,
+    /// Discovery errors (e.g. Kubernetes watch errors).
+    pub discovery_errors: Counter,
+    /// Open WebSocket/upgrade tunnels.
+    pub tunnels: Gauge,
+    requests_total: AtomicU64,
+}
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `roundhouse` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("roundhouse");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let local_responses = Family::<LocalLabels, Counter>::default();
+        let duration = Histogram::new(BUCKETS);
+        let active_connections = Gauge::default();
+        let refused_connections = Counter::default();
+        let endpoints = Family::<EndpointStateLabels, Gauge>::default();
+        let retries = Counter::default();
+        let ejections = Counter::default();
+        let upstream_errors = Family::<ErrorLabels, Counter>::default();
+        let discovery_updates = Counter::default();
+        let discovery_errors = Counter::default();
+        let tunnels = Gauge::default();
+        registry.register(
+            "requests",
+            "Proxied requests by upstream, endpoint and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "local_responses",
+            "Responses produced by the load balancer itself, by reason",
+            local_responses.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to upstream response head",
+            duration.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open client connections",
+            active_connections.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Client connections refused at the connection limit",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "endpoints",
+            "Endpoints by upstream and state (ready, ejected)",
+            endpoints.clone(),
+        );
+        registry.register(
+            "retries",
+            "Request attempts beyond the first",
+            retries.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Endpoints ejected by passive health checking",
+            ejections.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "discovery_updates",
+            "Routing snapshots applied",
+            discovery_updates.clone(),
+        );
+        registry.register(
+            "discovery_errors",
+            "Discovery errors (watch failures, DNS failures)",
+            discovery_errors.clone(),
+        );
+        registry.register(
+            "tunnels",
+            "Open upgraded (WebSocket) tunnels",
+            tunnels.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            local_responses,
+            duration,
+            active_connections,
+            refused_connections,
+            endpoints,
+            retries,
+            ejections,
+            upstream_errors,
+            discovery_updates,
+            discovery_errors,
+            tunnels,
+            requests_total: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a response the LB produced itself.
+    pub fn local(&self, reason: &'static str) {
+        self.local_responses
+            .get_or_create(&LocalLabels { reason })
+            .inc();
+    }
+
+    /// Counts an upstream error.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels { kind })
+            .inc();
+    }
+
+    /// Counts one request seen by the proxy (proxied or local).
+    pub fn request_seen(&self) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests seen since start.
+    pub fn requests_seen(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Status class label of a status code.
+pub fn class_of(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Index of a status class in an endpoint's counter array.
+pub fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// The class labels in index order.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_registered_metrics() {
+        let m = Metrics::new();
+        m.local("no_endpoints");
+        m.retries.inc();
+        m.duration.observe(0.002);
+        let text = m.encode();
+        assert!(
+            text.contains("roundhouse_local_responses_total{reason=\"no_endpoints\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("roundhouse_retries_total 1"));
+        assert!(text.contains("roundhouse_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_of(204), "2xx");
+        assert_eq!(class_of(503), "5xx");
+        assert_eq!(CLASSES[class_index(302)], "3xx");
+        assert_eq!(CLASSES[class_index(101)], "1xx");
+    }
+}

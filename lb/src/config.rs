@@ -1,0 +1,511 @@
+//! Command-line and file configuration, validated before any port is bound.
+//!
+//! Every `serve` flag has an environment twin (flag > env > default), so a
+//! Helm value or a compose `environment:` entry can set it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::HeaderValue;
+use serde::Deserialize;
+
+use crate::discovery::{BackendTarget, static_dns::TargetError};
+use crate::proxy::ProxyConfig;
+use crate::selection::Policy;
+
+/// `lb`: the roundhouse load balancer.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "roundhouse: an exact round-robin HTTP load balancer"
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the load balancer.
+    Serve(Box<ServeArgs>),
+    /// Run two backends and the load balancer on loopback (the quick start).
+    #[cfg(feature = "demo")]
+    Demo(Box<DemoArgs>),
+    /// Exit 0 if URL answers 2xx (for container health checks; no shell needed).
+    Probe(ProbeArgs),
+    /// Send N requests to URL and check that K backends got exactly N/K each.
+    Check(CheckArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `lb serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address clients connect to.
+    #[arg(long, env = "LB_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics, /endpoints).
+    #[arg(long, env = "LB_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// A backend HOST:PORT (repeatable; the env twin is comma-separated).
+    /// Names are resolved with DNS and re-resolved every --dns-refresh.
+    #[arg(
+        long = "backend",
+        env = "LB_BACKENDS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub backends: Vec<String>,
+
+    /// A YAML file listing the backends (see docs/configuration.md).
+    #[arg(long, env = "LB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// How often static backend names are re-resolved.
+    #[arg(long, env = "LB_DNS_REFRESH", default_value = "5s", value_parser = duration)]
+    pub dns_refresh: Duration,
+
+    /// Data-plane settings.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// After SIGTERM, keep accepting (while /readyz reports 503) for this
+    /// long before draining, so load balancers in front can react.
+    #[arg(long, env = "LB_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
+
+    /// Log format.
+    #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// Data-plane flags shared by `serve` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Worker threads (default: one per CPU).
+    #[arg(long, env = "LB_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// TCP connect timeout to an endpoint.
+    #[arg(long, env = "LB_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed from sending a request to the response head (then 504).
+    #[arg(long, env = "LB_RESPONSE_HEADER_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub response_header_timeout: Duration,
+
+    /// Time a client has to send a request head; also closes idle keep-alive
+    /// client connections.
+    #[arg(long, env = "LB_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// Idle upstream connections are closed after this (keep it below the
+    /// backends' keep-alive timeout).
+    #[arg(long, env = "LB_UPSTREAM_IDLE_TIMEOUT", default_value = "4s", value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+
+    /// Idle upstream connections kept per endpoint and worker.
+    #[arg(long, env = "LB_UPSTREAM_MAX_IDLE", default_value_t = 256)]
+    pub upstream_max_idle: usize,
+
+    /// Largest request head in bytes (request line + headers); beyond → 431.
+    #[arg(long, env = "LB_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most request header fields; beyond → 431.
+    #[arg(long, env = "LB_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Largest request body in bytes; beyond → 413 (default: unlimited).
+    #[arg(long, env = "LB_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+
+    /// Most simultaneous client connections; beyond, new ones get 503.
+    #[arg(long, env = "LB_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Extra attempts on other endpoints after a connect failure (any
+    /// request) or a failure before the response (idempotent requests
+    /// without body).
+    #[arg(long, env = "LB_RETRIES", default_value_t = 2)]
+    pub retries: u32,
+
+    /// Consecutive connect failures that eject an endpoint (0 = never).
+    #[arg(long, env = "LB_EJECT_AFTER", default_value_t = 3)]
+    pub eject_after: u32,
+
+    /// Base ejection period (multiplied by consecutive ejections, up to 10×).
+    #[arg(long, env = "LB_EJECTION_TIME", default_value = "5s", value_parser = duration)]
+    pub ejection_time: Duration,
+
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LB_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Send this Host header upstream instead of the client's.
+    #[arg(long, env = "LB_HOST_HEADER", value_name = "HOST")]
+    pub host_header: Option<String>,
+}
+
+/// `lb demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address clients connect to.
+    #[arg(long, env = "LB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin address.
+    #[arg(long, env = "LB_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Data-plane settings.
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+
+    /// Log format.
+    #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// `lb probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// URL to GET (http only).
+    pub url: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub timeout: Duration,
+}
+
+/// `lb check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// URL to GET, e.g. http://lb:8080/host.
+    pub url: String,
+    /// Requests to send.
+    #[arg(long, default_value_t = 100)]
+    pub requests: usize,
+    /// Distinct backends that must each get exactly requests/K.
+    #[arg(long, default_value_t = 2)]
+    pub expect_backends: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub timeout: Duration,
+}
+
+/// A configuration error, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No discovery source.
+    #[error("no backends: pass --backend HOST:PORT (repeatable), --config FILE or --kubernetes")]
+    NoSource,
+    /// Several sources.
+    #[error("choose one source of backends: {0}")]
+    ManySources(&'static str),
+    /// A bad backend.
+    #[error("bad backend: {0}")]
+    Target(#[from] TargetError),
+    /// Unreadable file.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid YAML.
+    #[error("invalid config file {path}: {message}")]
+    Yaml {
+        /// File.
+        path: PathBuf,
+        /// What serde_yaml said, with line and column.
+        message: String,
+    },
+    /// An out-of-range value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One backend entry in the YAML file: `"host:port"` or a map.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum BackendEntry {
+    Short(String),
+    Long(BackendLong),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendLong {
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The YAML configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    backends: Vec<BackendEntry>,
+    #[serde(default)]
+    dns_refresh: Option<String>,
+}
+
+/// Backends and refresh period read from a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticSource {
+    /// Targets in order.
+    pub targets: Vec<BackendTarget>,
+    /// DNS refresh period.
+    pub dns_refresh: Duration,
+}
+
+/// Parses the YAML config text.
+pub fn parse_file_config(
+    text: &str,
+    path: &Path,
+    default_refresh: Duration,
+) -> Result<StaticSource, ConfigError> {
+    let file: FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    if file.backends.is_empty() {
+        return Err(ConfigError::Yaml {
+            path: path.to_owned(),
+            message: "`backends` is empty".into(),
+        });
+    }
+    let targets = file
+        .backends
+        .into_iter()
+        .map(|b| match b {
+            BackendEntry::Short(s) => s.parse::<BackendTarget>(),
+            BackendEntry::Long(l) => l.address.parse::<BackendTarget>()?.with_weight(l.weight),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dns_refresh = match file.dns_refresh {
+        Some(s) => duration(&s).map_err(|e| ConfigError::Yaml {
+            path: path.to_owned(),
+            message: format!("dnsRefresh: {e}"),
+        })?,
+        None => default_refresh,
+    };
+    Ok(StaticSource {
+        targets,
+        dns_refresh,
+    })
+}
+
+impl ProxyArgs {
+    /// Validates and converts into data-plane settings and the default policy.
+    pub fn build(&self) -> Result<(ProxyConfig, Policy), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let workers = match self.workers {
+            Some(0) => return bad("--workers must be at least 1".into()),
+            Some(n) if n > 1024 => return bad("--workers must be at most 1024".into()),
+            Some(n) => n,
+            None => ProxyConfig::default().workers,
+        };
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return bad("--max-header-bytes must be between 1024 and 1048576".into());
+        }
+        if !(1..=10_000).contains(&self.max_headers) {
+            return bad("--max-headers must be between 1 and 10000".into());
+        }
+        if self.retries > 10 {
+            return bad("--retries must be at most 10".into());
+        }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1".into());
+        }
+        for (name, d) in [
+            ("--connect-timeout", self.connect_timeout),
+            ("--response-header-timeout", self.response_header_timeout),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--upstream-idle-timeout", self.upstream_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be greater than zero"));
+            }
+        }
+        let host_override = match &self.host_header {
+            Some(h) => Some(HeaderValue::from_str(h).map_err(|_| {
+                ConfigError::Invalid(format!("--host-header `{h}` is not a valid header value"))
+            })?),
+            None => None,
+        };
+        let proxy = ProxyConfig {
+            workers,
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_body_bytes: self.max_body_bytes,
+            upstream_idle_timeout: self.upstream_idle_timeout,
+            upstream_max_idle: self.upstream_max_idle,
+            shutdown_timeout: self.shutdown_timeout,
+            host_override,
+            max_connections: self.max_connections,
+        };
+        let policy = Policy {
+            connect_timeout: self.connect_timeout,
+            response_header_timeout: self.response_header_timeout,
+            retries: self.retries,
+            eject_after: self.eject_after,
+            ejection_time: self.ejection_time,
+        };
+        Ok((proxy, policy))
+    }
+}
+
+impl ServeArgs {
+    /// The static source from `--backend` or `--config`.
+    pub fn static_source(&self) -> Result<StaticSource, ConfigError> {
+        match (self.backends.is_empty(), &self.config) {
+            (true, None) => Err(ConfigError::NoSource),
+            (false, Some(_)) => Err(ConfigError::ManySources("--backend or --config, not both")),
+            (false, None) => Ok(StaticSource {
+                targets: self
+                    .backends
+                    .iter()
+                    .filter(|b| !b.trim().is_empty())
+                    .map(|b| b.parse())
+                    .collect::<Result<_, _>>()?,
+                dns_refresh: self.dns_refresh,
+            }),
+            (true, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_file_config(&text, path, self.dns_refresh)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut all = vec!["lb", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Serve(s) => Ok(*s),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = serve(&["--backend", "a:1"]).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.admin_listen, "0.0.0.0:9090".parse().unwrap());
+        let (proxy, policy) = s.proxy.build().unwrap();
+        assert_eq!(policy, Policy::default());
+        assert_eq!(proxy.upstream_idle_timeout, Duration::from_secs(4));
+        assert_eq!(s.static_source().unwrap().targets.len(), 1);
+    }
+
+    #[test]
+    fn repeatable_and_comma_separated_backends() {
+        let s = serve(&["--backend", "a:1,b:2", "--backend", "c:3"]).unwrap();
+        let src = s.static_source().unwrap();
+        let hosts: Vec<_> = src.targets.iter().map(|t| t.host.as_str()).collect();
+        assert_eq!(hosts, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn bad_values_are_clear() {
+        let e = serve(&["--connect-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--connect-timeout") && e.contains("examples"),
+            "{e}"
+        );
+        let e = serve(&["--listen", "nowhere"]).unwrap_err().to_string();
+        assert!(e.contains("--listen"), "{e}");
+        let s = serve(&["--backend", "a"]).unwrap();
+        let e = s.static_source().unwrap_err().to_string();
+        assert!(e.contains("no port"), "{e}");
+        let s = serve(&[]).unwrap();
+        assert!(matches!(s.static_source(), Err(ConfigError::NoSource)));
+        let s = serve(&["--backend", "a:1", "--workers", "0"]).unwrap();
+        assert!(
+            s.proxy
+                .build()
+                .unwrap_err()
+                .to_string()
+                .contains("--workers")
+        );
+        let s = serve(&["--backend", "a:1", "--retries", "11"]).unwrap();
+        assert!(s.proxy.build().is_err());
+        let s = serve(&["--backend", "a:1", "--config", "x.yaml"]).unwrap();
+        assert!(matches!(
+            s.static_source(),
+            Err(ConfigError::ManySources(_))
+        ));
+    }
+
+    #[test]
+    fn yaml_config() {
+        let p = Path::new("lb.yaml");
+        let src = parse_file_config(
+            "backends:\n  - backend-1:5000\n  - address: backend-2:5000\n    weight: 3\ndnsRefresh: 2s\n",
+            p,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(src.targets.len(), 2);
+        assert_eq!(src.targets[1].weight, 3);
+        assert_eq!(src.dns_refresh, Duration::from_secs(2));
+
+        let e = parse_file_config("backend: []\n", p, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("unknown field `backend`"), "{e}");
+        let e = parse_file_config("backends: []\n", p, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        let e = parse_file_config(
+            "backends:\n  - address: a:1\n    weight: 0\n",
+            p,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("weight"), "{e}");
+        let e = parse_file_config(
+            "backends: [a:1]\ndnsRefresh: often\n",
+            p,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dnsRefresh"), "{e}");
+        let e = parse_file_config("backends: {", p, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("line"), "{e}");
+    }
+}

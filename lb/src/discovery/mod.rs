@@ -1,0 +1,219 @@
+//! Where endpoints come from.
+//!
+//! A discovery source publishes complete [`RoutingConfig`] snapshots through a
+//! [`Publisher`]; nothing downstream knows whether they came from a static
+//! list, DNS or the Kubernetes API. The data plane swaps its routing table
+//! atomically on each snapshot, so it never sees a half-built set.
+
+pub mod static_dns;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use static_dns::{BackendTarget, StaticDiscovery};
+
+/// One endpoint as a discovery source sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// A human name: the DNS name it was resolved from, or the pod name.
+    pub name: Option<Arc<str>>,
+    /// Relative weight (1 = plain round-robin).
+    pub weight: u32,
+}
+
+impl EndpointSpec {
+    /// An endpoint with weight 1 and no name.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            name: None,
+            weight: 1,
+        }
+    }
+
+    /// Sets the endpoint's name.
+    pub fn named(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// Which requests an upstream serves. The empty match serves everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RouteMatch {
+    /// Exact `Host` (without port), compared case-insensitively.
+    pub host: Option<String>,
+    /// Path prefix, matched on `/` segment boundaries (`/api` matches `/api`
+    /// and `/api/x`, not `/apix`).
+    pub path_prefix: Option<String>,
+}
+
+/// Per-upstream overrides of the LB-wide defaults; `None` means "use the flag".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamPolicy {
+    /// TCP connect timeout.
+    pub connect_timeout: Option<Duration>,
+    /// Time allowed from sending the request to the response head.
+    pub response_header_timeout: Option<Duration>,
+    /// Extra attempts on other endpoints after a retryable failure.
+    pub retries: Option<u32>,
+    /// Consecutive connect failures that eject an endpoint.
+    pub eject_after: Option<u32>,
+    /// Base ejection period.
+    pub ejection_time: Option<Duration>,
+}
+
+/// One named pool of endpoints with its match rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Unique name (the `Upstream` object's name in Kubernetes).
+    pub name: Arc<str>,
+    /// Which requests it serves.
+    pub route: RouteMatch,
+    /// The endpoints that take new requests, in a stable order.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Overrides of the LB-wide settings.
+    pub policy: UpstreamPolicy,
+}
+
+impl UpstreamConfig {
+    /// A catch-all upstream with default policy.
+    pub fn catch_all(name: impl Into<Arc<str>>, endpoints: Vec<EndpointSpec>) -> Self {
+        Self {
+            name: name.into(),
+            route: RouteMatch::default(),
+            endpoints,
+            policy: UpstreamPolicy::default(),
+        }
+    }
+}
+
+/// A complete routing snapshot: every upstream and its endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// All upstreams; names are unique.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// The sending half handed to a discovery source.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: watch::Sender<Snapshot>,
+}
+
+/// What a [`Subscriber`] sees: the latest routing snapshot and whether the
+/// source has completed its first full sync.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The latest routing, `None` before the first publication.
+    pub routing: Option<Arc<RoutingConfig>>,
+    /// True once the source has produced a complete set (e.g. every static
+    /// name resolved once, or the Kubernetes watchers' first `InitDone`).
+    pub synced: bool,
+}
+
+/// The receiving half read by the data plane and the admin server.
+pub type Subscriber = watch::Receiver<Snapshot>;
+
+/// Creates a publisher and its subscriber.
+pub fn channel() -> (Publisher, Subscriber) {
+    let (tx, rx) = watch::channel(Snapshot::default());
+    (Publisher { tx }, rx)
+}
+
+impl Publisher {
+    /// Publishes a routing snapshot if it differs from the current one.
+    /// `synced` latches: once true it stays true.
+    /// Returns whether subscribers were notified.
+    pub fn publish(&self, routing: RoutingConfig, synced: bool) -> bool {
+        self.tx.send_if_modified(|snap| {
+            let routing_changed = snap.routing.as_deref() != Some(&routing);
+            let sync_changed = synced && !snap.synced;
+            if routing_changed {
+                snap.routing = Some(Arc::new(routing));
+            }
+            if sync_changed {
+                snap.synced = true;
+            }
+            routing_changed || sync_changed
+        })
+    }
+
+    /// A new subscriber.
+    pub fn subscribe(&self) -> Subscriber {
+        self.tx.subscribe()
+    }
+}
+
+/// A source of endpoints.
+///
+/// `run` publishes snapshots until `shutdown` is cancelled. It must not
+/// return early on transient errors: it logs, backs off and keeps the last
+/// published snapshot in service.
+pub trait Discovery: Send + fmt::Debug + 'static {
+    /// Runs the source.
+    fn run(
+        self: Box<Self>,
+        publisher: Publisher,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// A source that publishes one fixed snapshot and then waits; for tests and
+/// for embedding.
+#[derive(Debug, Clone)]
+pub struct FixedDiscovery(pub RoutingConfig);
+
+impl Discovery for FixedDiscovery {
+    fn run(
+        self: Box<Self>,
+        publisher: Publisher,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            publisher.publish(self.0, true);
+            shutdown.cancelled().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(port: u16) -> RoutingConfig {
+        RoutingConfig {
+            upstreams: vec![UpstreamConfig::catch_all(
+                "default",
+                vec![EndpointSpec::new(([127, 0, 0, 1], port).into())],
+            )],
+        }
+    }
+
+    #[test]
+    fn publish_only_notifies_on_change() {
+        let (p, mut rx) = channel();
+        assert!(p.publish(cfg(1), false));
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        assert!(!p.publish(cfg(1), false), "same routing, same sync state");
+        assert!(p.publish(cfg(1), true), "sync flips");
+        assert!(!p.publish(cfg(1), false), "sync latches");
+        assert!(rx.borrow_and_update().synced);
+        assert!(p.publish(cfg(2), false));
+        assert_eq!(
+            rx.borrow().routing.as_ref().unwrap().upstreams[0].endpoints[0]
+                .addr
+                .port(),
+            2
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! `lb`: parses flags, validates them before binding anything, then runs.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use futures::FutureExt;
+use lb::config::{Cli, Command, ConfigError, ServeArgs};
+use lb::discovery::StaticDiscovery;
+use lb::server::{self, Bound, Settings};
+
+/// Exit code for bad configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(*args),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            lb::telemetry::init(args.log_format);
+            let (proxy, policy) = match args.proxy.build() {
+                Ok(p) => p,
+                Err(e) => return config_error(&e),
+            };
+            let settings = Settings {
+                listen: args.listen,
+                admin_listen: args.admin_listen,
+                proxy,
+                policy,
+                drain_delay: std::time::Duration::ZERO,
+            };
+            finish(runtime().and_then(|rt| rt.block_on(lb::demo::run(settings))))
+        }
+        Command::Probe(args) => {
+            let r = runtime()
+                .and_then(|rt| Ok(rt.block_on(lb::client::probe(&args.url, args.timeout))?));
+            finish(r)
+        }
+        Command::Check(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return finish(Err(e)),
+            };
+            let result = rt.block_on(lb::client::check(
+                &args.url,
+                args.requests,
+                args.expect_backends,
+                args.timeout,
+            ));
+            let (counts, error) = match result {
+                Ok(c) => (c, None),
+                Err((e, c)) => (c, Some(e)),
+            };
+            for (name, n) in &counts {
+                println!("{name}: {n}");
+            }
+            match error {
+                None => {
+                    println!(
+                        "ok: {} requests split exactly over {} backends",
+                        args.requests,
+                        counts.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(e) => finish(Err(e.into())),
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "lb failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    lb::telemetry::init(args.log_format);
+    let (proxy, policy) = match args.proxy.build() {
+        Ok(p) => p,
+        Err(e) => return config_error(&e),
+    };
+    let source = match args.static_source() {
+        Ok(s) => s,
+        Err(e) => return config_error(&e),
+    };
+    let settings = Settings {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        proxy,
+        policy,
+        drain_delay: args.drain_delay,
+    };
+    let bound = match Bound::bind(&settings) {
+        Ok(b) => b,
+        Err(e) => return finish(Err(e.into())),
+    };
+    let discovery = Box::new(StaticDiscovery::new(source.targets, source.dns_refresh));
+    finish(runtime().and_then(|rt| {
+        Ok(rt.block_on(server::run(
+            settings,
+            bound,
+            discovery,
+            lb::shutdown::signal().boxed(),
+            |_| {},
+        ))?)
+    }))
+}

@@ -1,0 +1,319 @@
+//! The data plane: accepting clients and forwarding their requests.
+//!
+//! Layout (see docs/architecture.md): one single-threaded Tokio runtime per
+//! worker thread, each with its own `SO_REUSEPORT` listener and its own
+//! upstream connection pool, so requests never cross threads and no pool
+//! lock is shared. Selection is global (one atomic cursor per upstream), so
+//! round-robin stays exact whichever worker accepted the connection.
+
+pub mod body;
+mod forward;
+pub mod headers;
+pub mod pool;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::LocalSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+pub use forward::{FailureKind, is_idempotent, local_response, may_retry};
+
+use self::body::BodyErrorHook;
+use self::headers::ClientIp;
+use self::pool::Pool;
+use crate::admin::metrics::Metrics;
+use crate::selection::Balancer;
+
+/// Data-plane settings (the `lb serve` flags).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Worker threads (one runtime and listener each).
+    pub workers: usize,
+    /// Time a client has to send a complete request head; hyper also applies
+    /// it to the idle time between requests on a keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers), in bytes; beyond → 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; beyond → 431.
+    pub max_headers: usize,
+    /// Largest request body, if limited; beyond → 413.
+    pub max_body_bytes: Option<u64>,
+    /// Idle upstream connections are closed after this; keep it below the
+    /// backends' keep-alive timeout.
+    pub upstream_idle_timeout: Duration,
+    /// Idle upstream connections kept per endpoint and worker.
+    pub upstream_max_idle: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Replaces the `Host` header sent upstream (default: keep the client's).
+    pub host_override: Option<HeaderValue>,
+    /// Most simultaneous client connections (all workers); beyond, new
+    /// connections get a 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            workers: thread::available_parallelism().map_or(1, |n| n.get()),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: None,
+            upstream_idle_timeout: Duration::from_secs(4),
+            upstream_max_idle: 256,
+            shutdown_timeout: Duration::from_secs(20),
+            host_override: None,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// State shared by all workers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: ProxyConfig,
+    pub(crate) host_override: Option<HeaderValue>,
+    connections: AtomicUsize,
+}
+
+/// One worker thread's state.
+pub(crate) struct Worker {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pool: Rc<Pool>,
+    pub(crate) client: hyper::client::conn::http1::Builder,
+    pub(crate) body_error: BodyErrorHook,
+}
+
+/// Binds `count` listeners on `addr` with `SO_REUSEPORT`, so the kernel
+/// spreads connections across workers. If `addr` has port 0 the first bind
+/// picks a port and the others share it.
+pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    threads: Vec<thread::JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl ProxyHandle {
+    /// The address the listeners are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until every worker has drained and stopped (after `shutdown`
+    /// was cancelled). Call from a blocking context.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Awaits the workers from async code.
+    pub async fn wait(self) {
+        let _ = tokio::task::spawn_blocking(move || self.join()).await;
+    }
+}
+
+/// Starts one worker thread per listener. Workers stop accepting when
+/// `shutdown` is cancelled and drain in-flight requests for up to
+/// `config.shutdown_timeout`.
+pub fn start(
+    listeners: Vec<std::net::TcpListener>,
+    balancer: Arc<Balancer>,
+    config: ProxyConfig,
+    shutdown: CancellationToken,
+) -> io::Result<ProxyHandle> {
+    let local_addr = listeners
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?
+        .local_addr()?;
+    let shared = Arc::new(Shared {
+        metrics: balancer.metrics().clone(),
+        balancer,
+        host_override: config.host_override.clone(),
+        config,
+        connections: AtomicUsize::new(0),
+    });
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let t = thread::Builder::new()
+            .name(format!("lb-worker-{i}"))
+            .spawn(move || {
+                if let Err(e) = run_worker(listener, shared, shutdown) {
+                    error!(worker = i, error = %e, "worker failed");
+                }
+            })?;
+        threads.push(t);
+    }
+    Ok(ProxyHandle {
+        threads,
+        local_addr,
+    })
+}
+
+fn run_worker(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = TcpListener::from_std(listener)?;
+        let metrics = shared.metrics.clone();
+        let body_error: BodyErrorHook = Rc::new(move |addr, e| {
+            metrics.upstream_error("body");
+            warn!(endpoint = %addr, error = %e, "upstream response body failed mid-stream; aborting the client response");
+        });
+        let mut client = hyper::client::conn::http1::Builder::new();
+        client.max_buf_size(1024 * 1024);
+        let worker = Rc::new(Worker {
+            pool: Pool::new(shared.config.upstream_max_idle, shared.config.upstream_idle_timeout),
+            shared: shared.clone(),
+            client,
+            body_error,
+        });
+        let sweeper = {
+            let pool = worker.pool.clone();
+            let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    pool.sweep();
+                }
+            })
+        };
+        let tracker = TaskTracker::new();
+        let drain = CancellationToken::new();
+        let mut server = hyper::server::conn::http1::Builder::new();
+        server
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .half_close(false)
+            .header_read_timeout(shared.config.header_read_timeout)
+            .max_buf_size(shared.config.max_header_bytes.max(8192) + 8192)
+            .max_header_size(shared.config.max_header_bytes)
+            .max_headers(shared.config.max_headers);
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    serve_connection(&worker, &server, &tracker, &drain, stream, peer);
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        tracker.close();
+        drain.cancel();
+        let open = tracker.len();
+        if open > 0 {
+            info!(connections = open, "draining connections");
+        }
+        if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait()).await.is_err() {
+            warn!(connections = tracker.len(), "shutdown deadline reached; closing remaining connections");
+        }
+        sweeper.abort();
+        Ok::<(), io::Error>(())
+    })
+}
+
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+fn serve_connection(
+    worker: &Rc<Worker>,
+    server: &hyper::server::conn::http1::Builder,
+    tracker: &TaskTracker,
+    drain: &CancellationToken,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let shared = &worker.shared;
+    let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    if open > shared.config.max_connections {
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.refused_connections.inc();
+        debug!(client = %peer, "connection limit reached; refusing");
+        tokio::task::spawn_local(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY)).await;
+        });
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    shared.metrics.active_connections.inc();
+    let client = Rc::new(ClientIp::new(peer.ip()));
+    let w = worker.clone();
+    let service = service_fn(move |req| {
+        let w = w.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(w.handle(client, req).await) }
+    });
+    let conn = server
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let drain = drain.clone();
+    let shared = shared.clone();
+    tracker.spawn_local(async move {
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(client = %peer, error = %e, "client connection ended with an error");
+        }
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.active_connections.dec();
+    });
+}

@@ -1,0 +1,124 @@
+//! A per-worker pool of HTTP/1.1 connections to endpoints.
+//!
+//! Each worker thread owns one pool (no lock is shared between threads).
+//! Connections are reused last-in-first-out so that few stay hot, kept at
+//! most `max_idle` per endpoint, and closed after `idle_timeout` unused —
+//! which must stay below the backends' own keep-alive timeout.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+
+use super::body::ReqBody;
+
+/// The sending half of an upstream connection.
+pub type Sender = SendRequest<ReqBody>;
+
+struct Idle {
+    tx: Sender,
+    since: Instant,
+}
+
+/// Per-worker connection pool.
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("max_idle", &self.max_idle)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Rc<Self> {
+        Rc::new(Self {
+            idle: RefCell::new(HashMap::new()),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// The most recently used live idle connection to `addr`, if any.
+    pub fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(conn) = list.pop() {
+            if !conn.tx.is_closed() && conn.since.elapsed() < self.idle_timeout {
+                return Some(conn.tx);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection for reuse (dropped if closed or over the limit).
+    pub fn checkin(&self, addr: SocketAddr, tx: Sender) {
+        if tx.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes idle connections past the idle timeout and forgets endpoints
+    /// without connections.
+    pub fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        self.idle.borrow_mut().retain(|_, list| {
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections held, over all endpoints.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
+    /// The configured idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+}
+
+/// A connection on loan to a response body, returned when the body ends.
+pub struct Checkin {
+    pool: Rc<Pool>,
+    addr: SocketAddr,
+    tx: Sender,
+}
+
+impl fmt::Debug for Checkin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkin").field("addr", &self.addr).finish()
+    }
+}
+
+impl Checkin {
+    /// A loan of `tx` to `addr` from `pool`.
+    pub fn new(pool: Rc<Pool>, addr: SocketAddr, tx: Sender) -> Self {
+        Self { pool, addr, tx }
+    }
+
+    /// Returns the connection to its pool.
+    pub fn checkin(self) {
+        self.pool.checkin(self.addr, self.tx);
+    }
+}

@@ -1,0 +1,216 @@
+//! One endpoint's runtime state: passive health and request counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::admin::metrics::{CLASSES, Metrics, RequestLabels, class_index};
+
+/// Milliseconds on a process-wide monotonic clock (never 0).
+pub(crate) fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// What happened to an endpoint after a connect failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// Still in rotation.
+    Counted,
+    /// Taken out of rotation for this long.
+    Ejected(Duration),
+    /// Reached the threshold but is the last available endpoint: kept.
+    KeptAsLast,
+}
+
+/// An endpoint and its state. Shared (`Arc`) between routing snapshots, so
+/// health and counters survive endpoint-set changes.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Human name (DNS name or pod name).
+    pub name: Option<Arc<str>>,
+    /// Relative weight.
+    pub weight: u32,
+    consecutive_failures: AtomicU32,
+    /// 0 = not ejected; else `now_ms()` value until which it is ejected.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    by_class: [Counter; 5],
+}
+
+impl Endpoint {
+    /// A new endpoint whose request counters are registered in `metrics`.
+    pub fn new(
+        upstream: &str,
+        addr: SocketAddr,
+        name: Option<Arc<str>>,
+        weight: u32,
+        metrics: &Metrics,
+    ) -> Self {
+        let endpoint = addr.to_string();
+        let by_class = CLASSES.map(|class| {
+            metrics.requests.get_or_create_owned(&RequestLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.clone(),
+                class,
+            })
+        });
+        Self {
+            addr,
+            name,
+            weight: weight.max(1),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            by_class,
+        }
+    }
+
+    /// True unless ejected right now. Costs one atomic load when healthy.
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
+    }
+
+    /// True while ejected.
+    pub fn is_ejected(&self) -> bool {
+        !self.is_available()
+    }
+
+    /// Clears an expired ejection; returns true if it did (for logging).
+    pub fn readmit_if_expired(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0
+            && until <= now_ms()
+            && self
+                .ejected_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Records a response: resets the failure streak and the ejection back-off.
+    #[inline]
+    pub fn record_response(&self, status: u16) {
+        self.by_class[class_index(status)].inc();
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a connect failure; ejects after `threshold` in a row for
+    /// `base × (number of ejections in a row)`, capped at 10 × base, unless
+    /// `can_eject` says this is the last available endpoint.
+    pub fn record_connect_failure(
+        &self,
+        threshold: u32,
+        base: Duration,
+        can_eject: impl FnOnce() -> bool,
+    ) -> FailureOutcome {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold == 0 || n < threshold || self.is_ejected() {
+            return FailureOutcome::Counted;
+        }
+        if !can_eject() {
+            return FailureOutcome::KeptAsLast;
+        }
+        let times = (self.ejections.fetch_add(1, Ordering::Relaxed) + 1).min(10);
+        let period = base * times;
+        let until = now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        FailureOutcome::Ejected(period)
+    }
+
+    /// Requests answered by this endpoint, by class `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub fn requests_by_class(&self) -> [u64; 5] {
+        [0, 1, 2, 3, 4].map(|i| self.by_class[i].get())
+    }
+
+    /// All requests answered by this endpoint.
+    pub fn requests(&self) -> u64 {
+        self.requests_by_class().iter().sum()
+    }
+
+    /// Current streak of connect failures.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep() -> Endpoint {
+        Endpoint::new(
+            "u",
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            1,
+            &Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn ejects_after_threshold_and_readmits() {
+        let e = ep();
+        let base = Duration::from_millis(0);
+        assert_eq!(
+            e.record_connect_failure(2, base, || true),
+            FailureOutcome::Counted
+        );
+        assert!(matches!(
+            e.record_connect_failure(2, Duration::from_secs(60), || true),
+            FailureOutcome::Ejected(_)
+        ));
+        assert!(e.is_ejected());
+        e.record_response(200);
+        assert!(e.is_ejected(), "a late response does not readmit early");
+        assert_eq!(e.requests(), 1);
+    }
+
+    #[test]
+    fn never_ejects_the_last() {
+        let e = ep();
+        assert_eq!(
+            e.record_connect_failure(1, Duration::from_secs(5), || false),
+            FailureOutcome::KeptAsLast
+        );
+        assert!(e.is_available());
+    }
+
+    #[test]
+    fn success_resets_streak() {
+        let e = ep();
+        e.record_connect_failure(3, Duration::from_secs(5), || true);
+        e.record_connect_failure(3, Duration::from_secs(5), || true);
+        e.record_response(502);
+        assert_eq!(e.consecutive_failures(), 0);
+        assert_eq!(e.requests_by_class()[4], 1);
+        assert_eq!(
+            e.record_connect_failure(3, Duration::from_secs(5), || true),
+            FailureOutcome::Counted
+        );
+    }
+
+    #[test]
+    fn zero_period_ejection_expires() {
+        let e = ep();
+        assert!(matches!(
+            e.record_connect_failure(1, Duration::ZERO, || true),
+            FailureOutcome::Ejected(_)
+        ));
+        assert!(e.is_available());
+        assert!(e.readmit_if_expired());
+        assert!(!e.readmit_if_expired());
+    }
+}
