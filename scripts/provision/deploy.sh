@@ -31,6 +31,12 @@ done
 
 if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
   log "kind cluster $cluster already exists"
+  # After a VM reboot the node containers may be stopped; start them (no-op if running).
+  mapfile -t nodes < <(kind get nodes --name "$cluster")
+  docker start "${nodes[@]}" >/dev/null
+  kubectl --context "kind-$cluster" wait --for=condition=Ready nodes --all --timeout=180s 2>/dev/null ||
+    { kind export kubeconfig --name "$cluster" --kubeconfig "$KUBECONFIG" &&
+      kubectl wait --for=condition=Ready nodes --all --timeout=180s; }
   fresh=0
 else
   log "creating kind cluster $cluster ($KIND_NODE_IMAGE)"
