@@ -15,7 +15,6 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "backend failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
