@@ -34,9 +34,6 @@ if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
   # After a VM reboot the node containers may be stopped; start them (no-op if running).
   mapfile -t nodes < <(kind get nodes --name "$cluster")
   docker start "${nodes[@]}" >/dev/null
-  kubectl --context "kind-$cluster" wait --for=condition=Ready nodes --all --timeout=180s 2>/dev/null ||
-    { kind export kubeconfig --name "$cluster" --kubeconfig "$KUBECONFIG" &&
-      kubectl wait --for=condition=Ready nodes --all --timeout=180s; }
   fresh=0
 else
   log "creating kind cluster $cluster ($KIND_NODE_IMAGE)"
@@ -45,6 +42,7 @@ else
   fresh=1
 fi
 kind export kubeconfig --name "$cluster" --kubeconfig "$KUBECONFIG"
+kubectl wait --for=condition=Ready nodes --all --timeout=180s
 if id vagrant >/dev/null 2>&1; then
   install -d -o vagrant -g vagrant /home/vagrant/.kube
   install -o vagrant -g vagrant -m 0600 "$KUBECONFIG" /home/vagrant/.kube/config
