@@ -9,15 +9,28 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// One HTTP/1.1 request on a new connection; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String)> {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\n{accept}Connection: close\r\n\r\n")?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{accept}Connection: close\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -30,7 +43,14 @@ struct Backend {
 impl Backend {
     fn start(name: &str, drain: u64) -> Backend {
         let mut child = Command::new(env!("CARGO_BIN_EXE_backend"))
-            .args(["--listen", "127.0.0.1:0", "--name", name, "--log-format", "json"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+                "--log-format",
+                "json",
+            ])
             .args(["--drain-seconds", &drain.to_string()])
             .stderr(Stdio::piped())
             .spawn()
@@ -88,21 +108,32 @@ impl Drop for Backend {
 #[test]
 fn serves_every_endpoint_over_http() {
     let b = Backend::start("replica-7", 0);
-    assert_eq!(http(b.addr, "GET", "/host", None).unwrap(), (200, "replica-7\n".into()));
+    assert_eq!(
+        http(b.addr, "GET", "/host", None).unwrap(),
+        (200, "replica-7\n".into())
+    );
     let (s, body) = http(b.addr, "GET", "/host", Some("application/json")).unwrap();
     assert_eq!(s, 200);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["host"], "replica-7");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["host"],
+        "replica-7"
+    );
 
     let (s, date) = http(b.addr, "GET", "/date", None).unwrap();
     assert_eq!(s, 200);
     let t = chrono::DateTime::parse_from_rfc3339(date.trim()).unwrap();
-    let skew = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds().abs();
+    let skew = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_milliseconds()
+        .abs();
     assert!(skew < 1000, "date {date} is {skew} ms off");
     assert!(date.trim().ends_with('Z'));
 
     assert_eq!(http(b.addr, "GET", "/healthz", None).unwrap().0, 200);
     assert_eq!(http(b.addr, "GET", "/readyz", None).unwrap().0, 200);
-    assert_eq!(http(b.addr, "GET", "/missing", None).unwrap(), (404, "not found\n".into()));
+    assert_eq!(
+        http(b.addr, "GET", "/missing", None).unwrap(),
+        (404, "not found\n".into())
+    );
     assert_eq!(http(b.addr, "DELETE", "/date", None).unwrap().0, 405);
 }
 
@@ -114,12 +145,21 @@ fn sigterm_flips_readiness_drains_then_exits_zero() {
     b.sigterm();
     b.wait_for("draining");
     // During the drain: not ready, but still serving.
-    assert_eq!(http(b.addr, "GET", "/readyz", None).unwrap(), (503, "draining\n".into()));
-    assert_eq!(http(b.addr, "GET", "/host", None).unwrap(), (200, "drainer\n".into()));
+    assert_eq!(
+        http(b.addr, "GET", "/readyz", None).unwrap(),
+        (503, "draining\n".into())
+    );
+    assert_eq!(
+        http(b.addr, "GET", "/host", None).unwrap(),
+        (200, "drainer\n".into())
+    );
     let status = b.child.wait().unwrap();
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status}");
-    assert!(took >= Duration::from_secs(2), "exited after {took:?}, before the drain period");
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited after {took:?}, before the drain period"
+    );
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     // Listener closed after the drain.
     assert!(TcpStream::connect(b.addr).is_err());
@@ -133,7 +173,10 @@ fn bad_flags_exit_non_zero_with_one_clear_line() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("invalid value 'not-an-address' for '--listen"), "{err}");
+    assert!(
+        err.contains("invalid value 'not-an-address' for '--listen"),
+        "{err}"
+    );
 
     // An address that cannot be bound (already taken).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -144,5 +187,8 @@ fn bad_flags_exit_non_zero_with_one_clear_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("error: cannot listen on {addr}")), "{err}");
+    assert!(
+        err.contains(&format!("error: cannot listen on {addr}")),
+        "{err}"
+    );
 }

@@ -84,7 +84,6 @@ fn finish(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "lb failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
