@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every tool the test suite needs on a fresh machine (Debian +
+# rustup, with crates.io, PyPI and Debian's archive reachable). Idempotent.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+log() { printf '==> %s\n' "$*"; }
+
+apt_pkgs=()
+for tool in curl:curl wrk:wrk nginx:nginx shellcheck:shellcheck jq:jq ip:iproute2; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${tool#*:}")
+done
+if ((${#apt_pkgs[@]})); then
+    log "apt-get install ${apt_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
+fi
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    log "rustup component add rustfmt clippy"
+    rustup component add rustfmt clippy
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "cargo install cargo-nextest"
+    cargo install --locked cargo-nextest || log "nextest unavailable; cargo test will be used"
+fi
+
+# Kubernetes validators (kubernetes-validate, checkov, helm-sdkpy, vagrant, …).
+"$root/scripts/k8s/install-tools.sh"
+log "tools ready"

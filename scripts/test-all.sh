@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every test of the project, in one command (the README's test command; CI's
+# .ci/run calls it after installing the tools with scripts/ci/install.sh and
+# running fmt and clippy):
+#
+#   scripts/test-all.sh
+#
+# Suites: Rust unit + integration tests (nextest, or cargo test), shellcheck
+# on every script, test.sh's own tests, the quick start (lb demo + test.sh),
+# the Kubernetes manifest/chart validators, and the Docker end-to-end test
+# (skipped only where no Docker engine answers). The last line is
+# "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
+# suite failed.
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root" || exit 1
+
+passed=0
+failed=0
+failures=()
+
+suite() {
+    local name=$1
+    shift
+    printf '\n=== %s\n' "$name"
+    local start=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        printf '=== %s: PASS (%ss)\n' "$name" $((SECONDS - start))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        printf '=== %s: FAIL (%ss)\n' "$name" $((SECONDS - start))
+    fi
+}
+
+rust_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast
+    else
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+shell_scripts() {
+    shellcheck test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run
+}
+
+suite "rust tests" rust_tests
+suite "shellcheck" shell_scripts
+suite "test.sh negative paths" env BACKEND_BIN=target/debug/backend scripts/test-test-sh.sh
+suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-test.sh
+suite "kubernetes manifests and chart" scripts/k8s/validate.sh
+suite "docker images and compose topology" scripts/docker-test.sh
+
+printf '\n'
+if ((failed)); then
+    printf 'failed suites: %s\n' "${failures[*]}"
+fi
+printf '%d passed, %d failed\n' "$passed" "$failed"
+((failed == 0))
