@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::HeaderValue;
 use serde::Deserialize;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::discovery::k8s::DefaultUpstream;
 use crate::discovery::{BackendTarget, static_dns::TargetError};
 use crate::proxy::ProxyConfig;
 use crate::selection::Policy;
@@ -33,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the load balancer.
     Serve(Box<ServeArgs>),
+    /// Print the Upstream CustomResourceDefinition as YAML.
+    Crd,
     /// Run two backends and the load balancer on loopback (the quick start).
     #[cfg(feature = "demo")]
     Demo(Box<DemoArgs>),
@@ -80,6 +85,38 @@ pub struct ServeArgs {
     /// A YAML file listing the backends (see docs/configuration.md).
     #[arg(long, env = "LB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Discover endpoints from Kubernetes: watch this namespace's Upstream
+    /// objects and their Services' EndpointSlices (in-cluster config, or
+    /// KUBECONFIG outside a cluster).
+    #[arg(long, env = "LB_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// Namespace to watch (default: the pod's own, else the kubeconfig's).
+    #[arg(long, env = "LB_NAMESPACE", requires = "kubernetes")]
+    pub namespace: Option<String>,
+
+    /// Create this Upstream at start if absent (with --service/--service-port).
+    #[arg(long, env = "LB_DEFAULT_UPSTREAM", requires_all = ["kubernetes", "service"], value_name = "NAME")]
+    pub default_upstream: Option<String>,
+
+    /// The default Upstream's Service.
+    #[arg(
+        long,
+        env = "LB_SERVICE",
+        requires = "default_upstream",
+        value_name = "SERVICE"
+    )]
+    pub service: Option<String>,
+
+    /// The default Upstream's port (name or number).
+    #[arg(
+        long,
+        env = "LB_SERVICE_PORT",
+        requires = "default_upstream",
+        value_name = "PORT"
+    )]
+    pub service_port: Option<String>,
 
     /// How often static backend names are re-resolved.
     #[arg(long, env = "LB_DNS_REFRESH", default_value = "5s", value_parser = duration)]
@@ -383,7 +420,66 @@ impl ProxyArgs {
     }
 }
 
+/// Where `serve` gets its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--backend` or `--config`.
+    Static(StaticSource),
+    /// `--kubernetes`.
+    Kubernetes {
+        /// `--namespace`, if given.
+        namespace: Option<String>,
+        /// The Upstream to create if absent.
+        default_upstream: Option<DefaultUpstream>,
+    },
+}
+
 impl ServeArgs {
+    /// The configured source of endpoints.
+    pub fn source(&self) -> Result<Source, ConfigError> {
+        if !self.kubernetes {
+            return self.static_source().map(Source::Static);
+        }
+        if !self.backends.is_empty() || self.config.is_some() {
+            return Err(ConfigError::ManySources(
+                "--kubernetes, or --backend/--config",
+            ));
+        }
+        let default_upstream = match (&self.default_upstream, &self.service) {
+            (Some(name), Some(service)) => {
+                let port = self
+                    .service_port
+                    .as_deref()
+                    .map(|p| match p.parse::<i32>() {
+                        Ok(n) => IntOrString::Int(n),
+                        Err(_) => IntOrString::String(p.to_owned()),
+                    });
+                let d = DefaultUpstream {
+                    name: name.clone(),
+                    service: service.clone(),
+                    port,
+                };
+                let spec = crate::crd::UpstreamSpec {
+                    service: d.service.clone(),
+                    port: d.port.clone(),
+                    route: None,
+                    strategy: crate::crd::Strategy::RoundRobin,
+                    timeouts: None,
+                    retries: None,
+                    outlier_detection: None,
+                };
+                spec.validate()
+                    .map_err(|e| ConfigError::Invalid(format!("--service-port: {e}")))?;
+                Some(d)
+            }
+            _ => None,
+        };
+        Ok(Source::Kubernetes {
+            namespace: self.namespace.clone(),
+            default_upstream,
+        })
+    }
+
     /// The static source from `--backend` or `--config`.
     pub fn static_source(&self) -> Result<StaticSource, ConfigError> {
         match (self.backends.is_empty(), &self.config) {
@@ -472,6 +568,71 @@ mod tests {
             s.static_source(),
             Err(ConfigError::ManySources(_))
         ));
+    }
+
+    #[test]
+    fn kubernetes_source() {
+        let s = serve(&[
+            "--kubernetes",
+            "--default-upstream",
+            "backend",
+            "--service",
+            "backend",
+            "--service-port",
+            "http",
+        ])
+        .unwrap();
+        match s.source().unwrap() {
+            Source::Kubernetes {
+                default_upstream: Some(d),
+                namespace: None,
+            } => {
+                assert_eq!(d.port, Some(IntOrString::String("http".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = serve(&[
+            "--kubernetes",
+            "--default-upstream",
+            "b",
+            "--service",
+            "b",
+            "--service-port",
+            "5000",
+        ])
+        .unwrap();
+        assert!(matches!(
+            s.source().unwrap(),
+            Source::Kubernetes {
+                default_upstream: Some(DefaultUpstream {
+                    port: Some(IntOrString::Int(5000)),
+                    ..
+                }),
+                ..
+            }
+        ));
+        let s = serve(&["--kubernetes", "--backend", "a:1"]).unwrap();
+        assert!(matches!(s.source(), Err(ConfigError::ManySources(_))));
+        assert!(
+            serve(&["--default-upstream", "x"]).is_err(),
+            "needs --kubernetes and --service"
+        );
+        let s = serve(&[
+            "--kubernetes",
+            "--default-upstream",
+            "b",
+            "--service",
+            "b",
+            "--service-port",
+            "0",
+        ])
+        .unwrap();
+        assert!(
+            s.source()
+                .unwrap_err()
+                .to_string()
+                .contains("--service-port")
+        );
     }
 
     #[test]

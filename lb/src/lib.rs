@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod crd;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod discovery;

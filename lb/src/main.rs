@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use futures::FutureExt;
-use lb::config::{Cli, Command, ConfigError, ServeArgs};
-use lb::discovery::StaticDiscovery;
+use lb::config::{Cli, Command, ConfigError, ServeArgs, Source};
+use lb::discovery::k8s::KubernetesDiscovery;
+use lb::discovery::{Discovery, StaticDiscovery};
 use lb::server::{self, Bound, Settings};
 
 /// Exit code for bad configuration (sysexits EX_CONFIG).
@@ -15,6 +16,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Crd => {
+            print!("{}", lb::crd::crd_yaml());
+            ExitCode::SUCCESS
+        }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             lb::telemetry::init(args.log_format);
@@ -96,7 +101,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return config_error(&e),
     };
-    let source = match args.static_source() {
+    let source = match args.source() {
         Ok(s) => s,
         Err(e) => return config_error(&e),
     };
@@ -111,14 +116,32 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return finish(Err(e.into())),
     };
-    let discovery = Box::new(StaticDiscovery::new(source.targets, source.dns_refresh));
     finish(runtime().and_then(|rt| {
-        Ok(rt.block_on(server::run(
-            settings,
-            bound,
-            discovery,
-            lb::shutdown::signal().boxed(),
-            |_| {},
-        ))?)
+        rt.block_on(async move {
+            let discovery: Box<dyn Discovery> = match source {
+                Source::Static(s) => Box::new(StaticDiscovery::new(s.targets, s.dns_refresh)),
+                Source::Kubernetes {
+                    namespace,
+                    default_upstream,
+                } => {
+                    let client = lb::discovery::k8s::client().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {e}"
+                        )
+                    })?;
+                    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+                    Box::new(KubernetesDiscovery::new(client, ns, default_upstream))
+                }
+            };
+            server::run(
+                settings,
+                bound,
+                discovery,
+                lb::shutdown::signal().boxed(),
+                |_| {},
+            )
+            .await?;
+            Ok(())
+        })
     }))
 }

@@ -5,6 +5,7 @@
 //! list, DNS or the Kubernetes API. The data plane swaps its routing table
 //! atomically on each snapshot, so it never sees a half-built set.
 
+pub mod k8s;
 pub mod static_dns;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -107,6 +109,7 @@ pub struct RoutingConfig {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: watch::Sender<Snapshot>,
+    errors: Counter,
 }
 
 /// What a [`Subscriber`] sees: the latest routing snapshot and whether the
@@ -125,8 +128,13 @@ pub type Subscriber = watch::Receiver<Snapshot>;
 
 /// Creates a publisher and its subscriber.
 pub fn channel() -> (Publisher, Subscriber) {
+    channel_counting(Counter::default())
+}
+
+/// Same, counting the source's errors in `errors`.
+pub fn channel_counting(errors: Counter) -> (Publisher, Subscriber) {
     let (tx, rx) = watch::channel(Snapshot::default());
-    (Publisher { tx }, rx)
+    (Publisher { tx, errors }, rx)
 }
 
 impl Publisher {
@@ -145,6 +153,11 @@ impl Publisher {
             }
             routing_changed || sync_changed
         })
+    }
+
+    /// Counts an error of the source (a failed watch, a failed write).
+    pub fn record_error(&self) {
+        self.errors.inc();
     }
 
     /// A new subscriber.

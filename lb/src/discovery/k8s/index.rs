@@ -1,0 +1,655 @@
+//! Pure translation from Kubernetes objects to routing and status: which
+//! endpoints of which EndpointSlices serve which Upstream. No I/O here, so
+//! every rule is unit-tested with plain objects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::runtime::watcher::Event;
+
+use crate::crd::{EndpointStatus, Upstream, UpstreamStatus};
+use crate::discovery::{EndpointSpec, RoutingConfig, UpstreamConfig};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+
+/// A store fed by watcher events that only replaces its contents when a
+/// re-list is complete: between `Init` and `InitDone` the old contents stay
+/// in service and new objects are buffered.
+#[derive(Debug)]
+pub struct Buffered<K> {
+    live: BTreeMap<String, K>,
+    pending: Option<BTreeMap<String, K>>,
+    synced: bool,
+}
+
+impl<K> Default for Buffered<K> {
+    fn default() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K: kube::Resource> Buffered<K> {
+    /// Applies one event; returns true when the live contents changed.
+    pub fn apply(&mut self, event: Event<K>) -> bool {
+        match event {
+            Event::Init => {
+                self.pending = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(obj) => {
+                let name = obj.name_any();
+                self.pending
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, obj);
+                false
+            }
+            Event::InitDone => {
+                self.live = self.pending.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(obj) => {
+                self.live.insert(obj.name_any(), obj);
+                true
+            }
+            Event::Delete(obj) => self.live.remove(&obj.name_any()).is_some(),
+        }
+    }
+
+    /// True once a first complete list has been applied.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The live objects by name.
+    pub fn live(&self) -> &BTreeMap<String, K> {
+        &self.live
+    }
+}
+
+/// An endpoint as read from a slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    addr: SocketAddr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    pod: Option<String>,
+}
+
+/// Why an Upstream is (not) ready, for its `Ready` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// At least one endpoint is ready.
+    EndpointsAvailable,
+    /// Only terminating-but-serving endpoints are left; they are used.
+    ServingTerminatingOnly,
+    /// The Service has endpoints but none is ready.
+    NoReadyEndpoints,
+    /// No EndpointSlice names the Service.
+    ServiceNotFound,
+    /// The spec cannot be used.
+    InvalidSpec,
+}
+
+impl Reason {
+    /// The condition reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::EndpointsAvailable => "EndpointsAvailable",
+            Reason::ServingTerminatingOnly => "ServingTerminatingOnly",
+            Reason::NoReadyEndpoints => "NoReadyEndpoints",
+            Reason::ServiceNotFound => "ServiceNotFound",
+            Reason::InvalidSpec => "InvalidSpec",
+        }
+    }
+}
+
+/// What one Upstream resolves to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// Its routing entry; `None` when the spec is invalid (not routed).
+    pub upstream: Option<UpstreamConfig>,
+    /// The status it should have.
+    pub status: UpstreamStatus,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// The port of `slice` that `wanted` names; with `wanted` unset, the only port.
+fn slice_port(slice: &EndpointSlice, wanted: Option<&IntOrString>) -> Result<Option<u16>, String> {
+    let ports = slice.ports.as_deref().unwrap_or_default();
+    let port = match wanted {
+        None => match ports {
+            [] => return Ok(None),
+            [only] => only.port,
+            _ => {
+                return Err(format!(
+                    "the Service has {} ports; set spec.port to one of: {}",
+                    ports.len(),
+                    ports
+                        .iter()
+                        .filter_map(|p| p.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        },
+        Some(IntOrString::Int(n)) => ports
+            .iter()
+            .find(|p| p.port == Some(*n))
+            .and_then(|p| p.port),
+        Some(IntOrString::String(name)) => ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| p.port),
+    };
+    Ok(port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0))
+}
+
+fn endpoints_of(
+    slices: &[&EndpointSlice],
+    wanted: Option<&IntOrString>,
+) -> Result<(Vec<Found>, bool), String> {
+    let mut by_addr: BTreeMap<SocketAddr, Found> = BTreeMap::new();
+    let mut any_port = false;
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let Some(port) = slice_port(slice, wanted)? else {
+            continue;
+        };
+        any_port = true;
+        for ep in &slice.endpoints {
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let cond = ep.conditions.clone().unwrap_or_default();
+            // The API: an unset `ready` means ready; `serving` defaults to
+            // `ready`; `terminating` to false.
+            let ready = cond.ready.unwrap_or(true);
+            let found = Found {
+                addr: SocketAddr::new(ip, port),
+                ready,
+                serving: cond.serving.unwrap_or(ready),
+                terminating: cond.terminating.unwrap_or(false),
+                pod: ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
+                    .and_then(|r| r.name.clone()),
+            };
+            // The same address in two slices (during a slice split): keep
+            // the more ready view.
+            match by_addr.get(&found.addr) {
+                Some(old) if (old.ready, old.serving) >= (found.ready, found.serving) => {}
+                _ => {
+                    by_addr.insert(found.addr, found);
+                }
+            }
+        }
+    }
+    Ok((by_addr.into_values().collect(), any_port))
+}
+
+fn ready_condition(
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&UpstreamStatus>,
+    now: &Time,
+) -> Condition {
+    let status = if matches!(
+        reason,
+        Reason::EndpointsAvailable | Reason::ServingTerminatingOnly
+    ) {
+        "True"
+    } else {
+        "False"
+    };
+    // Keep the transition time while the condition's status is unchanged, so
+    // an unchanged state computes an identical status (and is not written).
+    let last = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.as_str().into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// Resolves one Upstream against the slices of its Service.
+pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Resolved {
+    let name: Arc<str> = Arc::from(upstream.name_any());
+    let spec = &upstream.spec;
+    let generation = upstream.metadata.generation;
+    let previous = upstream.status.as_ref();
+    let status_for =
+        |reason: Reason, message: String, found: &[Found], ready: u32| UpstreamStatus {
+            observed_generation: generation,
+            ready_endpoints: ready,
+            ready: Some(format!("{ready}/{}", found.len())),
+            endpoints: found
+                .iter()
+                .map(|f| EndpointStatus {
+                    address: f.addr.ip().to_string(),
+                    port: i32::from(f.addr.port()),
+                    ready: f.ready,
+                    serving: f.serving,
+                    terminating: f.terminating,
+                    pod: f.pod.clone(),
+                })
+                .collect(),
+            conditions: vec![ready_condition(reason, message, generation, previous, now)],
+        };
+    let invalid = |message: String| Resolved {
+        upstream: None,
+        status: status_for(Reason::InvalidSpec, message, &[], 0),
+        reason: Reason::InvalidSpec,
+    };
+    if let Err(e) = spec.validate() {
+        return invalid(e);
+    }
+    let (found, any_port) = match endpoints_of(slices, spec.port.as_ref()) {
+        Ok(x) => x,
+        Err(e) => return invalid(e),
+    };
+    if !slices.is_empty() && !any_port {
+        let port = match &spec.port {
+            Some(IntOrString::Int(n)) => n.to_string(),
+            Some(IntOrString::String(s)) => s.clone(),
+            None => "(unset)".into(),
+        };
+        return invalid(format!(
+            "port {port} is not a port of Service {}",
+            spec.service
+        ));
+    }
+    let ready: Vec<&Found> = found.iter().filter(|f| f.ready).collect();
+    let (routed, reason, message): (Vec<&Found>, Reason, String) = if slices.is_empty() {
+        (
+            Vec::new(),
+            Reason::ServiceNotFound,
+            format!(
+                "no EndpointSlices for Service {} in this namespace",
+                spec.service
+            ),
+        )
+    } else if !ready.is_empty() {
+        (
+            ready.clone(),
+            Reason::EndpointsAvailable,
+            format!("{} of {} endpoints ready", ready.len(), found.len()),
+        )
+    } else {
+        let fallback: Vec<&Found> = found
+            .iter()
+            .filter(|f| f.serving && f.terminating)
+            .collect();
+        if fallback.is_empty() {
+            (
+                Vec::new(),
+                Reason::NoReadyEndpoints,
+                format!("0 of {} endpoints ready", found.len()),
+            )
+        } else {
+            (
+                fallback.clone(),
+                Reason::ServingTerminatingOnly,
+                format!(
+                    "no ready endpoint; {} terminating endpoints still serving are used",
+                    fallback.len()
+                ),
+            )
+        }
+    };
+    let endpoints = routed
+        .iter()
+        .map(|f| {
+            let spec = EndpointSpec::new(f.addr);
+            match &f.pod {
+                Some(pod) => spec.named(pod.as_str()),
+                None => spec,
+            }
+        })
+        .collect();
+    Resolved {
+        upstream: Some(UpstreamConfig {
+            name,
+            route: spec.route_match(),
+            endpoints,
+            policy: spec.policy(),
+        }),
+        status: status_for(reason, message, &found, ready.len() as u32),
+        reason,
+    }
+}
+
+/// Resolves every Upstream: the routing snapshot and each Upstream's status.
+pub fn resolve_all(
+    upstreams: &BTreeMap<String, Upstream>,
+    slices: &BTreeMap<String, EndpointSlice>,
+    now: &Time,
+) -> (RoutingConfig, BTreeMap<String, Resolved>) {
+    let mut by_service: HashMap<&str, Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices.values() {
+        if let Some(svc) = s.labels().get(SERVICE_LABEL) {
+            by_service.entry(svc.as_str()).or_default().push(s);
+        }
+    }
+    let mut routing = RoutingConfig::default();
+    let mut out = BTreeMap::new();
+    for (name, u) in upstreams {
+        let slices = by_service
+            .get(u.spec.service.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let r = resolve(u, slices, now);
+        if let Some(cfg) = &r.upstream {
+            routing.upstreams.push(cfg.clone());
+        }
+        out.insert(name.clone(), r);
+    }
+    (routing, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::UpstreamSpec;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use kube::api::ObjectMeta;
+
+    fn ep(
+        ip: &str,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+        pod: &str,
+    ) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip.into()],
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            }),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some(pod.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn slice(name: &str, svc: &str, ports: &[(&str, i32)], eps: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([(SERVICE_LABEL.to_owned(), svc.to_owned())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps,
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| EndpointPort {
+                        name: Some((*n).into()),
+                        port: Some(*p),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn upstream(name: &str, yaml: &str) -> Upstream {
+        let mut u = Upstream::new(name, serde_yaml::from_str::<UpstreamSpec>(yaml).unwrap());
+        u.metadata.generation = Some(3);
+        u
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::now())
+    }
+
+    fn addrs(r: &Resolved) -> Vec<String> {
+        r.upstream
+            .as_ref()
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn merges_slices_dedups_and_unset_ready_means_ready() {
+        let a = slice(
+            "a",
+            "backend",
+            &[("http", 5000)],
+            vec![
+                ep("10.0.0.1", None, None, None, "p1"),
+                ep("10.0.0.2", Some(true), None, None, "p2"),
+            ],
+        );
+        let b = slice(
+            "b",
+            "backend",
+            &[("http", 5000)],
+            vec![
+                ep("10.0.0.2", Some(true), None, None, "p2"),
+                ep("10.0.0.3", Some(false), Some(false), None, "p3"),
+            ],
+        );
+        let u = upstream("backend", "service: backend\nport: http\n");
+        let r = resolve(&u, &[&a, &b], &now());
+        assert_eq!(addrs(&r), ["10.0.0.1:5000", "10.0.0.2:5000"]);
+        assert_eq!(r.reason, Reason::EndpointsAvailable);
+        assert_eq!(r.status.ready.as_deref(), Some("2/3"));
+        assert_eq!(r.status.ready_endpoints, 2);
+        assert_eq!(r.status.observed_generation, Some(3));
+        assert_eq!(r.status.endpoints[0].pod.as_deref(), Some("p1"));
+        let names: Vec<_> = r
+            .upstream
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|e| e.name.clone().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["p1", "p2"]);
+    }
+
+    #[test]
+    fn port_by_name_number_or_only_port_per_slice() {
+        let a = slice(
+            "a",
+            "s",
+            &[("http", 5000), ("metrics", 9100)],
+            vec![ep("10.0.0.1", None, None, None, "p")],
+        );
+        let b = slice(
+            "b",
+            "s",
+            &[("http", 5001)],
+            vec![ep("10.0.0.2", None, None, None, "q")],
+        );
+        let r = resolve(
+            &upstream("u", "service: s\nport: http\n"),
+            &[&a, &b],
+            &now(),
+        );
+        assert_eq!(
+            addrs(&r),
+            ["10.0.0.1:5000", "10.0.0.2:5001"],
+            "port resolved per slice"
+        );
+        let r = resolve(&upstream("u", "service: s\nport: 9100\n"), &[&a], &now());
+        assert_eq!(addrs(&r), ["10.0.0.1:9100"]);
+        let r = resolve(&upstream("u", "service: s\n"), &[&b], &now());
+        assert_eq!(addrs(&r), ["10.0.0.2:5001"]);
+        let r = resolve(&upstream("u", "service: s\n"), &[&a], &now());
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(
+            r.status.conditions[0].message.contains("http, metrics"),
+            "{:?}",
+            r.status.conditions
+        );
+        let r = resolve(
+            &upstream("u", "service: s\nport: grpc\n"),
+            &[&a, &b],
+            &now(),
+        );
+        assert_eq!(r.reason, Reason::InvalidSpec);
+        assert!(r.upstream.is_none());
+    }
+
+    #[test]
+    fn terminating_endpoints_only_when_none_ready() {
+        let s = slice(
+            "a",
+            "s",
+            &[("http", 80)],
+            vec![
+                ep("10.0.0.1", Some(true), Some(true), Some(false), "new"),
+                ep("10.0.0.2", Some(false), Some(true), Some(true), "old"),
+            ],
+        );
+        let r = resolve(&upstream("u", "service: s\n"), &[&s], &now());
+        assert_eq!(addrs(&r), ["10.0.0.1:80"]);
+        let s = slice(
+            "a",
+            "s",
+            &[("http", 80)],
+            vec![
+                ep(
+                    "10.0.0.1",
+                    Some(false),
+                    Some(false),
+                    Some(false),
+                    "starting",
+                ),
+                ep("10.0.0.2", Some(false), Some(true), Some(true), "old"),
+            ],
+        );
+        let r = resolve(&upstream("u", "service: s\n"), &[&s], &now());
+        assert_eq!(addrs(&r), ["10.0.0.2:80"]);
+        assert_eq!(r.reason, Reason::ServingTerminatingOnly);
+        assert_eq!(r.status.conditions[0].status, "True");
+        let s = slice(
+            "a",
+            "s",
+            &[("http", 80)],
+            vec![ep("10.0.0.1", Some(false), Some(false), None, "x")],
+        );
+        let r = resolve(&upstream("u", "service: s\n"), &[&s], &now());
+        assert_eq!(r.reason, Reason::NoReadyEndpoints);
+        assert!(addrs(&r).is_empty());
+        assert_eq!(r.status.conditions[0].status, "False");
+    }
+
+    #[test]
+    fn missing_service_and_invalid_spec() {
+        let r = resolve(&upstream("u", "service: ghost\n"), &[], &now());
+        assert_eq!(r.reason, Reason::ServiceNotFound);
+        assert!(r.upstream.unwrap().endpoints.is_empty());
+        let r = resolve(&upstream("u", "service: s\nport: 0\n"), &[], &now());
+        assert_eq!(r.reason, Reason::InvalidSpec);
+    }
+
+    #[test]
+    fn unchanged_state_gives_identical_status() {
+        let s = slice(
+            "a",
+            "s",
+            &[("http", 80)],
+            vec![ep("10.0.0.1", None, None, None, "p")],
+        );
+        let mut u = upstream("u", "service: s\n");
+        let first = resolve(
+            &u,
+            &[&s],
+            &Time(
+                k8s_openapi::jiff::Timestamp::now()
+                    - k8s_openapi::jiff::SignedDuration::from_secs(60),
+            ),
+        );
+        u.status = Some(first.status.clone());
+        let again = resolve(&u, &[&s], &now());
+        assert_eq!(first.status, again.status, "transition time kept");
+    }
+
+    #[test]
+    fn buffered_store_keeps_old_set_during_relist() {
+        let mut store = Buffered::<EndpointSlice>::default();
+        let a = slice("a", "s", &[("http", 80)], vec![]);
+        let b = slice("b", "s", &[("http", 80)], vec![]);
+        store.apply(Event::Init);
+        store.apply(Event::InitApply(a.clone()));
+        assert!(!store.synced());
+        assert!(store.apply(Event::InitDone));
+        assert_eq!(store.live().len(), 1);
+        // A re-list: until InitDone, the old contents stay.
+        store.apply(Event::Init);
+        store.apply(Event::InitApply(b.clone()));
+        assert_eq!(store.live().keys().collect::<Vec<_>>(), ["a"]);
+        store.apply(Event::InitDone);
+        assert_eq!(store.live().keys().collect::<Vec<_>>(), ["b"]);
+        assert!(store.apply(Event::Delete(b)));
+        assert!(!store.apply(Event::Delete(a)));
+    }
+
+    #[test]
+    fn resolve_all_groups_by_service_label() {
+        let s1 = slice(
+            "s1-a",
+            "one",
+            &[("http", 80)],
+            vec![ep("10.0.0.1", None, None, None, "p")],
+        );
+        let s2 = slice(
+            "s2-a",
+            "two",
+            &[("http", 80)],
+            vec![ep("10.0.0.2", None, None, None, "q")],
+        );
+        let ups = BTreeMap::from([
+            ("a".to_owned(), upstream("a", "service: one\n")),
+            (
+                "b".to_owned(),
+                upstream("b", "service: two\nmatch: {pathPrefix: /b}\n"),
+            ),
+            ("c".to_owned(), upstream("c", "service: two\nport: nope\n")),
+        ]);
+        let slices = BTreeMap::from([("s1-a".to_owned(), s1), ("s2-a".to_owned(), s2)]);
+        let (routing, resolved) = resolve_all(&ups, &slices, &now());
+        assert_eq!(routing.upstreams.len(), 2, "the invalid one is not routed");
+        assert_eq!(
+            routing.upstreams[1].route.path_prefix.as_deref(),
+            Some("/b")
+        );
+        assert_eq!(resolved["c"].reason, Reason::InvalidSpec);
+        assert_eq!(resolved["a"].reason, Reason::EndpointsAvailable);
+    }
+}
