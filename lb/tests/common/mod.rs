@@ -3,6 +3,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod fake_api;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,6 +243,27 @@ impl TestLb {
     }
 
     pub fn start_with(initial: RoutingConfig, proxy: ProxyConfig, policy: Policy) -> TestLb {
+        let (updates, rx) = mpsc::unbounded_channel();
+        updates.send(initial).unwrap();
+        let mut lb = Self::start_source(
+            move || async move { Box::new(ManualDiscovery(rx)) as Box<dyn Discovery> }.boxed(),
+            proxy,
+            policy,
+        );
+        lb.updates = updates;
+        lb.wait_version(1);
+        lb
+    }
+
+    /// Starts the LB with a discovery source built inside its runtime
+    /// (a kube Client must be created there).
+    pub fn start_source(
+        source: impl FnOnce() -> futures::future::BoxFuture<'static, Box<dyn Discovery>>
+        + Send
+        + 'static,
+        proxy: ProxyConfig,
+        policy: Policy,
+    ) -> TestLb {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -250,8 +273,7 @@ impl TestLb {
         };
         let bound = Bound::bind(&settings).unwrap();
         let (addr, admin) = (bound.proxy_addr(), bound.admin_addr());
-        let (updates, rx) = mpsc::unbounded_channel();
-        updates.send(initial).unwrap();
+        let (updates, _) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (running_tx, running_rx) = std::sync::mpsc::channel();
         let thread = thread::spawn(move || {
@@ -259,27 +281,38 @@ impl TestLb {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(server::run(
-                settings,
-                bound,
-                Box::new(ManualDiscovery(rx)),
-                async move {
-                    let _ = stop_rx.await;
-                },
-                move |r| running_tx.send(r).unwrap(),
-            ))
+            rt.block_on(async move {
+                let source = source().await;
+                server::run(
+                    settings,
+                    bound,
+                    source,
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                    move |r| running_tx.send(r).unwrap(),
+                )
+                .await
+            })
         });
         let running = running_rx.recv().unwrap();
-        let lb = TestLb {
+        TestLb {
             addr,
             admin,
             running,
             updates,
             stop: Some(stop),
             thread: Some(thread),
-        };
-        lb.wait_version(1);
-        lb
+        }
+    }
+
+    /// Waits (bounded) until `cond` holds for the current routing table.
+    pub async fn wait_table(
+        &self,
+        what: &str,
+        cond: impl Fn(&lb::selection::RoutingTable) -> bool,
+    ) {
+        wait_until(what, || cond(&self.running.balancer.snapshot())).await;
     }
 
     /// Publishes a new endpoint set and waits until the table has it.
@@ -320,6 +353,37 @@ impl Drop for TestLb {
             let _ = t.join();
         }
     }
+}
+
+/// Polls `cond` every millisecond for up to 10 s; panics naming `what`.
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Backends named `names` on 127.0.0.11, 127.0.0.12, … all on one port
+/// (an EndpointSlice has one port for all its endpoints).
+pub fn backends_on_one_port(names: &[&str]) -> Vec<TestBackend> {
+    'retry: for _ in 0..20 {
+        let first = TestBackend::start_on("127.0.0.11:0".parse().unwrap(), names[0]);
+        let port = first.addr.port();
+        let mut out = vec![first];
+        for (i, name) in names.iter().enumerate().skip(1) {
+            let addr: SocketAddr = format!("127.0.0.{}:{port}", 11 + i).parse().unwrap();
+            if std::net::TcpListener::bind(addr).is_err() {
+                continue 'retry;
+            }
+            out.push(TestBackend::start_on(addr, name));
+        }
+        return out;
+    }
+    panic!("no common free port");
 }
 
 /// A keep-alive HTTP/1.1 client connection.
