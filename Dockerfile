@@ -5,9 +5,9 @@
 #
 # Where the binaries come from is chosen by BIN_SOURCE:
 #
-#   BIN_SOURCE=builder  (default) a normal multi-stage build: the `builder`
-#                       stage compiles static binaries from source in the
-#                       official Rust image.
+#   BIN_SOURCE=builder  (default) a normal multi-stage build: the `build-*`
+#                       stages compile static binaries from source in the
+#                       official Rust image (RUST_IMAGE).
 #   BIN_SOURCE=prebuilt copies static binaries that were already built on the
 #                       host (scripts/build-images.sh does this) from
 #                       target/x86_64-unknown-linux-gnu/release/ in the build
@@ -25,24 +25,29 @@ ARG BIN_SOURCE=builder
 ARG VERSION=0.1.0
 
 # ---------------------------------------------------------------------------
-# builder: compile both static binaries from source.
-FROM ${RUST_IMAGE} AS builder
+# builder: compile the static binaries from source, with the same commands as
+# scripts/build-images.sh. The lb is compiled in a layer on top of the
+# backend's, so it reuses the dependencies compiled there, while a backend-only
+# build never compiles the lb. The lb is built without the `demo` feature, so
+# the production binary carries no in-process backends.
+FROM ${RUST_IMAGE} AS build-backend
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     RUSTFLAGS="-C target-feature=+crt-static"
 COPY . .
-# Same commands as scripts/build-images.sh. The lb is built without the `demo`
-# feature, so the production binary carries no in-process backends.
 RUN cargo build --release --locked --target x86_64-unknown-linux-gnu -p backend \
- && cargo build --release --locked --target x86_64-unknown-linux-gnu -p lb --no-default-features \
  && mkdir -p /out \
- && cp target/x86_64-unknown-linux-gnu/release/backend target/x86_64-unknown-linux-gnu/release/lb /out/
+ && cp target/x86_64-unknown-linux-gnu/release/backend /out/
+
+FROM build-backend AS build-lb
+RUN cargo build --release --locked --target x86_64-unknown-linux-gnu -p lb --no-default-features \
+ && cp target/x86_64-unknown-linux-gnu/release/lb /out/
 
 FROM scratch AS builder-backend
-COPY --from=builder /out/backend /backend
+COPY --from=build-backend /out/backend /backend
 
 FROM scratch AS builder-lb
-COPY --from=builder /out/lb /lb
+COPY --from=build-lb /out/lb /lb
 
 # ---------------------------------------------------------------------------
 # prebuilt: take static binaries from the build context (see .dockerignore).

@@ -7,6 +7,7 @@
 #                                            # Rust image (needs a registry)
 #   scripts/build-images.sh backend          # only some components
 #
+# RUST_IMAGE=<image> overrides the builder stage's base image (--from-source).
 # Tags: roundhouse/<component>:<workspace version> and :latest.
 # Both paths need BuildKit: `docker buildx` if installed, otherwise a Docker
 # CLI older than 23 with DOCKER_BUILDKIT=1 (its built-in BuildKit client).
@@ -18,7 +19,7 @@ TARGET_TRIPLE=x86_64-unknown-linux-gnu
 MAX_IMAGE_BYTES=$((15 * 1024 * 1024))
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 from_source=0
@@ -93,7 +94,10 @@ build_binaries() {
 }
 
 build_images() {
-    local source=$1 c
+    local source=$1 c extra=()
+    if [ -n "${RUST_IMAGE:-}" ]; then
+        extra+=(--build-arg "RUST_IMAGE=$RUST_IMAGE")
+    fi
     for c in "${components[@]}"; do
         echo "==> image roundhouse/$c:$VERSION (BIN_SOURCE=$source)"
         "${BUILD[@]}" --progress=plain \
@@ -101,6 +105,7 @@ build_images() {
             --target "$c" \
             --build-arg "BIN_SOURCE=$source" \
             --build-arg "VERSION=$VERSION" \
+            "${extra[@]}" \
             --tag "roundhouse/$c:$VERSION" \
             --tag "roundhouse/$c:latest" \
             "$ROOT"

@@ -184,6 +184,8 @@ if ! "${COMPOSE[@]}" up -d --no-build >"$TMP/up.log" 2>&1; then
     logs_tail
     finish
 fi
+up_secs=$(elapsed "$t0")
+t0=$(now)
 cid_lb=$("${COMPOSE[@]}" ps -q lb)
 cid_b1=$("${COMPOSE[@]}" ps -q backend-1)
 cid_b2=$("${COMPOSE[@]}" ps -q backend-2)
@@ -215,7 +217,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 0.5
 done
 if [ "$ready" -eq 1 ]; then
-    pass "step 2: topology up and LB ready after $(elapsed "$t0") s ($how)"
+    pass "step 2: topology up in $up_secs s, LB ready $(elapsed "$t0") s later ($how)"
 else
     fail "step 2: LB not ready within ${READY_TIMEOUT} s"
     logs_tail
