@@ -86,7 +86,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_start: impl FnOnce(Running),
 ) -> std::io::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(settings.proxy.workers));
     let balancer = Arc::new(Balancer::new(settings.policy.clone(), metrics.clone()));
     let ready = Readiness::default();
     let stop_discovery = CancellationToken::new();

@@ -4,15 +4,14 @@
 //! own per-status-class counters (resolved once, when the endpoint appears),
 //! so a request never looks a label set up in a map.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::histogram::ShardedHistogram;
 
 /// Labels of a proxied request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,8 +55,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Responses produced by the LB itself.
     pub local_responses: Family<LocalLabels, Counter>,
-    /// Time from request head to response head, for proxied requests.
-    pub duration: Histogram,
+    /// Time from request head to response head, for proxied requests
+    /// (one shard per worker).
+    pub duration: ShardedHistogram,
     /// Open client connections.
     pub active_connections: Gauge,
     /// Client connections refused because `--max-connections` was reached.
@@ -76,27 +76,22 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     /// Open WebSocket/upgrade tunnels.
     pub tunnels: Gauge,
-    requests_total: AtomicU64,
 }
-
-/// Latency buckets in seconds: 100 µs to 10 s.
-const BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
-];
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(1)
     }
 }
 
 impl Metrics {
-    /// Creates and registers every metric under the `roundhouse` prefix.
-    pub fn new() -> Self {
+    /// Creates and registers every metric under the `roundhouse` prefix;
+    /// `workers` sizes the per-worker latency shards.
+    pub fn new(workers: usize) -> Self {
         let mut registry = Registry::with_prefix("roundhouse");
         let requests = Family::<RequestLabels, Counter>::default();
         let local_responses = Family::<LocalLabels, Counter>::default();
-        let duration = Histogram::new(BUCKETS);
+        let duration = ShardedHistogram::new(workers);
         let active_connections = Gauge::default();
         let refused_connections = Counter::default();
         let endpoints = Family::<EndpointStateLabels, Gauge>::default();
@@ -180,7 +175,6 @@ impl Metrics {
             discovery_updates,
             discovery_errors,
             tunnels,
-            requests_total: AtomicU64::new(0),
         }
     }
 
@@ -196,16 +190,6 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&ErrorLabels { kind })
             .inc();
-    }
-
-    /// Counts one request seen by the proxy (proxied or local).
-    pub fn request_seen(&self) {
-        self.requests_total.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests seen since start.
-    pub fn requests_seen(&self) -> u64 {
-        self.requests_total.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition.
@@ -248,10 +232,10 @@ mod tests {
 
     #[test]
     fn encodes_registered_metrics() {
-        let m = Metrics::new();
+        let m = Metrics::new(1);
         m.local("no_endpoints");
         m.retries.inc();
-        m.duration.observe(0.002);
+        m.duration.observe(0, std::time::Duration::from_millis(2));
         let text = m.encode();
         assert!(
             text.contains("roundhouse_local_responses_total{reason=\"no_endpoints\"} 1"),

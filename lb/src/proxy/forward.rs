@@ -123,7 +123,6 @@ impl Worker {
         mut req: Request<Incoming>,
     ) -> Response<RespBody> {
         let shared = &self.shared;
-        shared.metrics.request_seen();
         if req.method() == Method::CONNECT {
             debug!(client = %client.ip, "CONNECT refused");
             return self.local(
@@ -132,7 +131,7 @@ impl Worker {
                 "connect_refused",
             );
         }
-        let table = shared.balancer.snapshot();
+        let table = self.table();
         let host = req.uri().host().or_else(|| {
             req.headers()
                 .get(header::HOST)
@@ -417,7 +416,7 @@ impl Worker {
         let status = resp.status();
         endpoint.record_response(status.as_u16());
         let metrics = &self.shared.metrics;
-        metrics.duration.observe(start.elapsed().as_secs_f64());
+        metrics.duration.observe(self.id, start.elapsed());
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 warn!(endpoint = %endpoint.addr, "upstream switched protocols unasked; answering 502");

@@ -11,6 +11,7 @@ mod forward;
 pub mod headers;
 pub mod pool;
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ use self::body::BodyErrorHook;
 use self::headers::ClientIp;
 use self::pool::Pool;
 use crate::admin::metrics::Metrics;
-use crate::selection::Balancer;
+use crate::selection::{Balancer, RoutingTable};
 
 /// Data-plane settings (the `lb serve` flags).
 #[derive(Debug, Clone)]
@@ -96,10 +97,33 @@ pub(crate) struct Shared {
 
 /// One worker thread's state.
 pub(crate) struct Worker {
+    /// Index, for per-worker metric shards.
+    pub(crate) id: usize,
     pub(crate) shared: Arc<Shared>,
+    /// This worker's handle on the current routing table: cloning the `Rc`
+    /// per request touches no cache line another core writes.
+    #[allow(
+        clippy::redundant_allocation,
+        reason = "the Rc is per worker so a clone does not write the shared Arc's count"
+    )]
+    table: RefCell<(u64, Rc<Arc<RoutingTable>>)>,
     pub(crate) pool: Rc<Pool>,
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
+}
+
+impl Worker {
+    /// The current routing table, re-read only when its version changed.
+    #[inline]
+    #[allow(clippy::redundant_allocation, reason = "see Worker::table")]
+    pub(crate) fn table(&self) -> Rc<Arc<RoutingTable>> {
+        let version = self.shared.balancer.version();
+        let mut cached = self.table.borrow_mut();
+        if cached.0 != version {
+            *cached = (version, Rc::new(self.shared.balancer.snapshot()));
+        }
+        cached.1.clone()
+    }
 }
 
 /// Binds `count` listeners on `addr` with `SO_REUSEPORT`, so the kernel
@@ -177,7 +201,7 @@ pub fn start(
         let t = thread::Builder::new()
             .name(format!("lb-worker-{i}"))
             .spawn(move || {
-                if let Err(e) = run_worker(listener, shared, shutdown) {
+                if let Err(e) = run_worker(i, listener, shared, shutdown) {
                     error!(worker = i, error = %e, "worker failed");
                 }
             })?;
@@ -190,6 +214,7 @@ pub fn start(
 }
 
 fn run_worker(
+    id: usize,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -208,6 +233,11 @@ fn run_worker(
         let mut client = hyper::client::conn::http1::Builder::new();
         client.max_buf_size(1024 * 1024);
         let worker = Rc::new(Worker {
+            id,
+            table: RefCell::new((
+                shared.balancer.version(),
+                Rc::new(shared.balancer.snapshot()),
+            )),
             pool: Pool::new(shared.config.upstream_max_idle, shared.config.upstream_idle_timeout),
             shared: shared.clone(),
             client,

@@ -156,7 +156,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             None,
             1,
-            &Metrics::new(),
+            &Metrics::new(1),
         )
     }
 

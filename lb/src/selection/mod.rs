@@ -13,7 +13,7 @@ pub mod schedule;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -173,6 +173,9 @@ struct BuildState {
 #[derive(Debug)]
 pub struct Balancer {
     table: ArcSwap<RoutingTable>,
+    /// The version of `table`, stored after it: a cheap change check for
+    /// per-worker caches.
+    published: AtomicU64,
     defaults: Policy,
     strategy: Strategy,
     metrics: Arc<Metrics>,
@@ -184,6 +187,7 @@ impl Balancer {
     pub fn new(defaults: Policy, metrics: Arc<Metrics>) -> Self {
         Self {
             table: ArcSwap::from_pointee(RoutingTable::default()),
+            published: AtomicU64::new(0),
             defaults,
             strategy: Strategy::RoundRobin,
             metrics,
@@ -195,6 +199,12 @@ impl Balancer {
     #[inline]
     pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
         self.table.load()
+    }
+
+    /// The version of the current table (changes on every `apply`).
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// The current table as an owned `Arc`.
@@ -275,7 +285,9 @@ impl Balancer {
             routes,
             version: state.version,
         };
+        let version = table.version;
         self.table.store(Arc::new(table));
+        self.published.store(version, Ordering::Release);
         drop(state);
         self.metrics.discovery_updates.inc();
         self.housekeeping();
@@ -362,7 +374,7 @@ mod tests {
     }
 
     fn balancer(ports: &[u16]) -> Balancer {
-        let b = Balancer::new(Policy::default(), Arc::new(Metrics::new()));
+        let b = Balancer::new(Policy::default(), Arc::new(Metrics::new(1)));
         b.apply(&cfg(ports));
         b
     }
@@ -444,7 +456,7 @@ mod tests {
                 ejection_time: Duration::from_secs(60),
                 ..Policy::default()
             },
-            Arc::new(Metrics::new()),
+            Arc::new(Metrics::new(1)),
         );
         b.apply(&cfg(&[1, 2]));
         let t = b.load_full();
