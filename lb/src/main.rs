@@ -23,16 +23,14 @@ fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             lb::telemetry::init(args.log_format);
-            let (proxy, policy) = match args.proxy.build() {
-                Ok(p) => p,
+            let settings = match settings(
+                args.listen,
+                args.admin_listen,
+                &args.proxy,
+                std::time::Duration::ZERO,
+            ) {
+                Ok(s) => s,
                 Err(e) => return config_error(&e),
-            };
-            let settings = Settings {
-                listen: args.listen,
-                admin_listen: args.admin_listen,
-                proxy,
-                policy,
-                drain_delay: std::time::Duration::ZERO,
             };
             finish(runtime().and_then(|rt| rt.block_on(lb::demo::run(settings))))
         }
@@ -95,22 +93,37 @@ fn finish(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// Validated settings from the shared flags.
+fn settings(
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    proxy: &lb::config::ProxyArgs,
+    drain_delay: std::time::Duration,
+) -> Result<Settings, ConfigError> {
+    let (proxy, policy) = proxy.build()?;
+    Ok(Settings {
+        listen,
+        admin_listen,
+        proxy,
+        policy,
+        drain_delay,
+    })
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     lb::telemetry::init(args.log_format);
-    let (proxy, policy) = match args.proxy.build() {
-        Ok(p) => p,
+    let settings = match settings(
+        args.listen,
+        args.admin_listen,
+        &args.proxy,
+        args.drain_delay,
+    ) {
+        Ok(s) => s,
         Err(e) => return config_error(&e),
     };
     let source = match args.source() {
         Ok(s) => s,
         Err(e) => return config_error(&e),
-    };
-    let settings = Settings {
-        listen: args.listen,
-        admin_listen: args.admin_listen,
-        proxy,
-        policy,
-        drain_delay: args.drain_delay,
     };
     let bound = match Bound::bind(&settings) {
         Ok(b) => b,

@@ -116,6 +116,18 @@ impl Worker {
         local_response(status, body)
     }
 
+    /// 413, closing the connection (the rest of the body is not read).
+    fn too_large(&self) -> Response<RespBody> {
+        let mut resp = self.local(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+            "body_too_large",
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+
     /// Handles one client request.
     pub(crate) async fn handle(
         self: Rc<Self>,
@@ -160,14 +172,7 @@ impl Worker {
             Some(max) => {
                 if req.body().size_hint().lower() > max {
                     warn!(limit = max, "request body over the limit; answering 413");
-                    let mut resp = self.local(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large\n",
-                        "body_too_large",
-                    );
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return resp;
+                    return self.too_large();
                 }
                 (!req.body().is_end_stream() && req.body().size_hint().exact().is_none())
                     .then(|| Arc::new(AtomicBool::new(false)))
@@ -248,14 +253,7 @@ impl Worker {
                     }
                     if exceeded.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
                         warn!(upstream = %upstream.name, "streamed request body over the limit; answering 413");
-                        let mut resp = self.local(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request body too large\n",
-                            "body_too_large",
-                        );
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        return resp;
+                        return self.too_large();
                     }
                     pending = failure.request.take();
                     let next = may_retry(failure.kind, pending.is_some(), saved.is_some())
