@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -20,24 +20,75 @@ use super::pool::Checkin;
 #[error("request body exceeds the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// What happened to a client's request body on its way upstream, so a
+/// failed forward can be blamed on the right side.
+#[derive(Debug, Default)]
+pub struct BodyState(AtomicU8);
+
+/// [`BodyState`] values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// Nothing went wrong on the client's side (so far).
+    Fine,
+    /// The body went over `--max-body-bytes`.
+    TooLarge,
+    /// The client sent a malformed body (bad chunk framing) or went away.
+    ClientError,
+}
+
+impl BodyState {
+    fn set(&self, outcome: BodyOutcome) {
+        self.0.store(outcome as u8, Ordering::Relaxed);
+    }
+
+    /// The outcome so far.
+    pub fn get(&self) -> BodyOutcome {
+        match self.0.load(Ordering::Relaxed) {
+            1 => BodyOutcome::TooLarge,
+            2 => BodyOutcome::ClientError,
+            _ => BodyOutcome::Fine,
+        }
+    }
+}
+
 /// A request body on its way upstream.
 #[derive(Debug)]
 pub enum ReqBody {
-    /// The client's body, streamed as it arrives.
-    Stream(Incoming),
-    /// The client's body with a byte limit (chunked bodies under `--max-body-bytes`).
-    Limited {
+    /// A client body that is already complete (no bytes to come).
+    Done(Incoming),
+    /// The client's body, streamed as it arrives, counted against an
+    /// optional limit, with client-side failures recorded in `state`.
+    Stream {
         /// The client's body.
         inner: Incoming,
-        /// Bytes still allowed.
+        /// Bytes still allowed (`u64::MAX` when unlimited).
         remaining: u64,
-        /// The configured limit.
+        /// The configured limit, for the error.
         limit: u64,
-        /// Set when the limit was hit, so the handler can answer 413.
-        exceeded: Arc<AtomicBool>,
+        /// Shared with the request handler.
+        state: Arc<BodyState>,
     },
     /// No body (a replayed bodyless request).
     Empty,
+}
+
+impl ReqBody {
+    /// Wraps a client body; `limit` is `--max-body-bytes`. Returns the body
+    /// and, when it still has bytes to come, the state to check on failure.
+    pub fn client(inner: Incoming, limit: Option<u64>) -> (Self, Option<Arc<BodyState>>) {
+        if inner.is_end_stream() {
+            return (ReqBody::Done(inner), None);
+        }
+        let state = Arc::new(BodyState::default());
+        let limit = limit.unwrap_or(u64::MAX);
+        let body = ReqBody::Stream {
+            inner,
+            remaining: limit,
+            limit,
+            state: state.clone(),
+        };
+        (body, Some(state))
+    }
 }
 
 impl Body for ReqBody {
@@ -49,40 +100,44 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ReqBody::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            ReqBody::Limited {
+            ReqBody::Done(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ReqBody::Stream {
                 inner,
                 remaining,
                 limit,
-                exceeded,
-            } => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
-                if let Some(Ok(f)) = &frame
-                    && let Some(data) = f.data_ref()
-                {
-                    let n = data.len() as u64;
-                    if n > *remaining {
-                        exceeded.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                state,
+            } => match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let n = data.len() as u64;
+                        if n > *remaining {
+                            state.set(BodyOutcome::TooLarge);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
+                        }
+                        *remaining -= n;
                     }
-                    *remaining -= n;
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
-            }
+                Some(Err(e)) => {
+                    state.set(BodyOutcome::ClientError);
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                None => Poll::Ready(None),
+            },
             ReqBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Stream(b) | ReqBody::Limited { inner: b, .. } => b.is_end_stream(),
+            ReqBody::Done(b) | ReqBody::Stream { inner: b, .. } => b.is_end_stream(),
             ReqBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Stream(b) | ReqBody::Limited { inner: b, .. } => b.size_hint(),
+            ReqBody::Done(b) | ReqBody::Stream { inner: b, .. } => b.size_hint(),
             ReqBody::Empty => SizeHint::with_exact(0),
         }
     }

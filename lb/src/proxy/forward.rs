@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -15,7 +13,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::Worker;
-use super::body::{ReqBody, RespBody, UpstreamBody};
+use super::body::{BodyOutcome, ReqBody, RespBody, UpstreamBody};
 use super::headers::{
     ClientIp, forward_request_headers, forward_response_headers, is_upgrade_request,
 };
@@ -116,6 +114,14 @@ impl Worker {
         local_response(status, body)
     }
 
+    /// 400 for a malformed request (`body` says why), closing the connection.
+    fn bad_request(&self, body: &'static str) -> Response<RespBody> {
+        let mut resp = self.local(StatusCode::BAD_REQUEST, body, "bad_request");
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+
     /// 413, closing the connection (the rest of the body is not read).
     fn too_large(&self) -> Response<RespBody> {
         let mut resp = self.local(
@@ -143,6 +149,25 @@ impl Worker {
                 "connect_refused",
             );
         }
+        if let Err(why) = check_request(&req) {
+            debug!(client = %client.ip, why = why.trim_end(), "malformed request head; answering 400");
+            return self.bad_request(why);
+        }
+        if let Some(te) = req.headers().get(header::TRANSFER_ENCODING)
+            && !te.as_bytes().eq_ignore_ascii_case(b"chunked")
+        {
+            // hyper has decoded the chunked framing; any other coding (gzip,
+            // chunked) would be lost on the way, so refuse (RFC 9112 §6.1).
+            debug!(client = %client.ip, "unsupported transfer coding; answering 501");
+            let mut resp = self.local(
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer coding not supported\n",
+                "bad_request",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let table = self.table();
         let host = req.uri().host().or_else(|| {
             req.headers()
@@ -167,25 +192,28 @@ impl Worker {
         };
 
         // Body limit: refuse a declared oversize body without reading it;
-        // count a streamed one as it passes.
-        let exceeded = match shared.config.max_body_bytes {
-            Some(max) => {
-                if req.body().size_hint().lower() > max {
-                    warn!(limit = max, "request body over the limit; answering 413");
-                    return self.too_large();
-                }
-                (!req.body().is_end_stream() && req.body().size_hint().exact().is_none())
-                    .then(|| Arc::new(AtomicBool::new(false)))
-            }
-            None => None,
-        };
+        // a streamed one is counted as it passes (ReqBody::client).
+        if let Some(max) = shared.config.max_body_bytes
+            && req.body().size_hint().lower() > max
+        {
+            warn!(limit = max, "request body over the limit; answering 413");
+            return self.too_large();
+        }
 
         let upgrade = is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         if parts.uri.scheme().is_some() {
-            // absolute-form: forward in origin-form; we only ever connect to
+            // absolute-form: forward in origin-form with the target's
+            // authority as Host (RFC 9112 §3.2.2); we only ever connect to
             // our own endpoints, whatever authority the client named.
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
         }
@@ -198,15 +226,7 @@ impl Worker {
             shared.host_override.as_ref(),
         );
         parts.version = Version::HTTP_11;
-        let body = match (&exceeded, shared.config.max_body_bytes) {
-            (Some(flag), Some(limit)) => ReqBody::Limited {
-                inner: body,
-                remaining: limit,
-                limit,
-                exceeded: flag.clone(),
-            },
-            _ => ReqBody::Stream(body),
-        };
+        let (body, body_state) = ReqBody::client(body, shared.config.max_body_bytes);
         let saved = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
             (
                 parts.method.clone(),
@@ -247,13 +267,21 @@ impl Worker {
                     );
                 }
                 Err(mut failure) => {
+                    // A failure caused by the client's body is the client's.
+                    match body_state.as_ref().map(|s| s.get()) {
+                        Some(BodyOutcome::TooLarge) => {
+                            warn!(upstream = %upstream.name, "streamed request body over the limit; answering 413");
+                            return self.too_large();
+                        }
+                        Some(BodyOutcome::ClientError) => {
+                            debug!(client = %client.ip, "malformed or aborted request body; answering 400");
+                            return self.bad_request("bad request: malformed request body\n");
+                        }
+                        _ => {}
+                    }
                     shared.metrics.upstream_error(failure.kind.label());
                     if failure.kind.is_connect() {
                         shared.balancer.connect_failed(upstream, idx);
-                    }
-                    if exceeded.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
-                        warn!(upstream = %upstream.name, "streamed request body over the limit; answering 413");
-                        return self.too_large();
                     }
                     pending = failure.request.take();
                     let next = may_retry(failure.kind, pending.is_some(), saved.is_some())
@@ -458,6 +486,23 @@ impl Worker {
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`
+/// (absolute-form requests carry it in the target instead). `Err` is the
+/// 400 body.
+pub fn check_request<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err("bad request: multiple Host headers\n"),
+        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err("bad request: missing Host header\n")
+        }
+        (Some(h), None) if http::uri::Authority::try_from(h.as_bytes()).is_err() => {
+            Err("bad request: invalid Host header\n")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn rebuild(method: &Method, uri: &Uri, headers: &HeaderMap) -> Request<ReqBody> {
     let mut req = Request::new(ReqBody::Empty);
     *req.method_mut() = method.clone();
@@ -481,6 +526,32 @@ mod tests {
         assert!(!may_retry(FailureKind::Send, false, false));
         // timeouts after sending are never retried
         assert!(!may_retry(FailureKind::ResponseTimeout, false, true));
+    }
+
+    #[test]
+    fn host_rules() {
+        let req = |v: Version, uri: &str, hosts: &[&str]| {
+            let mut r = Request::builder().version(v).uri(uri);
+            for h in hosts {
+                r = r.header(header::HOST, *h);
+            }
+            r.body(()).unwrap()
+        };
+        assert!(check_request(&req(Version::HTTP_11, "/", &["a.example:80"])).is_ok());
+        assert!(check_request(&req(Version::HTTP_11, "http://a/x", &[])).is_ok());
+        assert!(check_request(&req(Version::HTTP_10, "/", &[])).is_ok());
+        assert_eq!(
+            check_request(&req(Version::HTTP_11, "/", &[])),
+            Err("bad request: missing Host header\n")
+        );
+        assert_eq!(
+            check_request(&req(Version::HTTP_11, "/", &["a", "b"])),
+            Err("bad request: multiple Host headers\n")
+        );
+        assert_eq!(
+            check_request(&req(Version::HTTP_11, "/", &["a b"])),
+            Err("bad request: invalid Host header\n")
+        );
     }
 
     #[test]
