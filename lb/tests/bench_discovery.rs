@@ -31,7 +31,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::fake_api::{FakeApi, NS, slice};
@@ -47,10 +46,11 @@ use serde_json::{Value, json};
 
 /// The benchmarks share 2 cores: never run two at once, whatever
 /// `--test-threads` says.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Held for a whole benchmark so the three never overlap.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 fn knob(name: &str, default: u64) -> u64 {
@@ -364,7 +364,7 @@ fn get_host(host: &'static str) -> impl Fn() -> http::Request<http_body_util::Fu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test --release -p lb --test bench_discovery -- --ignored --nocapture"]
 async fn propagation() {
-    let _serial = serial();
+    let _serial = serial().await;
     // Alone, then next to the scale test's 100 Upstreams / 1,000 endpoints
     // (which change nothing for the measured Upstream's requests).
     for extra in [false, true] {
@@ -402,7 +402,8 @@ async fn run_propagation(extra: bool) {
     let lb = start_lb_in_process(&api);
     wait_until("readiness", || lb.running.ready.get()).await;
     let n = if extra { 101 } else { 1 };
-    lb.wait_table("all upstreams", |t| t.upstreams.len() == n).await;
+    lb.wait_table("all upstreams", |t| t.upstreams.len() == n)
+        .await;
     if extra {
         // Let the 100 first status writes (and their echoes) pass.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -521,7 +522,7 @@ async fn run_propagation(extra: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test --release -p lb --test bench_discovery -- --ignored --nocapture"]
 async fn scale() {
-    let _serial = serial();
+    let _serial = serial().await;
     let seconds = knob("SCALE_SECONDS", 60);
     let probe_changes = knob("SCALE_PROBE_CHANGES", 50) as usize;
     let gap = Duration::from_millis(knob("GAP_MS", 50));
@@ -833,7 +834,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test --release -p lb --test bench_discovery -- --ignored --nocapture"]
 async fn hot_path() {
-    let _serial = serial();
+    let _serial = serial().await;
     let rounds = knob("ROUNDS", 3);
     let duration = knob("DURATION", 10);
     let warmup = knob("WARMUP", 2);
