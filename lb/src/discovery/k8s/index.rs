@@ -38,31 +38,57 @@ impl<K> Default for Buffered<K> {
     }
 }
 
+/// What a watcher event changed in a [`Buffered`] store.
+#[derive(Debug)]
+pub enum Touched<K> {
+    /// Nothing visible (buffered during a re-list, or an unknown delete).
+    Nothing,
+    /// Everything may have changed (a re-list completed).
+    All,
+    /// One object, by name; `old` is what it replaced, if anything.
+    One {
+        /// Object name.
+        name: String,
+        /// The previous version.
+        old: Option<K>,
+    },
+}
+
 impl<K: kube::Resource> Buffered<K> {
-    /// Applies one event; returns true when the live contents changed.
-    pub fn apply(&mut self, event: Event<K>) -> bool {
+    /// Applies one event and says what changed in the live contents.
+    pub fn apply(&mut self, event: Event<K>) -> Touched<K> {
         match event {
             Event::Init => {
                 self.pending = Some(BTreeMap::new());
-                false
+                Touched::Nothing
             }
             Event::InitApply(obj) => {
                 let name = obj.name_any();
                 self.pending
                     .get_or_insert_with(BTreeMap::new)
                     .insert(name, obj);
-                false
+                Touched::Nothing
             }
             Event::InitDone => {
                 self.live = self.pending.take().unwrap_or_default();
                 self.synced = true;
-                true
+                Touched::All
             }
             Event::Apply(obj) => {
-                self.live.insert(obj.name_any(), obj);
-                true
+                let name = obj.name_any();
+                let old = self.live.insert(name.clone(), obj);
+                Touched::One { name, old }
             }
-            Event::Delete(obj) => self.live.remove(&obj.name_any()).is_some(),
+            Event::Delete(obj) => {
+                let name = obj.name_any();
+                match self.live.remove(&name) {
+                    Some(old) => Touched::One {
+                        name,
+                        old: Some(old),
+                    },
+                    None => Touched::Nothing,
+                }
+            }
         }
     }
 
@@ -74,6 +100,128 @@ impl<K: kube::Resource> Buffered<K> {
     /// The live objects by name.
     pub fn live(&self) -> &BTreeMap<String, K> {
         &self.live
+    }
+}
+
+/// Both stores and what they resolve to, kept up to date incrementally: a
+/// slice change re-resolves only the Upstreams of that slice's Service, and
+/// a change of an Upstream's status alone (our own write coming back)
+/// re-resolves nothing.
+#[derive(Debug, Default)]
+pub struct Index {
+    slices: Buffered<EndpointSlice>,
+    upstreams: Buffered<Upstream>,
+    resolved: BTreeMap<String, Resolved>,
+}
+
+fn service_of(slice: &EndpointSlice) -> Option<&str> {
+    slice.labels().get(SERVICE_LABEL).map(String::as_str)
+}
+
+impl Index {
+    /// True once both watchers have completed their first list.
+    pub fn synced(&self) -> bool {
+        self.slices.synced() && self.upstreams.synced()
+    }
+
+    /// Applies an EndpointSlice event; true when routing may have changed.
+    pub fn apply_slice(&mut self, event: Event<EndpointSlice>, now: &Time) -> bool {
+        let services: Vec<String> = match self.slices.apply(event) {
+            Touched::Nothing => return false,
+            Touched::All => return self.resolve_everything(now),
+            Touched::One { name, old } => {
+                let new = self.slices.live().get(&name);
+                old.as_ref()
+                    .and_then(service_of)
+                    .into_iter()
+                    .chain(new.and_then(service_of))
+                    .map(str::to_owned)
+                    .collect()
+            }
+        };
+        if !self.synced() {
+            return false;
+        }
+        let names: Vec<String> = self
+            .upstreams
+            .live()
+            .iter()
+            .filter(|(_, u)| services.contains(&u.spec.service))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &names {
+            self.resolve_one(name, now);
+        }
+        !names.is_empty()
+    }
+
+    /// Applies an Upstream event; true when routing may have changed.
+    pub fn apply_upstream(&mut self, event: Event<Upstream>, now: &Time) -> bool {
+        let (name, old) = match self.upstreams.apply(event) {
+            Touched::Nothing => return false,
+            Touched::All => return self.resolve_everything(now),
+            Touched::One { name, old } => (name, old),
+        };
+        if !self.synced() {
+            return false;
+        }
+        match (old, self.upstreams.live().get(&name)) {
+            (Some(old), Some(new))
+                if old.spec == new.spec && old.metadata.generation == new.metadata.generation =>
+            {
+                // Only the status (or metadata) moved: nothing to resolve.
+                false
+            }
+            (_, Some(_)) => {
+                self.resolve_one(&name, now);
+                true
+            }
+            (_, None) => self.resolved.remove(&name).is_some(),
+        }
+    }
+
+    fn resolve_everything(&mut self, now: &Time) -> bool {
+        if !self.synced() {
+            return false;
+        }
+        let (_, resolved) = resolve_all(self.upstreams.live(), self.slices.live(), now);
+        self.resolved = resolved;
+        true
+    }
+
+    fn resolve_one(&mut self, name: &str, now: &Time) {
+        let Some(u) = self.upstreams.live().get(name) else {
+            return;
+        };
+        let slices: Vec<&EndpointSlice> = self
+            .slices
+            .live()
+            .values()
+            .filter(|s| service_of(s) == Some(u.spec.service.as_str()))
+            .collect();
+        let r = resolve(u, &slices, now);
+        self.resolved.insert(name.to_owned(), r);
+    }
+
+    /// The routing snapshot of the current resolutions.
+    pub fn routing(&self) -> RoutingConfig {
+        RoutingConfig {
+            upstreams: self
+                .resolved
+                .values()
+                .filter_map(|r| r.upstream.clone())
+                .collect(),
+        }
+    }
+
+    /// Each Upstream's resolution, by name.
+    pub fn resolved(&self) -> &BTreeMap<String, Resolved> {
+        &self.resolved
+    }
+
+    /// The live Upstream objects.
+    pub fn upstreams(&self) -> &BTreeMap<String, Upstream> {
+        self.upstreams.live()
     }
 }
 
@@ -608,7 +756,7 @@ mod tests {
         store.apply(Event::Init);
         store.apply(Event::InitApply(a.clone()));
         assert!(!store.synced());
-        assert!(store.apply(Event::InitDone));
+        assert!(matches!(store.apply(Event::InitDone), Touched::All));
         assert_eq!(store.live().len(), 1);
         // A re-list: until InitDone, the old contents stay.
         store.apply(Event::Init);
@@ -616,8 +764,72 @@ mod tests {
         assert_eq!(store.live().keys().collect::<Vec<_>>(), ["a"]);
         store.apply(Event::InitDone);
         assert_eq!(store.live().keys().collect::<Vec<_>>(), ["b"]);
-        assert!(store.apply(Event::Delete(b)));
-        assert!(!store.apply(Event::Delete(a)));
+        assert!(matches!(
+            store.apply(Event::Delete(b)),
+            Touched::One { old: Some(_), .. }
+        ));
+        assert!(matches!(store.apply(Event::Delete(a)), Touched::Nothing));
+    }
+
+    #[test]
+    fn index_resolves_incrementally_and_ignores_status_only_changes() {
+        let now = now();
+        let mut index = Index::default();
+        index.apply_slice(Event::Init, &now);
+        index.apply_slice(
+            Event::InitApply(slice(
+                "one-a",
+                "one",
+                &[("http", 80)],
+                vec![ep("10.0.0.1", None, None, None, "p")],
+            )),
+            &now,
+        );
+        assert!(
+            !index.apply_slice(Event::InitDone, &now),
+            "upstreams not synced yet"
+        );
+        index.apply_upstream(Event::Init, &now);
+        index.apply_upstream(Event::InitApply(upstream("a", "service: one\n")), &now);
+        index.apply_upstream(Event::InitApply(upstream("b", "service: two\n")), &now);
+        assert!(index.apply_upstream(Event::InitDone, &now));
+        assert_eq!(index.resolved()["a"].reason, Reason::EndpointsAvailable);
+        assert_eq!(index.resolved()["b"].reason, Reason::ServiceNotFound);
+
+        // A slice of Service `two` re-resolves `b` only.
+        let before_a = index.resolved()["a"].clone();
+        assert!(index.apply_slice(
+            Event::Apply(slice(
+                "two-a",
+                "two",
+                &[("http", 80)],
+                vec![ep("10.0.0.2", None, None, None, "q")]
+            )),
+            &now,
+        ));
+        assert_eq!(index.resolved()["b"].reason, Reason::EndpointsAvailable);
+        assert_eq!(index.resolved()["a"], before_a);
+        // A slice of a Service nobody uses changes nothing.
+        assert!(!index.apply_slice(
+            Event::Apply(slice("x-a", "unused", &[("http", 80)], vec![])),
+            &now,
+        ));
+
+        // Our own status write coming back: no re-resolution.
+        let mut with_status = upstream("a", "service: one\n");
+        with_status.status = Some(index.resolved()["a"].status.clone());
+        assert!(!index.apply_upstream(Event::Apply(with_status), &now));
+        // A spec change (new generation) re-resolves.
+        let mut changed = upstream("a", "service: two\n");
+        changed.metadata.generation = Some(4);
+        assert!(index.apply_upstream(Event::Apply(changed), &now));
+        assert_eq!(
+            index.routing().upstreams[0].endpoints[0].addr.to_string(),
+            "10.0.0.2:80"
+        );
+        // Deleting an Upstream drops it from routing.
+        assert!(index.apply_upstream(Event::Delete(upstream("b", "service: two\n")), &now));
+        assert_eq!(index.routing().upstreams.len(), 1);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::index::{Buffered, SERVICE_LABEL, resolve_all};
+use self::index::{Index, SERVICE_LABEL};
 use super::{Discovery, Publisher};
 use crate::crd::{Strategy, Upstream, UpstreamSpec, UpstreamStatus};
 
@@ -244,8 +244,7 @@ impl Discovery for KubernetesDiscovery {
                 .map(Watched::Upstream);
             let mut events = std::pin::pin!(stream::select(slices, ups));
 
-            let mut slice_store = Buffered::<EndpointSlice>::default();
-            let mut upstream_store = Buffered::<Upstream>::default();
+            let mut index = Index::default();
             let mut written: HashMap<String, UpstreamStatus> = HashMap::new();
             info!(namespace = %self.namespace, "watching Upstreams and EndpointSlices");
             loop {
@@ -253,37 +252,33 @@ impl Discovery for KubernetesDiscovery {
                     () = shutdown.cancelled() => break,
                     e = events.next() => match e { Some(e) => e, None => break },
                 };
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
                 let changed = match event {
-                    Watched::Slice(Ok(e)) => slice_store.apply(e),
-                    Watched::Upstream(Ok(e)) => upstream_store.apply(e),
+                    Watched::Slice(Ok(e)) => index.apply_slice(e, &now),
+                    Watched::Upstream(Ok(e)) => index.apply_upstream(e, &now),
                     Watched::Slice(Err(e)) | Watched::Upstream(Err(e)) => {
                         publisher.record_error();
                         warn!(error = %e, "watch failed; keeping the last known endpoints and retrying");
                         false
                     }
                 };
-                if !changed || !slice_store.synced() || !upstream_store.synced() {
+                if !changed {
                     continue;
                 }
-                let now = Time(k8s_openapi::jiff::Timestamp::now());
-                let (routing, resolved) =
-                    resolve_all(upstream_store.live(), slice_store.live(), &now);
-                publisher.publish(routing, true);
+                publisher.publish(index.routing(), true);
                 if writer.is_none() {
                     continue;
                 }
+                let resolved = index.resolved();
                 written.retain(|name, _| resolved.contains_key(name));
                 for (name, r) in resolved {
-                    let current = upstream_store
-                        .live()
-                        .get(&name)
-                        .and_then(|u| u.status.as_ref());
+                    let current = index.upstreams().get(name).and_then(|u| u.status.as_ref());
                     let already =
-                        current == Some(&r.status) || written.get(&name) == Some(&r.status);
+                        current == Some(&r.status) || written.get(name) == Some(&r.status);
                     if !already {
                         debug!(upstream = %name, reason = r.reason.as_str(), "status changed");
                         written.insert(name.clone(), r.status.clone());
-                        let _ = status_tx.send((name, r.status));
+                        let _ = status_tx.send((name.clone(), r.status.clone()));
                     }
                 }
             }
