@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of lb/fuzz for a bounded time.
+#
+#   scripts/fuzz.sh [SECONDS]     # per target; default 60
+#
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz
+# --locked`); without either it prints a SKIP line and exits 0, so it can sit
+# in CI on machines that lack them. Set FUZZ_INSTALL=1 to install cargo-fuzz
+# when it is missing. FUZZ_TARGETS="a b" runs only those targets.
+#
+# Each target starts from its committed seed corpus (lb/fuzz/corpus/TARGET,
+# never written to); new inputs go to a temporary directory that is deleted
+# afterwards (FUZZ_KEEP_CORPUS=1 merges them into the seed corpus instead).
+# A crash leaves its input in lb/fuzz/artifacts/TARGET/ and makes the script
+# exit 1 after all targets ran; reproduce it with
+#   cd lb/fuzz && cargo +nightly fuzz run --target-dir ../../target/fuzz \
+#     TARGET artifacts/TARGET/crash-...
+# and minimise it with `cargo +nightly fuzz tmin TARGET FILE`.
+set -euo pipefail
+
+SECS="${1:-60}"
+if ! [[ "$SECS" =~ ^[0-9]+$ ]] || ((SECS < 1)); then
+  echo "usage: $0 [SECONDS>=1]" >&2
+  exit 2
+fi
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FUZZ_DIR="$ROOT/lb/fuzz"
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "SKIP: fuzzing needs the nightly toolchain (rustup toolchain install nightly)"
+  exit 0
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  if [[ "${FUZZ_INSTALL:-0}" == 1 ]]; then
+    cargo install cargo-fuzz --locked
+  else
+    echo "SKIP: cargo-fuzz is not installed (cargo install cargo-fuzz --locked, or FUZZ_INSTALL=1)"
+    exit 0
+  fi
+fi
+
+# Build output goes under the workspace's target/ (git- and docker-ignored)
+# rather than lb/fuzz/target.
+TARGET_DIR="${FUZZ_TARGET_DIR:-$ROOT/target/fuzz}"
+
+cd "$FUZZ_DIR"
+read -r -a TARGETS <<<"${FUZZ_TARGETS:-$(cargo +nightly fuzz list | tr '\n' ' ')}"
+
+echo "fuzz: building ${TARGETS[*]} (release, debug assertions, AddressSanitizer)"
+cargo +nightly fuzz build --target-dir "$TARGET_DIR"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/roundhouse-fuzz.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+failed=()
+summary=()
+for target in "${TARGETS[@]}"; do
+  seeds="$FUZZ_DIR/corpus/$target"
+  mkdir -p "$seeds" "$WORK/$target" "$FUZZ_DIR/artifacts/$target"
+  log="$WORK/$target.log"
+  echo "fuzz: $target for ${SECS}s"
+  status=0
+  # -max_total_time bounds libFuzzer; `timeout` bounds everything else (a
+  # hang past -timeout, a stuck build lock).
+  timeout --kill-after=30 $((SECS + 300)) \
+    cargo +nightly fuzz run --target-dir "$TARGET_DIR" "$target" "$WORK/$target" "$seeds" -- \
+    -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+    -print_final_stats=1 >"$log" 2>&1 || status=$?
+  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  execs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -1)
+  [[ -n "$execs" ]] || execs=$(sed -nE 's/^#([0-9]+).*/\1/p' <<<"$last")
+  rate=$(sed -nE 's/.* exec\/s: ([0-9]+).*/\1/p' <<<"$last")
+  cov=$(sed -nE 's/.* cov: ([0-9]+).*/\1/p' <<<"$last")
+  ft=$(sed -nE 's/.* ft: ([0-9]+).*/\1/p' <<<"$last")
+  corp=$(sed -nE 's/.* corp: ([0-9]+\/[0-9]+[a-zA-Z]*).*/\1/p' <<<"$last")
+  if ((status != 0)); then
+    failed+=("$target")
+    echo "fuzz: $target FAILED (exit $status); last lines:"
+    grep -E 'panicked|ERROR|SUMMARY|Test unit written|artifact' "$log" | head -20 || true
+    tail -5 "$log"
+    result="CRASH"
+  else
+    result="ok"
+  fi
+  summary+=("| $target | ${SECS}s | ${execs:-?} | ${rate:-?} | ${cov:-?} | ${ft:-?} | ${corp:-?} | $result |")
+  if [[ "${FUZZ_KEEP_CORPUS:-0}" == 1 && $status == 0 ]]; then
+    # libFuzzer's merge: inputs from the run that add coverage go to $seeds.
+    cargo +nightly fuzz run --target-dir "$TARGET_DIR" "$target" "$seeds" "$WORK/$target" -- -merge=1 >/dev/null 2>&1 || true
+  fi
+done
+
+echo
+echo "| target | time | execs | exec/s | cov (edges) | features | corpus (entries/size) | result |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+printf '%s\n' "${summary[@]}"
+
+if ((${#failed[@]} > 0)); then
+  echo "fuzz: crashes in: ${failed[*]} (inputs in lb/fuzz/artifacts/)" >&2
+  exit 1
+fi
