@@ -5,8 +5,9 @@
 #
 #   scripts/test-all.sh
 #
-# Suites: Rust unit + integration tests (nextest, or cargo test), shellcheck
-# on every script, test.sh's own tests, the quick start (lb demo + test.sh),
+# Suites: Rust unit + integration tests (nextest, or cargo test), cargo deny,
+# a shellcheck pass over every script, test.sh's own tests, the quick start
+# (lb demo + test.sh),
 # the Kubernetes manifest/chart validators, and the Docker end-to-end test
 # (skipped only where no Docker engine answers). The last line is
 # "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
@@ -48,6 +49,7 @@ shell_scripts() {
 }
 
 suite "rust tests" rust_tests
+suite "supply chain (cargo deny: licences, bans, sources)" scripts/deny.sh
 suite "shellcheck" shell_scripts
 suite "test.sh negative paths" env BACKEND_BIN=target/debug/backend scripts/test-test-sh.sh
 suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-test.sh
