@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::Arbitrary;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use lb::proxy::headers::{ClientIp, forward_request_headers, forward_response_headers};
 use libfuzzer_sys::fuzz_target;
 
@@ -82,13 +82,20 @@ fn check_hop_by_hop(h: &HeaderMap, upgrade: bool, had_upgrade: bool, side: &str)
         match name {
             "upgrade" if upgrade => assert_eq!(values.len(), 1, "{side}: one Upgrade"),
             "connection" if upgrade && had_upgrade => {
-                assert_eq!(values, [&HeaderValue::from_static("upgrade")], "{side}: Connection: upgrade only")
+                assert_eq!(
+                    values,
+                    [&HeaderValue::from_static("upgrade")],
+                    "{side}: Connection: upgrade only"
+                )
             }
             _ => panic!("{side}: hop-by-hop {name} survived: {values:?} (upgrade={upgrade})"),
         }
     }
     if upgrade && h.contains_key("connection") {
-        assert!(h.contains_key("upgrade"), "{side}: Connection: upgrade without Upgrade");
+        assert!(
+            h.contains_key("upgrade"),
+            "{side}: Connection: upgrade without Upgrade"
+        );
     }
 }
 
@@ -122,7 +129,11 @@ fuzz_target!(|input: Input| {
         String::from_utf8_lossy(xff)
     );
     let proto: Vec<&HeaderValue> = req.get_all("x-forwarded-proto").iter().collect();
-    assert_eq!(proto, [&HeaderValue::from_static("http")], "X-Forwarded-Proto");
+    assert_eq!(
+        proto,
+        [&HeaderValue::from_static("http")],
+        "X-Forwarded-Proto"
+    );
     // X-Forwarded-Host is the Host that is forwarded, never the client's own.
     let xfh: Vec<&HeaderValue> = req.get_all("x-forwarded-host").iter().collect();
     match req.get("host") {
@@ -133,7 +144,10 @@ fuzz_target!(|input: Input| {
     assert!(vias_after >= 1, "no Via");
     assert!(vias_after <= vias_before + 1, "more than one Via added");
     let last_via = req.get_all("via").iter().last().unwrap();
-    assert!(last_via.as_bytes().ends_with(b" roundhouse"), "Via {last_via:?}");
+    assert!(
+        last_via.as_bytes().ends_with(b" roundhouse"),
+        "Via {last_via:?}"
+    );
 
     // Response direction.
     let mut resp = original;

@@ -69,7 +69,11 @@ fuzz_target!(|input: Input| {
             for u in &upstreams {
                 if u.route.host.is_none() {
                     let prefix = u.route.path_prefix.as_deref().unwrap_or("/");
-                    assert!(!prefix_matches(prefix, path), "{} matches {path:?} but none chosen", u.name);
+                    assert!(
+                        !prefix_matches(prefix, path),
+                        "{} matches {path:?} but none chosen",
+                        u.name
+                    );
                 }
             }
         }
