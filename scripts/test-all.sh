@@ -7,7 +7,7 @@
 #
 # Suites: Rust unit + integration tests (nextest, or cargo test), cargo deny,
 # a shellcheck pass over every script, test.sh's own tests, the quick start
-# (lb demo + test.sh),
+# (lb demo + test.sh), a short bounded fuzzing run,
 # the Kubernetes manifest/chart validators, and the Docker end-to-end test
 # (skipped only where no Docker engine answers). The last line is
 # "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
@@ -53,6 +53,7 @@ suite "supply chain (cargo deny: licences, bans, sources)" scripts/deny.sh
 suite "shellcheck" shell_scripts
 suite "test.sh negative paths" env BACKEND_BIN=target/debug/backend scripts/test-test-sh.sh
 suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-test.sh
+suite "fuzzing (20 s per target, seed corpus)" env FUZZ_INSTALL=1 scripts/fuzz.sh 20
 suite "kubernetes manifests and chart" scripts/k8s/validate.sh
 suite "docker images and compose topology" scripts/docker-test.sh
 
