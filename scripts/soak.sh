@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# Soak test: the LB under steady load, endpoint churn and slow clients, all on
+# 127.0.0.1, for a bounded time.
+#
+#   scripts/soak.sh [SECONDS]        # default 600; CI-sized run: 60
+#
+# What runs:
+#   - 3 backends (target/release/backend), the LB (target/release/lb) with
+#     --config pointing at a temporary YAML file listing them;
+#   - wrk -t2 -c32 -d${SECONDS}s on GET /host (idempotent);
+#   - endpoint churn: backend b3 is stopped (SIGTERM, it drains and exits)
+#     and restarted on the same port every few seconds; the LB ejects it on
+#     connect failure and re-admits it when its ejection expires;
+#   - slow clients: curl --limit-rate readers in a loop, idle keep-alive
+#     connections, and connections that trickle a request head one line per
+#     second (the LB must cut those off at --header-read-timeout).
+#
+# Fails (exit 1) when any wrk request got a non-2xx/3xx answer or a socket
+# error, when a slow curl reader failed, when the LB's RSS grew more than
+# SOAK_RSS_GROWTH_PCT (5) % between the sample taken after the 5 s warm-up and
+# the one taken just before the load stops, or when, once the load has stopped
+# and idle connections have timed out, its open fds exceed the count before
+# the load by more than SOAK_FD_SLACK (8). (Under load the fd count moves with
+# the in-flight client, upstream and slow-client connections, so it is
+# reported but not compared.) Prints a Markdown table (also written to
+# $SOAK_REPORT when set).
+#
+# Environment: SOAK_NO_BUILD=1 uses the existing release binaries as they are;
+# SOAK_CHURN_EVERY (4) seconds between churn cycles; SOAK_KEEP=1 keeps the
+# temporary directory (logs) for inspection.
+set -euo pipefail
+
+DURATION="${1:-600}"
+if ! [[ "$DURATION" =~ ^[0-9]+$ ]] || ((DURATION < 15)); then
+  echo "usage: $0 [SECONDS>=15]" >&2
+  exit 2
+fi
+RSS_GROWTH_PCT="${SOAK_RSS_GROWTH_PCT:-5}"
+FD_SLACK="${SOAK_FD_SLACK:-8}"
+CHURN_EVERY="${SOAK_CHURN_EVERY:-4}"
+WARMUP=5
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+for tool in wrk curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "soak: $tool is required (apt-get install $tool)" >&2
+    exit 2
+  fi
+done
+
+if [[ "${SOAK_NO_BUILD:-0}" != 1 ]]; then
+  echo "soak: cargo build --release -p lb -p backend"
+  cargo build --release --locked -p lb -p backend
+fi
+LB_BIN="$ROOT/target/release/lb"
+BACKEND_BIN="$ROOT/target/release/backend"
+for bin in "$LB_BIN" "$BACKEND_BIN"; do
+  [[ -x "$bin" ]] || { echo "soak: $bin missing (build it or unset SOAK_NO_BUILD)" >&2; exit 2; }
+done
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/roundhouse-soak.XXXXXX")"
+declare -a PIDS=()
+declare -a BACKEND_PIDS=()
+LB_PID=""
+
+cleanup() {
+  local pid all=("${PIDS[@]}" "${BACKEND_PIDS[@]}" "$LB_PID")
+  [[ -s "$WORK/b3.pid" ]] && all+=("$(cat "$WORK/b3.pid")")
+  for pid in "${all[@]}"; do
+    if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
+  done
+  sleep 0.5
+  for pid in "${all[@]}"; do
+    if [[ -n "$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+  wait 2>/dev/null || true
+  if [[ "${SOAK_KEEP:-0}" == 1 ]]; then
+    echo "soak: logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Five free loopback ports: 3 backends, LB, admin. Taken below the kernel's
+# ephemeral range, so an outgoing connection cannot be holding one when a
+# churned backend binds it again.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+read -r eph_low _ </proc/sys/net/ipv4/ip_local_port_range || eph_low=32768
+span=$((eph_low - 10000 - 10))
+((span > 100)) || span=100
+declare -a PORTS=()
+for _ in $(seq 1 50); do
+  base=$((10000 + RANDOM % span))
+  PORTS=()
+  for p in $(seq "$base" $((base + 4))); do
+    port_free "$p" && PORTS+=("$p")
+  done
+  ((${#PORTS[@]} == 5)) && break
+done
+((${#PORTS[@]} == 5)) || { echo "soak: no free ports" >&2; exit 1; }
+B_PORTS=("${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}")
+LB_PORT="${PORTS[3]}"
+ADMIN_PORT="${PORTS[4]}"
+LB_URL="http://127.0.0.1:$LB_PORT"
+ADMIN_URL="http://127.0.0.1:$ADMIN_PORT"
+
+wait_http() { # URL SECONDS
+  local deadline=$((SECONDS + $2))
+  while ((SECONDS < deadline)); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+start_backend() { # INDEX(0..2)
+  local i=$1
+  "$BACKEND_BIN" --listen "127.0.0.1:${B_PORTS[$i]}" --name "b$((i + 1))" \
+    --drain-seconds 1 >>"$WORK/backend-$((i + 1)).log" 2>&1 &
+  BACKEND_PIDS[i]=$!
+}
+
+for i in 0 1 2; do start_backend "$i"; done
+for i in 0 1 2; do
+  wait_http "http://127.0.0.1:${B_PORTS[$i]}/readyz" 10 || { echo "soak: backend b$((i + 1)) did not start" >&2; exit 1; }
+done
+
+cat >"$WORK/lb.yaml" <<EOF
+backends:
+  - "127.0.0.1:${B_PORTS[0]}"
+  - "127.0.0.1:${B_PORTS[1]}"
+  - "127.0.0.1:${B_PORTS[2]}"
+dnsRefresh: 200ms
+EOF
+
+"$LB_BIN" serve --listen "127.0.0.1:$LB_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+  --config "$WORK/lb.yaml" --header-read-timeout 10s --ejection-time 1s \
+  --log-format json >"$WORK/lb.log" 2>&1 &
+LB_PID=$!
+wait_http "$ADMIN_URL/readyz" 15 || { echo "soak: lb not ready; log:" >&2; tail -20 "$WORK/lb.log" >&2; exit 1; }
+wait_http "$LB_URL/host" 5 || { echo "soak: lb does not proxy" >&2; exit 1; }
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$LB_PID/status"; }
+fd_count() { find "/proc/$LB_PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+RSS_BEFORE_LOAD=$(rss_kb)
+FDS_BEFORE_LOAD=$(fd_count)
+
+echo "soak: ${DURATION}s against $LB_URL (backends ${B_PORTS[*]}, admin $ADMIN_PORT, work dir $WORK)"
+START_EPOCH=$SECONDS
+END_AT=$((SECONDS + DURATION))
+
+# Load.
+wrk -t2 -c32 -d"${DURATION}s" --timeout 5s --latency "$LB_URL/host" >"$WORK/wrk.txt" 2>&1 &
+WRK_PID=$!
+PIDS+=("$WRK_PID")
+
+# Churn: stop and restart b3 every CHURN_EVERY seconds.
+echo "${BACKEND_PIDS[2]}" >"$WORK/b3.pid"
+(
+  cycles=0
+  while ((SECONDS + CHURN_EVERY + 3 < END_AT)); do
+    sleep "$CHURN_EVERY"
+    pid=$(cat "$WORK/b3.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 1
+    "$BACKEND_BIN" --listen "127.0.0.1:${B_PORTS[2]}" --name b3 --drain-seconds 1 \
+      >>"$WORK/backend-3.log" 2>&1 &
+    echo $! >"$WORK/b3.pid"
+    cycles=$((cycles + 1))
+    echo "$cycles" >"$WORK/churn.count"
+  done
+) &
+CHURN_PID=$!
+PIDS+=("$CHURN_PID")
+
+# Slow readers: curl at 1 KiB/s, repeatedly; each must get a 2xx.
+(
+  ok=0 fail=0
+  while ((SECONDS + 3 < END_AT)); do
+    if curl -fsS -o /dev/null --limit-rate 1k --max-time 10 "$LB_URL/date"; then
+      ok=$((ok + 1))
+    else
+      fail=$((fail + 1))
+    fi
+    echo "$ok $fail" >"$WORK/slow-curl.count"
+    sleep 0.2
+  done
+) &
+PIDS+=("$!")
+
+# Idle keep-alive connections (held open, nothing sent after one request).
+for _ in 1 2 3 4; do
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$LB_PORT" || exit 0
+    printf 'GET /host HTTP/1.1\r\nHost: soak\r\n\r\n' >&3
+    sleep $((DURATION > 20 ? 20 : DURATION))
+  ) &
+  PIDS+=("$!")
+done
+
+# Header tricklers: one header line per second; the LB must close the
+# connection at --header-read-timeout (10s). Records how long each lasted.
+(
+  while ((SECONDS + 15 < END_AT)); do
+    (
+      trap '' PIPE # a write to the closed socket fails instead of killing us
+      exec 3<>"/dev/tcp/127.0.0.1/$LB_PORT" || exit 0
+      t0=$SECONDS
+      printf 'GET /host HTTP/1.1\r\nHost: soak\r\n' >&3 || exit 0
+      for n in $(seq 1 30); do
+        sleep 1
+        printf 'X-Trickle-%d: %d\r\n' "$n" "$n" 2>/dev/null >&3 || break
+      done
+      echo $((SECONDS - t0)) >>"$WORK/trickle.secs"
+    ) &
+    sleep 3
+  done
+  wait
+) &
+PIDS+=("$!")
+
+sleep "$WARMUP"
+RSS_START=$(rss_kb)
+FDS_START=$(fd_count)
+RSS_MAX=$RSS_START
+echo "t,rss_kb,fds" >"$WORK/samples.csv"
+while ((SECONDS < END_AT - 2)); do
+  rss=$(rss_kb)
+  echo "$((SECONDS - START_EPOCH)),$rss,$(fd_count)" >>"$WORK/samples.csv"
+  ((rss > RSS_MAX)) && RSS_MAX=$rss
+  sleep 1
+done
+RSS_END=$(rss_kb)
+FDS_END=$(fd_count)
+
+wait "$WRK_PID" || true
+kill "$CHURN_PID" 2>/dev/null || true
+# Let the LB settle: client keep-alive connections close at the header-read
+# timeout (10s), idle upstream connections at --upstream-idle-timeout (4s).
+# With nothing leaked, the fd count returns to (about) its pre-load value.
+FDS_AFTER=$(fd_count)
+settle_until=$((SECONDS + 20))
+while ((SECONDS < settle_until)) && ((FDS_AFTER > FDS_BEFORE_LOAD + FD_SLACK)); do
+  sleep 1
+  FDS_AFTER=$(fd_count)
+done
+RSS_AFTER=$(rss_kb)
+LB_ALIVE=yes
+kill -0 "$LB_PID" 2>/dev/null || LB_ALIVE=no
+
+# Results.
+WRK_OUT="$WORK/wrk.txt"
+requests=$(awk '/requests in/ {print $1}' "$WRK_OUT")
+rps=$(awk '/^Requests\/sec:/ {print $2}' "$WRK_OUT")
+p99=$(awk '$1 == "99%" {print $2}' "$WRK_OUT")
+non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$WRK_OUT")
+non2xx=${non2xx:-0}
+sock_errors=0
+if grep -q 'Socket errors:' "$WRK_OUT"; then
+  sock_errors=$(grep 'Socket errors:' "$WRK_OUT" | tr -cs '0-9' ' ' | awk '{s=0; for (i=1;i<=NF;i++) s+=$i; print s}')
+fi
+churn=$(cat "$WORK/churn.count" 2>/dev/null || echo 0)
+read -r slow_ok slow_fail <"$WORK/slow-curl.count" || { slow_ok=0; slow_fail=0; }
+trickles=0 trickle_max=0
+if [[ -s "$WORK/trickle.secs" ]]; then
+  trickles=$(wc -l <"$WORK/trickle.secs")
+  trickle_max=$(sort -n "$WORK/trickle.secs" | tail -1)
+fi
+metrics=$(curl -fsS --max-time 2 "$ADMIN_URL/metrics" || true)
+ejections=$(awk '/^roundhouse_ejections_total/ {s+=$NF} END {print s+0}' <<<"$metrics")
+lb_5xx=$(awk '/^roundhouse_requests_total/ && /class="5xx"/ {s+=$NF} END {print s+0}' <<<"$metrics")
+rss_growth=$(awk -v a="$RSS_START" -v b="$RSS_END" 'BEGIN {printf "%.1f", (b - a) * 100 / a}')
+fd_growth=$((FDS_AFTER - FDS_BEFORE_LOAD))
+
+verdict=PASS
+reasons=()
+[[ -n "$requests" ]] || { verdict=FAIL; reasons+=("wrk printed no result"); requests=0; }
+((non2xx == 0)) || { verdict=FAIL; reasons+=("$non2xx non-2xx responses"); }
+((sock_errors == 0)) || { verdict=FAIL; reasons+=("$sock_errors socket errors"); }
+((slow_fail == 0)) || { verdict=FAIL; reasons+=("$slow_fail slow curl readers failed"); }
+[[ "$LB_ALIVE" == yes ]] || { verdict=FAIL; reasons+=("the LB exited"); }
+if awk -v g="$rss_growth" -v max="$RSS_GROWTH_PCT" 'BEGIN {exit !(g > max)}'; then
+  verdict=FAIL
+  reasons+=("RSS grew ${rss_growth}% (> ${RSS_GROWTH_PCT}%)")
+fi
+((fd_growth <= FD_SLACK)) || { verdict=FAIL; reasons+=("fds after load exceed the pre-load count by $fd_growth (> $FD_SLACK)"); }
+
+report=$(
+  cat <<EOF
+| metric | value |
+| --- | --- |
+| duration | ${DURATION} s (wrk -t2 -c32 on GET /host) |
+| requests served (wrk) | ${requests} (${rps} req/s, p99 ${p99:-?}) |
+| non-2xx/3xx responses | ${non2xx} |
+| socket errors (connect/read/write/timeout) | ${sock_errors} |
+| 5xx counted by the LB (/metrics) | ${lb_5xx} |
+| endpoint churn cycles (b3 stopped + restarted) | ${churn} |
+| ejections (/metrics) | ${ejections} |
+| slow readers (curl --limit-rate 1k) ok / failed | ${slow_ok} / ${slow_fail} |
+| header tricklers cut off / longest (s) | ${trickles} / ${trickle_max} |
+| LB RSS before load | ${RSS_BEFORE_LOAD} KiB |
+| LB RSS after ${WARMUP} s warm-up → end of load (max) | ${RSS_START} → ${RSS_END} KiB (${rss_growth} %, max ${RSS_MAX} KiB) |
+| LB RSS after load (settled) | ${RSS_AFTER} KiB |
+| LB open fds under load: after warm-up → end | ${FDS_START} → ${FDS_END} (varies with in-flight upstream and slow-client connections) |
+| LB open fds before load → after load (settled) | ${FDS_BEFORE_LOAD} → ${FDS_AFTER} ($(printf %+d "$fd_growth"), limit +${FD_SLACK}) |
+| result | ${verdict}${reasons[*]:+: ${reasons[*]}} |
+EOF
+)
+echo
+echo "$report"
+if [[ -n "${SOAK_REPORT:-}" ]]; then
+  echo "$report" >"$SOAK_REPORT"
+  cp "$WORK/samples.csv" "${SOAK_REPORT%.*}.samples.csv" 2>/dev/null || true
+fi
+[[ "$verdict" == PASS ]]
