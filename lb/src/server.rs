@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -183,9 +182,4 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
-}
-
-/// A future that never resolves (for embedding without a shutdown signal).
-pub fn never() -> impl Future<Output = ()> + Send + 'static {
-    futures::future::pending::<()>().boxed()
 }

@@ -87,11 +87,6 @@ impl Pool {
         });
     }
 
-    /// Idle connections held, over all endpoints.
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
-
     /// The configured idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout

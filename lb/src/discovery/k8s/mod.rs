@@ -91,7 +91,6 @@ pub struct KubernetesDiscovery {
     client: Client,
     namespace: String,
     default_upstream: Option<DefaultUpstream>,
-    write_status: bool,
 }
 
 impl std::fmt::Debug for KubernetesDiscovery {
@@ -114,14 +113,7 @@ impl KubernetesDiscovery {
             client,
             namespace: namespace.into(),
             default_upstream,
-            write_status: true,
         }
-    }
-
-    /// Turns status writes off (read-only mode).
-    pub fn without_status(mut self) -> Self {
-        self.write_status = false;
-        self
     }
 }
 
@@ -227,13 +219,11 @@ impl Discovery for KubernetesDiscovery {
                 tokio::spawn(ensure_default(upstreams_api.clone(), d, shutdown.clone()));
             }
             let (status_tx, status_rx) = mpsc::unbounded_channel();
-            let writer = self.write_status.then(|| {
-                tokio::spawn(status_writer(
-                    upstreams_api.clone(),
-                    status_rx,
-                    publisher.clone(),
-                ))
-            });
+            let writer = tokio::spawn(status_writer(
+                upstreams_api.clone(),
+                status_rx,
+                publisher.clone(),
+            ));
 
             let slices =
                 watcher::watcher(slices_api, watcher::Config::default().labels(SERVICE_LABEL))
@@ -266,9 +256,6 @@ impl Discovery for KubernetesDiscovery {
                     continue;
                 }
                 publisher.publish(index.routing(), true);
-                if writer.is_none() {
-                    continue;
-                }
                 let resolved = index.resolved();
                 written.retain(|name, _| resolved.contains_key(name));
                 for (name, r) in resolved {
@@ -283,9 +270,7 @@ impl Discovery for KubernetesDiscovery {
                 }
             }
             drop(status_tx);
-            if let Some(w) = writer {
-                let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
-            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         })
     }
 }
