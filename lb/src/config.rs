@@ -195,6 +195,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "LB_EJECTION_TIME", default_value = "5s", value_parser = duration)]
     pub ejection_time: Duration,
 
+    /// Serve plain bodiless HTTP/1.1 requests on the fast path (httparse,
+    /// raw pooled connections); `false` sends everything through hyper.
+    #[arg(long, env = "LB_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fast_path: bool,
+
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LB_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub shutdown_timeout: Duration,
@@ -408,6 +413,7 @@ impl ProxyArgs {
             shutdown_timeout: self.shutdown_timeout,
             host_override,
             max_connections: self.max_connections,
+            fast_path: self.fast_path,
         };
         let policy = Policy {
             connect_timeout: self.connect_timeout,

@@ -9,7 +9,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::Worker;
@@ -60,7 +59,7 @@ impl FailureKind {
         !matches!(self, FailureKind::ResponseTimeout)
     }
 
-    fn is_timeout(self) -> bool {
+    pub(crate) fn is_timeout(self) -> bool {
         matches!(
             self,
             FailureKind::ConnectTimeout | FailureKind::ResponseTimeout
@@ -101,7 +100,8 @@ pub fn local_response(status: StatusCode, body: &'static str) -> Response<RespBo
     resp
 }
 
-const MAX_TRIES: usize = 11;
+/// Most attempts per request (the first and ten retries).
+pub(crate) const MAX_TRIES: usize = 11;
 
 impl Worker {
     fn local(
@@ -404,16 +404,7 @@ impl Worker {
         addr: SocketAddr,
         policy: &Policy,
     ) -> Result<Sender, (FailureKind, Option<std::io::Error>)> {
-        let stream =
-            match tokio::time::timeout(policy.connect_timeout, TcpStream::connect(addr)).await {
-                Err(_) => return Err((FailureKind::ConnectTimeout, None)),
-                Ok(Err(e)) => {
-                    debug!(endpoint = %addr, error = %e, "connect failed");
-                    return Err((FailureKind::Connect, Some(e)));
-                }
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = super::connect_upstream(addr, policy.connect_timeout).await?;
         let (tx, conn) = self
             .client
             .handshake(TokioIo::new(stream))

@@ -154,6 +154,11 @@ impl ClientIp {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self { ip, value }
     }
+
+    /// The address as header-value bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.value.as_bytes()
+    }
 }
 
 #[cfg(test)]

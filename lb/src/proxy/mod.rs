@@ -7,9 +7,11 @@
 //! round-robin stays exact whichever worker accepted the connection.
 
 pub mod body;
+pub mod fast;
 mod forward;
 pub mod headers;
 pub mod pool;
+mod rewind;
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,6 +40,7 @@ pub use forward::{FailureKind, is_idempotent, local_response, may_retry};
 use self::body::BodyErrorHook;
 use self::headers::ClientIp;
 use self::pool::Pool;
+use self::rewind::Rewind;
 use crate::admin::metrics::Metrics;
 use crate::selection::{Balancer, RoutingTable};
 
@@ -66,6 +70,9 @@ pub struct ProxyConfig {
     /// Most simultaneous client connections (all workers); beyond, new
     /// connections get a 503 and are closed.
     pub max_connections: usize,
+    /// Serve plain bodiless HTTP/1.1 requests on the fast path (`fast`);
+    /// when false every request takes the general (hyper) path.
+    pub fast_path: bool,
 }
 
 impl Default for ProxyConfig {
@@ -81,6 +88,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(20),
             host_override: None,
             max_connections: 10_000,
+            fast_path: true,
         }
     }
 }
@@ -108,6 +116,8 @@ pub(crate) struct Worker {
     )]
     table: RefCell<(u64, Rc<Arc<RoutingTable>>)>,
     pub(crate) pool: Rc<Pool>,
+    /// Raw connections for the fast path.
+    pub(crate) fast_pool: Rc<Pool<fast::UpConn>>,
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
 }
@@ -239,18 +249,20 @@ fn run_worker(
                 Rc::new(shared.balancer.snapshot()),
             )),
             pool: Pool::new(shared.config.upstream_max_idle, shared.config.upstream_idle_timeout),
+            fast_pool: Pool::new(shared.config.upstream_max_idle, shared.config.upstream_idle_timeout),
             shared: shared.clone(),
             client,
             body_error,
         });
         let sweeper = {
-            let pool = worker.pool.clone();
+            let (pool, fast_pool) = (worker.pool.clone(), worker.fast_pool.clone());
             let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
                     pool.sweep();
+                    fast_pool.sweep();
                 }
             })
         };
@@ -296,6 +308,24 @@ fn run_worker(
     })
 }
 
+/// Connects to an endpoint within `timeout`, with `TCP_NODELAY`.
+pub(crate) async fn connect_upstream(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, (FailureKind, Option<io::Error>)> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err((FailureKind::ConnectTimeout, None)),
+        Ok(Err(e)) => {
+            debug!(endpoint = %addr, error = %e, "connect failed");
+            Err((FailureKind::Connect, Some(e)))
+        }
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
 
 fn serve_connection(
@@ -321,17 +351,30 @@ fn serve_connection(
     shared.metrics.active_connections.inc();
     let client = Rc::new(ClientIp::new(peer.ip()));
     let w = worker.clone();
-    let service = service_fn(move |req| {
-        let w = w.clone();
-        let client = client.clone();
-        async move { Ok::<_, Infallible>(w.handle(client, req).await) }
-    });
-    let conn = server
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let server = server.clone();
     let drain = drain.clone();
     let shared = shared.clone();
     tracker.spawn_local(async move {
+        let (stream, prefix) = if shared.config.fast_path {
+            match w.serve_fast(stream, &client, &drain).await {
+                fast::Outcome::Closed => {
+                    shared.connections.fetch_sub(1, Ordering::Relaxed);
+                    shared.metrics.active_connections.dec();
+                    return;
+                }
+                fast::Outcome::Fallback(stream, prefix) => (stream, prefix.freeze()),
+            }
+        } else {
+            (stream, Bytes::new())
+        };
+        let service = service_fn(move |req| {
+            let w = w.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(w.handle(client, req).await) }
+        });
+        let conn = server
+            .serve_connection(TokioIo::new(Rewind::new(prefix, stream)), service)
+            .with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

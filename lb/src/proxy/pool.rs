@@ -1,6 +1,8 @@
-//! A per-worker pool of HTTP/1.1 connections to endpoints.
+//! Per-worker pools of HTTP/1.1 connections to endpoints.
 //!
-//! Each worker thread owns one pool (no lock is shared between threads).
+//! Each worker thread owns its pools (no lock is shared between threads):
+//! one of hyper client connections (the general path) and one of raw TCP
+//! connections (the HTTP/1 fast path, see `fast.rs`).
 //! Connections are reused last-in-first-out so that few stay hot, kept at
 //! most `max_idle` per endpoint, and closed after `idle_timeout` unused —
 //! which must stay below the backends' own keep-alive timeout.
@@ -19,19 +21,31 @@ use super::body::ReqBody;
 /// The sending half of an upstream connection.
 pub type Sender = SendRequest<ReqBody>;
 
-struct Idle {
-    tx: Sender,
+/// A connection that can wait in a pool.
+pub trait Reusable {
+    /// Whether the peer has closed it (or it is otherwise unusable).
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+struct Idle<C> {
+    tx: C,
     since: Instant,
 }
 
 /// Per-worker connection pool.
-pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+pub struct Pool<C = Sender> {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle<C>>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
-impl fmt::Debug for Pool {
+impl<C> fmt::Debug for Pool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("max_idle", &self.max_idle)
@@ -40,7 +54,7 @@ impl fmt::Debug for Pool {
     }
 }
 
-impl Pool {
+impl<C: Reusable> Pool<C> {
     /// An empty pool.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Rc<Self> {
         Rc::new(Self {
@@ -51,7 +65,7 @@ impl Pool {
     }
 
     /// The most recently used live idle connection to `addr`, if any.
-    pub fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+    pub fn checkout(&self, addr: SocketAddr) -> Option<C> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(conn) = list.pop() {
@@ -63,7 +77,7 @@ impl Pool {
     }
 
     /// Returns a connection for reuse (dropped if closed or over the limit).
-    pub fn checkin(&self, addr: SocketAddr, tx: Sender) {
+    pub fn checkin(&self, addr: SocketAddr, tx: C) {
         if tx.is_closed() || self.max_idle == 0 {
             return;
         }

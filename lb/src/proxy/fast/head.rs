@@ -1,0 +1,704 @@
+//! Request and response heads on the fast path: parsed once with `httparse`
+//! and rewritten straight into a reused buffer, with the same header rules
+//! as the general path (`proxy::headers`).
+//!
+//! The request side is deliberately narrow. Anything it is not sure about
+//! (a body, an upgrade, `Expect`, absolute-form or unusual targets,
+//! HTTP/1.0, `Connection` options other than `close`/`keep-alive`, a
+//! missing, repeated or odd `Host`, a head at or over the limits, anything
+//! httparse rejects) is [`Request::Fallback`]: the connection goes to the
+//! general path, which answers it exactly as before (400, 431, 501, …).
+
+use std::ops::Range;
+
+use http::StatusCode;
+
+use crate::proxy::headers::VIA_NAME;
+
+/// Most headers the fast path parses in one head (more → fallback for
+/// requests, 502 for responses).
+pub const MAX_HEADERS: usize = 100;
+/// Largest upstream response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--max-header-bytes`.
+    pub max_header_bytes: usize,
+    /// `--max-headers`.
+    pub max_headers: usize,
+}
+
+/// What the bytes at the front of a client connection are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Not a complete head yet.
+    Partial,
+    /// Not for the fast path: hand the connection to the general path.
+    Fallback,
+    /// A bodiless request, rewritten for upstream.
+    Ready(RequestHead),
+}
+
+/// A parsed request head. It holds offsets, not borrows, so the client
+/// buffer stays free to use.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head in the client buffer.
+    pub len: usize,
+    /// Where the `Host` value is in the buffer.
+    host: Range<usize>,
+    /// Where the path (the target without its query) is in the buffer.
+    path: Range<usize>,
+    /// RFC 9110 §9.2.2 idempotent method.
+    pub idempotent: bool,
+    /// `HEAD`: the response has no body whatever it says.
+    pub head: bool,
+    /// The client sent `Connection: close`.
+    pub close: bool,
+}
+
+impl RequestHead {
+    /// The `Host` header, for routing (`buf` is the parsed buffer).
+    pub fn host<'b>(&self, buf: &'b [u8]) -> &'b str {
+        std::str::from_utf8(&buf[self.host.clone()]).unwrap_or_default()
+    }
+
+    /// The path, for routing (`buf` is the parsed buffer).
+    pub fn path<'b>(&self, buf: &'b [u8]) -> &'b str {
+        std::str::from_utf8(&buf[self.path.clone()]).unwrap_or("/")
+    }
+}
+
+/// Where `part` (a sub-slice of `buf`) lies in `buf`.
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    start..start + part.len()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    Expect,
+    Connection,
+    HopByHop,
+    XForwardedFor,
+    XForwardedReplaced,
+}
+
+fn classify(name: &[u8]) -> Kind {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::HopByHop,
+        4 if is("host") => Kind::Host,
+        6 if is("expect") => Kind::Expect,
+        7 if is("upgrade") => Kind::Upgrade,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::HopByHop,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::XForwardedFor,
+        16 if is("x-forwarded-host") => Kind::XForwardedReplaced,
+        16 if is("proxy-connection") => Kind::HopByHop,
+        17 if is("x-forwarded-proto") => Kind::XForwardedReplaced,
+        17 if is("transfer-encoding") => Kind::TransferEncoding,
+        _ => Kind::Other,
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let Some(start) = start else { return &[] };
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(start);
+    &v[start..=end]
+}
+
+/// RFC 3986 characters allowed in an origin-form target (pchar, `/`, `?`).
+fn target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+/// Characters of `uri-host [":" port]` without userinfo.
+fn host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'['
+                | b']'
+                | b'%'
+        )
+}
+
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses the request head at the front of `buf` and, when it is for the
+/// fast path, writes the head to send upstream into `out`: hop-by-hop
+/// headers removed, `X-Forwarded-For` appended to, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` replaced, `Via` appended, `Host` kept unless
+/// `host_override`.
+pub fn parse_request(
+    buf: &[u8],
+    limits: Limits,
+    client_ip: &[u8],
+    host_override: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Request {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let n = limits.max_headers.clamp(1, MAX_HEADERS);
+    let mut req = httparse::Request::new(&mut headers[..n]);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => len,
+        Ok(httparse::Status::Partial) if buf.len() < limits.max_header_bytes => {
+            return Request::Partial;
+        }
+        _ => return Request::Fallback,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Request::Fallback;
+    };
+    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(target_byte) {
+        return Request::Fallback;
+    }
+    let mut host: Option<&[u8]> = None;
+    let mut content_length = false;
+    let mut close = false;
+    for h in req.headers.iter() {
+        match classify(h.name.as_bytes()) {
+            Kind::Host if host.replace(h.value).is_some() => return Request::Fallback,
+            Kind::ContentLength if content_length || trim(h.value) != b"0" => {
+                return Request::Fallback;
+            }
+            Kind::ContentLength => content_length = true,
+            Kind::TransferEncoding | Kind::Upgrade | Kind::Expect => return Request::Fallback,
+            Kind::Connection => {
+                for token in h.value.split(|b| *b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !(token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive")) {
+                        return Request::Fallback;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(host_bytes) = host.filter(|h| !h.is_empty() && h.iter().all(|b| host_byte(*b))) else {
+        return Request::Fallback;
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut xff = false;
+    for h in req.headers.iter() {
+        match classify(h.name.as_bytes()) {
+            Kind::Other | Kind::ContentLength => header(out, h.name.as_bytes(), h.value),
+            Kind::Host => header(out, b"host", host_override.unwrap_or(h.value)),
+            Kind::XForwardedFor => xff = true,
+            _ => {}
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff {
+        for h in req.headers.iter() {
+            if classify(h.name.as_bytes()) == Kind::XForwardedFor {
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(client_ip);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    header(out, b"x-forwarded-host", host_bytes);
+    out.extend_from_slice(b"via: 1.1 ");
+    out.extend_from_slice(VIA_NAME.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    Request::Ready(RequestHead {
+        len,
+        host: range_in(buf, host_bytes),
+        path: range_in(buf, path.as_bytes()),
+        idempotent: idempotent(method),
+        head: method == "HEAD",
+        close,
+    })
+}
+
+/// How an upstream response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (`HEAD`, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked, passed through as it is.
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// What the bytes at the front of an upstream connection are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Not a complete head yet.
+    Partial,
+    /// A 1xx interim response of `len` bytes, to be skipped.
+    Interim {
+        /// Head length.
+        len: usize,
+    },
+    /// A final response head, rewritten for the client.
+    Ready(ResponseHead),
+}
+
+/// A parsed final response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Bytes of the head in the upstream buffer.
+    pub len: usize,
+    /// Status code.
+    pub status: u16,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the upstream connection can be reused afterwards.
+    pub reusable: bool,
+    /// Whether the client connection must close after this response.
+    pub close: bool,
+}
+
+/// Why an upstream response cannot be forwarded (the log line says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadResponse(pub &'static str);
+
+/// Parses the response head at the front of `buf` and writes the head for
+/// the client into `out`: hop-by-hop headers (and those named in
+/// `Connection`) removed, `Via` appended, `Connection: close` added when
+/// `client_close` or the body runs until the upstream closes.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    client_close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Response, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
+            return Ok(Response::Partial);
+        }
+        Ok(httparse::Status::Partial) => return Err(BadResponse("response head too large")),
+        Err(_) => return Err(BadResponse("malformed response head")),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(BadResponse("malformed response head"));
+    };
+    if status == 101 {
+        return Err(BadResponse("unexpected protocol switch"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Response::Interim { len });
+    }
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut reusable = version == 1;
+    let mut connection_options = false;
+    for h in resp.headers.iter() {
+        match classify(h.name.as_bytes()) {
+            Kind::ContentLength => {
+                let v = trim(h.value);
+                let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                    .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+                    .ok_or(BadResponse("invalid Content-Length"))?;
+                if content_length.is_some_and(|m| m != n) {
+                    return Err(BadResponse("conflicting Content-Length"));
+                }
+                content_length = Some(n);
+            }
+            Kind::TransferEncoding => {
+                if chunked || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                    return Err(BadResponse("unsupported transfer coding"));
+                }
+                chunked = true;
+            }
+            Kind::Connection => {
+                for token in h.value.split(|b| *b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    } else if !(token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive")) {
+                        connection_options = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        // Both: Transfer-Encoding wins, Content-Length is dropped, and the
+        // connection is not trusted again (RFC 9112 §6.3).
+        if content_length.is_some() {
+            reusable = false;
+        }
+        Framing::Chunked
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        reusable = false;
+        Framing::UntilClose
+    };
+    let close = client_close || framing == Framing::UntilClose;
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut length_written = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        match classify(name) {
+            Kind::ContentLength => {
+                if !chunked && !length_written {
+                    header(out, name, trim(h.value));
+                    length_written = true;
+                }
+            }
+            Kind::Connection | Kind::HopByHop | Kind::TransferEncoding | Kind::Upgrade => {}
+            _ if connection_options && named_in_connection(name, resp.headers) => {}
+            _ => header(out, name, h.value),
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"via: 1.1 ");
+    out.extend_from_slice(VIA_NAME.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Response::Ready(ResponseHead {
+        len,
+        status,
+        framing,
+        reusable,
+        close,
+    }))
+}
+
+fn named_in_connection(name: &[u8], headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| classify(h.name.as_bytes()) == Kind::Connection)
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|t| trim(t).eq_ignore_ascii_case(name))
+}
+
+/// Writes a response produced by the LB itself into `out`.
+pub fn local_response(out: &mut Vec<u8>, status: StatusCode, body: &str, close: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_header_bytes: 1024,
+        max_headers: 16,
+    };
+
+    fn req(raw: &str) -> (Request, String) {
+        let mut out = Vec::new();
+        let r = parse_request(raw.as_bytes(), LIMITS, b"10.1.2.3", None, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn rewrites_a_plain_get() {
+        let raw = "GET /a/b?x=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: x\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoofed\r\nVia: 1.0 other\r\n\r\nNEXT";
+        let (r, out) = req(raw);
+        let Request::Ready(head) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(head.len, raw.len() - 4);
+        assert_eq!(head.host(raw.as_bytes()), "example.com:8080");
+        assert_eq!(head.path(raw.as_bytes()), "/a/b");
+        assert!(head.idempotent && !head.head && !head.close);
+        assert_eq!(
+            out,
+            "GET /a/b?x=1 HTTP/1.1\r\nhost: example.com:8080\r\nAccept: */*\r\nVia: 1.0 other\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com:8080\r\nvia: 1.1 roundhouse\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn host_override_and_close() {
+        let raw = "HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n";
+        let mut out = Vec::new();
+        let r = parse_request(raw.as_bytes(), LIMITS, b"::1", Some(b"b"), &mut out);
+        let Request::Ready(head) = r else {
+            panic!("{r:?}")
+        };
+        assert!(head.close && head.head && head.idempotent);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HEAD / HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\nx-forwarded-for: ::1\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: a\r\nvia: 1.1 roundhouse\r\n\r\n"
+        );
+        let (r, _) = req("POST / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(matches!(
+            r,
+            Request::Ready(RequestHead {
+                idempotent: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert_eq!(req("GET / HTTP/1.1\r\nHost: a\r\n").0, Request::Partial);
+        assert_eq!(req("GE").0, Request::Partial);
+    }
+
+    #[test]
+    fn anything_unusual_falls_back() {
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nx: {}\r\n\r\n",
+            "v".repeat(1100)
+        );
+        let many: String = (0..20).map(|i| format!("x{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        let partial_at_limit = format!("GET / HTTP/1.1\r\nx: {}", "v".repeat(1100));
+        for raw in [
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            "GET /\"x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\0\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            &long,
+            &many,
+            &partial_at_limit,
+        ] {
+            assert_eq!(req(raw).0, Request::Fallback, "{raw:?}");
+        }
+    }
+
+    fn resp(
+        raw: &str,
+        head_request: bool,
+        client_close: bool,
+    ) -> (Result<Response, BadResponse>, String) {
+        let mut out = Vec::new();
+        let r = parse_response(raw.as_bytes(), head_request, client_close, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn rewrites_a_plain_response() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\nhello";
+        let (r, out) = resp(raw, false, false);
+        assert_eq!(
+            r,
+            Ok(Response::Ready(ResponseHead {
+                len: raw.len() - 5,
+                status: 200,
+                framing: Framing::Length(5),
+                reusable: true,
+                close: false,
+            }))
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\nvia: 1.1 roundhouse\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_rules() {
+        let framing = |raw: &str, head: bool| match resp(raw, head, false).0 {
+            Ok(Response::Ready(h)) => (h.framing, h.reusable, h.close),
+            other => panic!("{raw:?}: {other:?}"),
+        };
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(framing(chunked, false), (Framing::Chunked, true, false));
+        assert_eq!(framing(chunked, true), (Framing::Empty, true, false));
+        let both = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(framing(both, false), (Framing::Chunked, false, false));
+        let (_, out) = resp(both, false, false);
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        let none = "HTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(framing(none, false), (Framing::UntilClose, false, true));
+        assert!(resp(none, false, false).1.contains("connection: close\r\n"));
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\n\r\n", false),
+            (Framing::Empty, true, false)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            (Framing::Empty, true, false)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+                false
+            ),
+            (Framing::Length(2), false, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false),
+            (Framing::Length(2), false, false)
+        );
+        let same = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(framing(same, false), (Framing::Length(2), true, false));
+        assert_eq!(
+            resp(same, false, false).1.matches("Content-Length").count(),
+            1
+        );
+        let (_, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn interim_and_bad_responses() {
+        assert_eq!(
+            resp("HTTP/1.1 100 Continue\r\n\r\n", false, false).0,
+            Ok(Response::Interim { len: 25 })
+        );
+        assert_eq!(
+            resp("HTTP/1.1 200 OK\r\nContent-Le", false, false).0,
+            Ok(Response::Partial)
+        );
+        for raw in [
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "garbage\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        ] {
+            assert!(resp(raw, false, false).0.is_err(), "{raw:?}");
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "v".repeat(MAX_RESPONSE_HEAD));
+        assert!(resp(&huge, false, false).0.is_err());
+    }
+
+    #[test]
+    fn local_responses() {
+        let mut out = Vec::new();
+        local_response(
+            &mut out,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no endpoints available\n",
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: 23\r\n\r\nno endpoints available\n"
+        );
+    }
+}
