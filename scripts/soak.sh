@@ -17,15 +17,18 @@
 #
 # Fails (exit 1) when any wrk request got a non-2xx/3xx answer or a socket
 # error, when a slow curl reader failed, when the LB's RSS grew more than
-# SOAK_RSS_GROWTH_PCT (5) % between the sample taken after the 5 s warm-up and
-# the one taken just before the load stops, or when, once the load has stopped
-# and idle connections have timed out, its open fds exceed the count before
-# the load by more than SOAK_FD_SLACK (8). (Under load the fd count moves with
+# SOAK_RSS_GROWTH_PCT (5) % between the sample taken after the warm-up
+# (SOAK_WARMUP seconds; default 60, at most a quarter of the run) and the one
+# taken just before the load stops, or when, once the load has stopped and
+# idle connections have timed out, its open fds exceed the count before the
+# load by more than SOAK_FD_SLACK (8). (Under load the fd count moves with
 # the in-flight client, upstream and slow-client connections, so it is
-# reported but not compared.) Prints a Markdown table (also written to
-# $SOAK_REPORT when set).
+# reported but not compared.) Also reports the RSS slope over the second half
+# of the run. Prints a Markdown table (also written to $SOAK_REPORT when set,
+# with the per-second samples next to it as CSV).
 #
-# Environment: SOAK_NO_BUILD=1 uses the existing release binaries as they are;
+# Environment: SOAK_NO_BUILD=1 uses the existing binaries as they are;
+# LB_BIN / BACKEND_BIN (default target/release/{lb,backend});
 # SOAK_CHURN_EVERY (4) seconds between churn cycles; SOAK_KEEP=1 keeps the
 # temporary directory (logs) for inspection.
 set -euo pipefail
@@ -38,7 +41,12 @@ fi
 RSS_GROWTH_PCT="${SOAK_RSS_GROWTH_PCT:-5}"
 FD_SLACK="${SOAK_FD_SLACK:-8}"
 CHURN_EVERY="${SOAK_CHURN_EVERY:-4}"
-WARMUP=5
+# The RSS baseline is taken once the LB has reached its working set: the
+# allocator's arenas fill up over the first tens of seconds of load (measured:
+# about half of a 20-minute run's growth happens in its first 10 s, and the
+# live heap is flat from then on), so an early baseline reports allocator
+# warm-up as growth. Default: 60 s, at most a quarter of the run.
+WARMUP="${SOAK_WARMUP:-$((DURATION / 4 < 60 ? DURATION / 4 : 60))}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -54,8 +62,8 @@ if [[ "${SOAK_NO_BUILD:-0}" != 1 ]]; then
   echo "soak: cargo build --release -p lb -p backend"
   cargo build --release --locked -p lb -p backend
 fi
-LB_BIN="$ROOT/target/release/lb"
-BACKEND_BIN="$ROOT/target/release/backend"
+LB_BIN="${LB_BIN:-$ROOT/target/release/lb}"
+BACKEND_BIN="${BACKEND_BIN:-$ROOT/target/release/backend}"
 for bin in "$LB_BIN" "$BACKEND_BIN"; do
   [[ -x "$bin" ]] || { echo "soak: $bin missing (build it or unset SOAK_NO_BUILD)" >&2; exit 2; }
 done
@@ -225,18 +233,29 @@ done
 ) &
 PIDS+=("$!")
 
-sleep "$WARMUP"
-RSS_START=$(rss_kb)
-FDS_START=$(fd_count)
-RSS_MAX=$RSS_START
+# Samples every second from the start; the baseline is the first sample
+# after the warm-up.
 echo "t,rss_kb,fds" >"$WORK/samples.csv"
+RSS_START=""
+RSS_MAX=0
 while ((SECONDS < END_AT - 2)); do
   rss=$(rss_kb)
-  echo "$((SECONDS - START_EPOCH)),$rss,$(fd_count)" >>"$WORK/samples.csv"
-  ((rss > RSS_MAX)) && RSS_MAX=$rss
+  t=$((SECONDS - START_EPOCH))
+  echo "$t,$rss,$(fd_count)" >>"$WORK/samples.csv"
+  if [[ -z "$RSS_START" ]] && ((t >= WARMUP)); then
+    RSS_START=$rss
+    FDS_START=$(fd_count)
+  fi
+  if [[ -n "$RSS_START" ]] && ((rss > RSS_MAX)); then RSS_MAX=$rss; fi
   sleep 1
 done
 RSS_END=$(rss_kb)
+# Least-squares slope of RSS over the second half of the run, in KiB/s: a
+# leak keeps a positive slope, allocator warm-up flattens out.
+RSS_SLOPE=$(awk -F, -v from=$((DURATION / 2)) 'NR > 1 && $1 >= from {
+    n++; sx += $1; sy += $2; sxx += $1 * $1; sxy += $1 * $2 }
+  END { d = n * sxx - sx * sx; if (n < 3 || d == 0) print "n/a"; else printf "%+.2f", (n * sxy - sx * sy) / d }' \
+  "$WORK/samples.csv")
 FDS_END=$(fd_count)
 
 wait "$WRK_PID" || true
@@ -306,6 +325,7 @@ report=$(
 | header tricklers cut off / longest (s) | ${trickles} / ${trickle_max} |
 | LB RSS before load | ${RSS_BEFORE_LOAD} KiB |
 | LB RSS after ${WARMUP} s warm-up → end of load (max) | ${RSS_START} → ${RSS_END} KiB (${rss_growth} %, max ${RSS_MAX} KiB) |
+| LB RSS slope over the second half of the run | ${RSS_SLOPE} KiB/s |
 | LB RSS after load (settled) | ${RSS_AFTER} KiB |
 | LB open fds under load: after warm-up → end | ${FDS_START} → ${FDS_END} (varies with in-flight upstream and slow-client connections) |
 | LB open fds before load → after load (settled) | ${FDS_BEFORE_LOAD} → ${FDS_AFTER} ($(printf %+d "$fd_growth"), limit +${FD_SLACK}) |

@@ -8,8 +8,8 @@
 # Suites: Rust unit + integration tests (nextest, or cargo test), cargo deny,
 # a shellcheck pass over every script, test.sh's own tests, the quick start
 # (lb demo + test.sh), a short bounded fuzzing run,
-# the Kubernetes manifest/chart validators, and the Docker end-to-end test
-# (skipped only where no Docker engine answers). The last line is
+# the Kubernetes manifest/chart validators, the Docker end-to-end test
+# (skipped only where no Docker engine answers) and a 60 s soak. The last line is
 # "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
 # suite failed.
 set -uo pipefail
@@ -44,6 +44,17 @@ rust_tests() {
     fi
 }
 
+# The CI-sized soak (docs/soak.md) on the static release binaries the Docker
+# suite built; without them, soak.sh builds target/release itself.
+soak_60() {
+    local bins=target/x86_64-unknown-linux-gnu/release
+    if [[ -x $bins/lb && -x $bins/backend ]]; then
+        SOAK_NO_BUILD=1 LB_BIN=$bins/lb BACKEND_BIN=$bins/backend scripts/soak.sh 60
+    else
+        scripts/soak.sh 60
+    fi
+}
+
 shell_scripts() {
     shellcheck test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run
 }
@@ -56,6 +67,7 @@ suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-
 suite "fuzzing (20 s per target, seed corpus)" env FUZZ_INSTALL=1 scripts/fuzz.sh 20
 suite "kubernetes manifests and chart" scripts/k8s/validate.sh
 suite "docker images and compose topology" scripts/docker-test.sh
+suite "soak (60 s: load, endpoint churn, slow clients)" soak_60
 
 printf '\n'
 if ((failed)); then
