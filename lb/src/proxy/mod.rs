@@ -1,10 +1,14 @@
 //! The data plane: accepting clients and forwarding their requests.
 //!
-//! Layout (see docs/architecture.md): one single-threaded Tokio runtime per
-//! worker thread, each with its own `SO_REUSEPORT` listener and its own
-//! upstream connection pool, so requests never cross threads and no pool
-//! lock is shared. Selection is global (one atomic cursor per upstream), so
-//! round-robin stays exact whichever worker accepted the connection.
+//! Layout: one single-threaded Tokio runtime per worker thread, each with
+//! its own `SO_REUSEPORT` listener and its own upstream connection pools, so
+//! requests never cross threads and no pool lock is shared. Selection is
+//! global (one atomic cursor per upstream), so round-robin stays exact
+//! whichever worker accepted the connection.
+//!
+//! Every connection starts on the HTTP/1.1 fast path ([`fast`]); a request
+//! it does not take (a body, an upgrade, anything unusual) moves the
+//! connection to the general hyper path (`forward.rs`) for good.
 
 pub mod body;
 pub mod fast;
