@@ -103,6 +103,23 @@ pub fn local_response(status: StatusCode, body: &'static str) -> Response<RespBo
 /// Most attempts per request (the first and ten retries).
 pub(crate) const MAX_TRIES: usize = 11;
 
+/// Attempts allowed for a request to `upstream`: the first plus its retries,
+/// at most one per endpoint.
+pub(crate) fn max_attempts(upstream: &Upstream) -> usize {
+    (upstream.policy.retries as usize + 1)
+        .min(upstream.endpoints.len())
+        .clamp(1, MAX_TRIES)
+}
+
+/// What to do after a failed attempt ([`Worker::after_failure`]).
+pub(crate) enum AfterFailure {
+    /// Try the endpoint with this index next.
+    Retry(usize),
+    /// Answer the client with this local response (status, body, metric
+    /// reason).
+    GiveUp(StatusCode, &'static str, &'static str),
+}
+
 impl Worker {
     fn local(
         &self,
@@ -237,9 +254,7 @@ impl Worker {
         let mut pending = Some(Request::from_parts(parts, body));
 
         let policy = &upstream.policy;
-        let max_attempts = (policy.retries as usize + 1)
-            .min(upstream.endpoints.len())
-            .clamp(1, MAX_TRIES);
+        let max_attempts = max_attempts(upstream);
         let mut tried = [usize::MAX; MAX_TRIES];
         let mut attempts = 0;
         let start = Instant::now();
@@ -279,59 +294,91 @@ impl Worker {
                         }
                         _ => {}
                     }
-                    shared.metrics.upstream_error(failure.kind.label());
-                    if failure.kind.is_connect() {
-                        shared.balancer.connect_failed(upstream, idx);
-                    }
                     pending = failure.request.take();
-                    let next = may_retry(failure.kind, pending.is_some(), saved.is_some())
-                        .then_some(())
-                        .filter(|()| attempts < max_attempts)
-                        .and_then(|()| upstream.next_untried(idx, &tried[..attempts]));
                     let error = failure.error.as_ref().map(|e| e.to_string());
-                    if let Some(next) = next {
-                        shared.metrics.retries.inc();
-                        debug!(
-                            upstream = %upstream.name,
-                            endpoint = %endpoint.addr,
-                            kind = failure.kind.label(),
-                            error,
-                            next = %upstream.endpoints[next].addr,
-                            "attempt failed; retrying on the next endpoint"
-                        );
-                        idx = next;
-                        continue;
+                    let retry = may_retry(failure.kind, pending.is_some(), saved.is_some());
+                    match self.after_failure(
+                        upstream,
+                        &tried[..attempts],
+                        max_attempts,
+                        failure.kind,
+                        error.as_deref(),
+                        retry,
+                    ) {
+                        AfterFailure::Retry(next) => idx = next,
+                        AfterFailure::GiveUp(status, body, reason) => {
+                            return self.local(status, body, reason);
+                        }
                     }
-                    if failure.kind.is_timeout() {
-                        warn!(
-                            upstream = %upstream.name,
-                            endpoint = %endpoint.addr,
-                            kind = failure.kind.label(),
-                            attempts,
-                            "upstream timed out; answering 504"
-                        );
-                        return self.local(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "upstream timed out\n",
-                            "upstream_timeout",
-                        );
-                    }
-                    warn!(
-                        upstream = %upstream.name,
-                        endpoint = %endpoint.addr,
-                        kind = failure.kind.label(),
-                        error,
-                        attempts,
-                        "no endpoint could serve the request; answering 502"
-                    );
-                    return self.local(
-                        StatusCode::BAD_GATEWAY,
-                        "bad gateway: upstream failed\n",
-                        "upstream_failed",
-                    );
                 }
             }
         }
+    }
+
+    /// Counts and logs a failed attempt on the last endpoint in `tried` and
+    /// decides what comes next: another endpoint (when `retry` allows it,
+    /// attempts remain and one is left untried), else a 504 after a timeout
+    /// or a 502. Shared by the general path and the fast path.
+    pub(crate) fn after_failure(
+        &self,
+        upstream: &Upstream,
+        tried: &[usize],
+        max_attempts: usize,
+        kind: FailureKind,
+        error: Option<&str>,
+        retry: bool,
+    ) -> AfterFailure {
+        let shared = &self.shared;
+        let attempts = tried.len();
+        let idx = tried[attempts - 1];
+        let endpoint = &upstream.endpoints[idx];
+        shared.metrics.upstream_error(kind.label());
+        if kind.is_connect() {
+            shared.balancer.connect_failed(upstream, idx);
+        }
+        let next = retry
+            .then_some(())
+            .filter(|()| attempts < max_attempts)
+            .and_then(|()| upstream.next_untried(idx, tried));
+        if let Some(next) = next {
+            shared.metrics.retries.inc();
+            debug!(
+                upstream = %upstream.name,
+                endpoint = %endpoint.addr,
+                kind = kind.label(),
+                error,
+                next = %upstream.endpoints[next].addr,
+                "attempt failed; retrying on the next endpoint"
+            );
+            return AfterFailure::Retry(next);
+        }
+        if kind.is_timeout() {
+            warn!(
+                upstream = %upstream.name,
+                endpoint = %endpoint.addr,
+                kind = kind.label(),
+                attempts,
+                "upstream timed out; answering 504"
+            );
+            return AfterFailure::GiveUp(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream timed out\n",
+                "upstream_timeout",
+            );
+        }
+        warn!(
+            upstream = %upstream.name,
+            endpoint = %endpoint.addr,
+            kind = kind.label(),
+            error,
+            attempts,
+            "no endpoint could serve the request; answering 502"
+        );
+        AfterFailure::GiveUp(
+            StatusCode::BAD_GATEWAY,
+            "bad gateway: upstream failed\n",
+            "upstream_failed",
+        )
     }
 
     /// Sends one attempt to `addr`, on a pooled connection when one is idle.

@@ -120,8 +120,8 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..=end]
 }
 
-/// RFC 3986 characters allowed in an origin-form target (pchar, `/`, `?`).
-fn target_byte(b: u8) -> bool {
+/// RFC 3986 unreserved characters and sub-delims.
+fn unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -139,38 +139,17 @@ fn target_byte(b: u8) -> bool {
                 | b','
                 | b';'
                 | b'='
-                | b':'
-                | b'@'
-                | b'/'
-                | b'?'
-                | b'%'
         )
+}
+
+/// RFC 3986 characters allowed in an origin-form target (pchar, `/`, `?`).
+fn target_byte(b: u8) -> bool {
+    unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
 }
 
 /// Characters of `uri-host [":" port]` without userinfo.
 fn host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-                | b'%'
-        )
+    unreserved_or_sub_delim(b) || matches!(b, b':' | b'[' | b']' | b'%')
 }
 
 fn idempotent(method: &str) -> bool {

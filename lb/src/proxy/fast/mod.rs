@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
 use self::head::{Framing, Limits, Request, Response, ResponseHead};
-use super::forward::{FailureKind, MAX_TRIES, may_retry};
+use super::forward::{AfterFailure, FailureKind, MAX_TRIES, max_attempts, may_retry};
 use super::headers::ClientIp;
 use super::pool::Reusable;
 use super::{Worker, connect_upstream};
@@ -284,9 +284,7 @@ impl Worker {
                 .await;
         };
         let policy = &upstream.policy;
-        let max_attempts = (policy.retries as usize + 1)
-            .min(upstream.endpoints.len())
-            .clamp(1, MAX_TRIES);
+        let max_attempts = max_attempts(upstream);
         let mut tried = [usize::MAX; MAX_TRIES];
         let mut attempts = 0;
         let start = std::time::Instant::now();
@@ -309,66 +307,24 @@ impl Worker {
                 Ok(r) => break r,
                 Err(f) => f,
             };
-            shared.metrics.upstream_error(failure.kind.label());
-            if failure.kind.is_connect() {
-                shared.balancer.connect_failed(upstream, idx);
-            }
             // Nothing was sent when connecting failed; otherwise the request
             // (bodiless) can be replayed if it is idempotent.
-            let next = may_retry(failure.kind, failure.kind.is_connect(), idempotent)
-                .then_some(())
-                .filter(|()| attempts < max_attempts)
-                .and_then(|()| upstream.next_untried(idx, &tried[..attempts]));
-            if let Some(next) = next {
-                shared.metrics.retries.inc();
-                debug!(
-                    upstream = %upstream.name,
-                    endpoint = %endpoint.addr,
-                    kind = failure.kind.label(),
-                    error = failure.error,
-                    next = %upstream.endpoints[next].addr,
-                    "attempt failed; retrying on the next endpoint"
-                );
-                idx = next;
-                continue;
+            let retry = may_retry(failure.kind, failure.kind.is_connect(), idempotent);
+            match self.after_failure(
+                upstream,
+                &tried[..attempts],
+                max_attempts,
+                failure.kind,
+                failure.error.as_deref(),
+                retry,
+            ) {
+                AfterFailure::Retry(next) => idx = next,
+                AfterFailure::GiveUp(status, body, reason) => {
+                    return self
+                        .local_fast(stream, out, status, body, reason, close)
+                        .await;
+                }
             }
-            if failure.kind.is_timeout() {
-                warn!(
-                    upstream = %upstream.name,
-                    endpoint = %endpoint.addr,
-                    kind = failure.kind.label(),
-                    attempts,
-                    "upstream timed out; answering 504"
-                );
-                return self
-                    .local_fast(
-                        stream,
-                        out,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream timed out\n",
-                        "upstream_timeout",
-                        close,
-                    )
-                    .await;
-            }
-            warn!(
-                upstream = %upstream.name,
-                endpoint = %endpoint.addr,
-                kind = failure.kind.label(),
-                error = failure.error,
-                attempts,
-                "no endpoint could serve the request; answering 502"
-            );
-            return self
-                .local_fast(
-                    stream,
-                    out,
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway: upstream failed\n",
-                    "upstream_failed",
-                    close,
-                )
-                .await;
         };
         let endpoint = &upstream.endpoints[idx];
         endpoint.record_response(resp.status);
