@@ -359,38 +359,57 @@ fn serve_connection(
     let drain = drain.clone();
     let shared = shared.clone();
     tracker.spawn_local(async move {
-        let (stream, prefix) = if shared.config.fast_path {
+        let general = if shared.config.fast_path {
             match w.serve_fast(stream, &client, &drain).await {
-                fast::Outcome::Closed => {
-                    shared.connections.fetch_sub(1, Ordering::Relaxed);
-                    shared.metrics.active_connections.dec();
-                    return;
-                }
-                fast::Outcome::Fallback(stream, prefix) => (stream, prefix.freeze()),
+                fast::Outcome::Closed => None,
+                fast::Outcome::Fallback(stream, prefix) => Some((stream, prefix.freeze())),
             }
         } else {
-            (stream, Bytes::new())
+            Some((stream, Bytes::new()))
         };
-        let service = service_fn(move |req| {
-            let w = w.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(w.handle(client, req).await) }
-        });
-        let conn = server
-            .serve_connection(TokioIo::new(Rewind::new(prefix, stream)), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = drain.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            debug!(client = %peer, error = %e, "client connection ended with an error");
+        if let Some((stream, prefix)) = general {
+            serve_general(
+                w,
+                &server,
+                client,
+                &drain,
+                Rewind::new(prefix, stream),
+                peer,
+            )
+            .await;
         }
         shared.connections.fetch_sub(1, Ordering::Relaxed);
         shared.metrics.active_connections.dec();
     });
+}
+
+/// Serves the rest of a client connection on the general (hyper) path,
+/// shutting it down gracefully when `drain` is cancelled.
+async fn serve_general(
+    w: Rc<Worker>,
+    server: &hyper::server::conn::http1::Builder,
+    client: Rc<ClientIp>,
+    drain: &CancellationToken,
+    stream: Rewind<TcpStream>,
+    peer: SocketAddr,
+) {
+    let service = service_fn(move |req| {
+        let w = w.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(w.handle(client, req).await) }
+    });
+    let conn = server
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each worker thread owns its pools (no lock is shared between threads):
 //! one of hyper client connections (the general path) and one of raw TCP
-//! connections (the HTTP/1 fast path, see `fast.rs`).
+//! connections (the HTTP/1 fast path, see `fast/`).
 //! Connections are reused last-in-first-out so that few stay hot, kept at
 //! most `max_idle` per endpoint, and closed after `idle_timeout` unused —
 //! which must stay below the backends' own keep-alive timeout.
