@@ -448,31 +448,24 @@ async fn relay(
     out: &mut Vec<u8>,
 ) -> Relay {
     conn.buf.advance(resp.len);
+    let mut scanner = ChunkedScanner::new();
     // The body bytes that came with the head: sent with it when small.
     let first = match resp.framing {
         Framing::Empty => 0,
         Framing::Length(n) => n.min(conn.buf.len() as u64) as usize,
         Framing::UntilClose => conn.buf.len(),
-        Framing::Chunked => {
-            let mut scanner = ChunkedScanner::new();
-            match scanner.scan(&conn.buf) {
-                Ok(n) => {
-                    let done = scanner.is_done();
-                    let r = send_first(client, conn, out, n).await;
-                    if done || !matches!(r, Relay::Done) {
-                        return r;
-                    }
-                    return relay_chunked(client, conn, scanner).await;
-                }
-                Err(e) => return Relay::Upstream(e.to_string()),
-            }
-        }
+        Framing::Chunked => match scanner.scan(&conn.buf) {
+            Ok(n) => n,
+            Err(e) => return Relay::Upstream(e.to_string()),
+        },
     };
-    let r = send_first(client, conn, out, first).await;
-    if !matches!(r, Relay::Done) {
-        return r;
+    if send_first(client, conn, out, first).await.is_err() {
+        return Relay::ClientGone;
     }
     match resp.framing {
+        Framing::Empty => Relay::Done,
+        Framing::Chunked if scanner.is_done() => Relay::Done,
+        Framing::Chunked => relay_chunked(client, conn, scanner).await,
         Framing::Length(n) => {
             let mut remaining = n - first as u64;
             while remaining > 0 {
@@ -498,9 +491,7 @@ async fn relay(
             if client.write_all(&conn.buf).await.is_err() {
                 return Relay::ClientGone;
             }
-            conn.buf.clear();
         },
-        Framing::Empty | Framing::Chunked => Relay::Done,
     }
 }
 
@@ -510,7 +501,7 @@ async fn send_first(
     conn: &mut UpConn,
     out: &mut Vec<u8>,
     n: usize,
-) -> Relay {
+) -> io::Result<()> {
     let sent = if n <= COALESCE {
         out.extend_from_slice(&conn.buf[..n]);
         client.write_all(out).await
@@ -521,10 +512,7 @@ async fn send_first(
         }
     };
     conn.buf.advance(n);
-    match sent {
-        Ok(()) => Relay::Done,
-        Err(_) => Relay::ClientGone,
-    }
+    sent
 }
 
 /// Passes the rest of a chunked body through until its end.
