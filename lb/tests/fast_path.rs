@@ -230,7 +230,7 @@ async fn a_response_cut_short_aborts_the_client_connection() {
         );
     }
     // The LB counted both and still serves.
-    let metrics = reqwest_metrics(lb.admin).await;
+    let metrics = get_once(lb.admin, "/metrics").await.unwrap().1;
     assert!(
         metrics.contains("roundhouse_upstream_errors_total{kind=\"body\"} 2"),
         "{metrics}"
@@ -239,10 +239,6 @@ async fn a_response_cut_short_aborts_the_client_connection() {
         get_once(lb.addr, "/").await.unwrap(),
         (StatusCode::OK, "ok".into())
     );
-}
-
-async fn reqwest_metrics(admin: SocketAddr) -> String {
-    get_once(admin, "/metrics").await.unwrap().1
 }
 
 /// A backend that records `METHOD /path body` for every request.

@@ -11,9 +11,10 @@
 
 use std::ops::Range;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 
 use crate::proxy::headers::VIA_NAME;
+use crate::proxy::is_idempotent;
 
 /// Most headers the fast path parses in one head (more → fallback for
 /// requests, 502 for responses).
@@ -110,14 +111,13 @@ fn classify(name: &[u8]) -> Kind {
     }
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let Some(start) = start else { return &[] };
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(start);
-    &v[start..=end]
+/// The comma-separated tokens of a `Connection` value, trimmed, empty ones
+/// skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// RFC 3986 unreserved characters and sub-delims.
@@ -152,17 +152,17 @@ fn host_byte(b: u8) -> bool {
     unreserved_or_sub_delim(b) || matches!(b, b':' | b'[' | b']' | b'%')
 }
 
-fn idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
-}
-
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// This proxy's `Via` line (the general path appends the same value).
+fn via(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"via: 1.1 ");
+    out.extend_from_slice(VIA_NAME.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -200,16 +200,16 @@ pub fn parse_request(
     for h in req.headers.iter() {
         match classify(h.name.as_bytes()) {
             Kind::Host if host.replace(h.value).is_some() => return Request::Fallback,
-            Kind::ContentLength if content_length || trim(h.value) != b"0" => {
+            Kind::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
                 return Request::Fallback;
             }
             Kind::ContentLength => content_length = true,
             Kind::TransferEncoding | Kind::Upgrade | Kind::Expect => return Request::Fallback,
             Kind::Connection => {
-                for token in h.value.split(|b| *b == b',').map(trim) {
+                for token in tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if !(token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive")) {
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                         return Request::Fallback;
                     }
                 }
@@ -248,14 +248,13 @@ pub fn parse_request(
     out.extend_from_slice(client_ip);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     header(out, b"x-forwarded-host", host_bytes);
-    out.extend_from_slice(b"via: 1.1 ");
-    out.extend_from_slice(VIA_NAME.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    via(out);
+    out.extend_from_slice(b"\r\n");
     Request::Ready(RequestHead {
         len,
         host: range_in(buf, host_bytes),
         path: range_in(buf, path.as_bytes()),
-        idempotent: idempotent(method),
+        idempotent: Method::from_bytes(method.as_bytes()).is_ok_and(|m| is_idempotent(&m)),
         head: method == "HEAD",
         close,
     })
@@ -344,7 +343,7 @@ pub fn parse_response(
     for h in resp.headers.iter() {
         match classify(h.name.as_bytes()) {
             Kind::ContentLength => {
-                let v = trim(h.value);
+                let v = h.value.trim_ascii();
                 let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
                     .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
                     .ok_or(BadResponse("invalid Content-Length"))?;
@@ -354,16 +353,16 @@ pub fn parse_response(
                 content_length = Some(n);
             }
             Kind::TransferEncoding => {
-                if chunked || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                     return Err(BadResponse("unsupported transfer coding"));
                 }
                 chunked = true;
             }
             Kind::Connection => {
-                for token in h.value.split(|b| *b == b',').map(trim) {
+                for token in tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         reusable = false;
-                    } else if !(token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive")) {
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                         connection_options = true;
                     }
                 }
@@ -404,7 +403,7 @@ pub fn parse_response(
         match classify(name) {
             Kind::ContentLength => {
                 if !chunked && !length_written {
-                    header(out, name, trim(h.value));
+                    header(out, name, h.value.trim_ascii());
                     length_written = true;
                 }
             }
@@ -416,9 +415,7 @@ pub fn parse_response(
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    out.extend_from_slice(b"via: 1.1 ");
-    out.extend_from_slice(VIA_NAME.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    via(out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -436,8 +433,8 @@ fn named_in_connection(name: &[u8], headers: &[httparse::Header<'_>]) -> bool {
     headers
         .iter()
         .filter(|h| classify(h.name.as_bytes()) == Kind::Connection)
-        .flat_map(|h| h.value.split(|b| *b == b','))
-        .any(|t| trim(t).eq_ignore_ascii_case(name))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// Writes a response produced by the LB itself into `out`.
