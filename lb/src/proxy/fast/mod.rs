@@ -17,6 +17,7 @@
 //! ejection, timeouts, metrics and log lines are the same as on the general
 //! path.
 
+mod buffers;
 mod chunked;
 pub mod head;
 
@@ -34,6 +35,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use self::buffers::{ClientBufs, ClientLoan};
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
 use self::head::{Framing, Limits, Request, Response, ResponseHead};
 use super::forward::{AfterFailure, FailureKind, MAX_TRIES, max_attempts, may_retry};
@@ -50,11 +52,27 @@ const UPSTREAM_BUF: usize = 16 * 1024;
 /// head up to this size.
 const COALESCE: usize = 16 * 1024;
 
-/// A raw HTTP/1.1 connection to an endpoint, with its read buffer.
+/// A raw HTTP/1.1 connection to an endpoint, with its read buffer (given
+/// back to the worker's free list when the connection is dropped).
 #[derive(Debug)]
 pub struct UpConn {
     stream: TcpStream,
     buf: BytesMut,
+}
+
+impl UpConn {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: buffers::upstream_buf(),
+        }
+    }
+}
+
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        buffers::recycle_upstream_buf(std::mem::take(&mut self.buf));
+    }
 }
 
 impl Reusable for UpConn {
@@ -162,9 +180,8 @@ impl Worker {
             max_headers: config.max_headers,
         };
         let host_override = self.shared.host_override.as_ref().map(|h| h.as_bytes());
-        let mut inb = BytesMut::with_capacity(CLIENT_BUF);
-        let mut up_head = Vec::with_capacity(512);
-        let mut out = Vec::with_capacity(1024);
+        let mut bufs = ClientLoan::take();
+        let ClientBufs { inb, up_head, out } = &mut *bufs;
         let mut header_timer = LazyTimer::new();
         let mut response_timer = LazyTimer::new();
         let cancelled = drain.cancelled();
@@ -174,20 +191,23 @@ impl Worker {
             let req = loop {
                 if !inb.is_empty() {
                     match head::parse_request(
-                        &inb,
+                        inb,
                         limits,
                         client.as_bytes(),
                         host_override,
-                        &mut up_head,
+                        up_head,
                     ) {
                         Request::Ready(req) => break req,
-                        Request::Fallback => return Outcome::Fallback(stream, inb),
+                        Request::Fallback => {
+                            // The general path takes the bytes read so far.
+                            return Outcome::Fallback(stream, std::mem::take(inb));
+                        }
                         Request::Partial => {}
                     }
                 }
                 tokio::select! {
                     biased;
-                    r = read_some(&mut stream, &mut inb, CLIENT_BUF) => match r {
+                    r = read_some(&mut stream, inb, CLIENT_BUF) => match r {
                         Ok(0) | Err(_) => return Outcome::Closed,
                         Ok(_) => {}
                     },
@@ -200,16 +220,16 @@ impl Worker {
             };
             let close = req.close || drain.is_cancelled();
             let table = self.table();
-            let upstream = table.routes.find(Some(req.host(&inb)), req.path(&inb));
+            let upstream = table.routes.find(Some(req.host(inb)), req.path(inb));
             if upstream.is_none() {
-                debug!(path = req.path(&inb), "no upstream matches");
+                debug!(path = req.path(inb), "no upstream matches");
             }
             inb.advance(req.len);
             let keep = match upstream {
                 None => {
                     self.local_fast(
                         &mut stream,
-                        &mut out,
+                        out,
                         StatusCode::NOT_FOUND,
                         "no upstream matches this request\n",
                         "no_route",
@@ -221,11 +241,11 @@ impl Worker {
                     self.forward_fast(
                         &mut stream,
                         upstream,
-                        &up_head,
+                        up_head,
                         req.idempotent,
                         req.head,
                         close,
-                        &mut out,
+                        out,
                         &mut response_timer,
                     )
                     .await
@@ -377,13 +397,7 @@ impl Worker {
             let (mut conn, reused) = match self.checkout_fast(addr) {
                 Some(conn) => (conn, true),
                 None => match connect_upstream(addr, policy.connect_timeout).await {
-                    Ok(stream) => (
-                        UpConn {
-                            stream,
-                            buf: BytesMut::with_capacity(UPSTREAM_BUF),
-                        },
-                        false,
-                    ),
+                    Ok(stream) => (UpConn::new(stream), false),
                     Err((kind, e)) => {
                         return Err(Failure {
                             kind,

@@ -1,0 +1,256 @@
+//! Per-worker free lists for the fast path's connection buffers.
+//!
+//! Every client connection needs a read buffer and two small write buffers,
+//! and every new upstream connection a read buffer. Allocating them per
+//! connection and freeing them when it closes is cheap, but under churn —
+//! slow clients, idle connections timing out, endpoints restarting and
+//! taking their pooled connections with them — the allocator ends up with
+//! freed pages between longer-lived allocations and the process's resident
+//! memory creeps up although its live heap is flat (docs/soak.md). So the
+//! buffers of a closed connection go to a free list and the next connection
+//! on the same worker takes them from there: the same few kilobytes are
+//! reused instead of returned and re-requested.
+//!
+//! Workers are single-threaded runtimes, so the lists are thread-locals: no
+//! lock, no sharing between cores. Each list is bounded ([`MAX_FREE`]) and
+//! keeps only buffers of ordinary size, so a burst of connections or one
+//! huge response head does not pin memory for good.
+
+use std::cell::RefCell;
+use std::mem;
+use std::ops::{Deref, DerefMut};
+
+use bytes::BytesMut;
+
+use super::{CLIENT_BUF, COALESCE, UPSTREAM_BUF};
+
+/// Most buffers (of each kind) a worker keeps for reuse.
+pub(super) const MAX_FREE: usize = 32;
+/// Initial capacity of the rewritten upstream request head.
+const UP_HEAD: usize = 512;
+/// Initial capacity of the response head written to the client.
+const OUT: usize = 1024;
+/// A read buffer or request head that grew beyond this many times its
+/// initial capacity is freed rather than kept.
+const MAX_GROWTH: usize = 8;
+/// The response buffer also carries up to `COALESCE` body bytes with the
+/// head; beyond this it is freed rather than kept.
+const OUT_MAX: usize = 2 * COALESCE;
+
+/// A bounded per-thread list of reusable values.
+struct FreeList<T> {
+    free: RefCell<Vec<T>>,
+}
+
+impl<T> FreeList<T> {
+    const fn new() -> Self {
+        Self {
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Option<T> {
+        self.free.borrow_mut().pop()
+    }
+
+    /// Keeps `value` unless the list is full (then it is dropped).
+    fn give(&self, value: T) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < MAX_FREE {
+            free.push(value);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+thread_local! {
+    static CLIENT: FreeList<ClientBufs> = const { FreeList::new() };
+    static UPSTREAM: FreeList<BytesMut> = const { FreeList::new() };
+}
+
+/// Empties `buf` and makes its whole allocation usable again from the
+/// start (it may have been advanced); false when it should be freed
+/// instead (shared, or grown far beyond `size`).
+fn reset_bytes(buf: &mut BytesMut, size: usize) -> bool {
+    buf.clear();
+    buf.try_reclaim(size) && buf.capacity() <= size * MAX_GROWTH
+}
+
+/// Empties `buf`; false when its capacity is outside `min..=max`.
+fn reset_vec(buf: &mut Vec<u8>, min: usize, max: usize) -> bool {
+    buf.clear();
+    (min..=max).contains(&buf.capacity())
+}
+
+/// A client connection's buffers: what was read from the client, the
+/// rewritten request head for the endpoint and the response head (with the
+/// first body bytes) for the client.
+#[derive(Debug, Default)]
+pub(super) struct ClientBufs {
+    /// Bytes read from the client and not yet consumed.
+    pub(super) inb: BytesMut,
+    /// The rewritten upstream request head.
+    pub(super) up_head: Vec<u8>,
+    /// What is written to the client next.
+    pub(super) out: Vec<u8>,
+}
+
+impl ClientBufs {
+    fn fresh() -> Self {
+        Self {
+            inb: BytesMut::with_capacity(CLIENT_BUF),
+            up_head: Vec::with_capacity(UP_HEAD),
+            out: Vec::with_capacity(OUT),
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        reset_bytes(&mut self.inb, CLIENT_BUF)
+            && reset_vec(&mut self.up_head, UP_HEAD, UP_HEAD * MAX_GROWTH)
+            && reset_vec(&mut self.out, OUT, OUT_MAX)
+    }
+}
+
+/// A client connection's buffers on loan from this worker's free list; they
+/// go back to it when the loan is dropped.
+#[derive(Debug)]
+pub(super) struct ClientLoan(ClientBufs);
+
+impl ClientLoan {
+    /// Recycled buffers when the worker has some, new ones otherwise.
+    pub(super) fn take() -> Self {
+        let bufs = CLIENT
+            .try_with(FreeList::take)
+            .ok()
+            .flatten()
+            .unwrap_or_else(ClientBufs::fresh);
+        Self(bufs)
+    }
+}
+
+impl Deref for ClientLoan {
+    type Target = ClientBufs;
+    fn deref(&self) -> &ClientBufs {
+        &self.0
+    }
+}
+
+impl DerefMut for ClientLoan {
+    fn deref_mut(&mut self) -> &mut ClientBufs {
+        &mut self.0
+    }
+}
+
+impl Drop for ClientLoan {
+    fn drop(&mut self) {
+        let mut bufs = mem::take(&mut self.0);
+        if bufs.reset() {
+            // Fails only while the thread is exiting: then just free them.
+            let _ = CLIENT.try_with(|list| list.give(bufs));
+        }
+    }
+}
+
+/// A read buffer for a new upstream connection, recycled if possible.
+pub(super) fn upstream_buf() -> BytesMut {
+    UPSTREAM
+        .try_with(FreeList::take)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| BytesMut::with_capacity(UPSTREAM_BUF))
+}
+
+/// Gives a closed upstream connection's read buffer back for reuse.
+pub(super) fn recycle_upstream_buf(mut buf: BytesMut) {
+    if reset_bytes(&mut buf, UPSTREAM_BUF) {
+        let _ = UPSTREAM.try_with(|list| list.give(buf));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Buf;
+
+    use super::*;
+
+    fn client_free() -> usize {
+        CLIENT.with(FreeList::len)
+    }
+
+    #[test]
+    fn client_buffers_are_reused_by_the_next_connection() {
+        let first = ClientLoan::take();
+        let ptr = first.inb.as_ptr();
+        let before = client_free();
+        drop(first);
+        assert_eq!(client_free(), before + 1);
+        let mut second = ClientLoan::take();
+        assert_eq!(second.inb.as_ptr(), ptr, "the same allocation comes back");
+        assert!(second.inb.is_empty() && second.up_head.is_empty() && second.out.is_empty());
+        assert!(second.inb.capacity() >= CLIENT_BUF);
+        second.inb.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        drop(second);
+    }
+
+    #[test]
+    fn an_advanced_read_buffer_is_reclaimed_from_its_start() {
+        let mut loan = ClientLoan::take();
+        let start = loan.inb.as_ptr();
+        loan.inb.extend_from_slice(&[b'x'; 3000]);
+        loan.inb.advance(3000);
+        loan.up_head.extend_from_slice(b"head");
+        loan.out.extend_from_slice(b"out");
+        drop(loan);
+        let again = ClientLoan::take();
+        assert_eq!(again.inb.as_ptr(), start);
+        assert!(
+            again.inb.capacity() >= CLIENT_BUF,
+            "the whole allocation is usable again"
+        );
+        assert!(again.up_head.is_empty() && again.out.is_empty());
+    }
+
+    #[test]
+    fn oversized_or_taken_buffers_are_freed_not_kept() {
+        // Start from an empty list on this test's own thread.
+        CLIENT.with(|l| l.free.borrow_mut().clear());
+        let mut grown = ClientLoan::take();
+        grown.out.reserve(OUT_MAX + 1);
+        drop(grown);
+        assert_eq!(client_free(), 0, "a buffer that grew far is freed");
+        let mut fallback = ClientLoan::take();
+        // The general path took the read buffer with the connection.
+        let _inb = mem::take(&mut fallback.inb);
+        drop(fallback);
+        assert_eq!(client_free(), 0, "a set without its read buffer is freed");
+    }
+
+    #[test]
+    fn the_lists_are_bounded() {
+        let loans: Vec<_> = (0..MAX_FREE + 10).map(|_| ClientLoan::take()).collect();
+        drop(loans);
+        assert_eq!(client_free(), MAX_FREE);
+        for _ in 0..MAX_FREE + 10 {
+            recycle_upstream_buf(BytesMut::with_capacity(UPSTREAM_BUF));
+        }
+        assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE);
+        let buf = upstream_buf();
+        assert!(buf.is_empty() && buf.capacity() >= UPSTREAM_BUF);
+        assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE - 1);
+    }
+
+    #[test]
+    fn a_shared_upstream_buffer_is_not_recycled() {
+        UPSTREAM.with(|l| l.free.borrow_mut().clear());
+        let mut buf = BytesMut::with_capacity(UPSTREAM_BUF);
+        buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        let frozen = buf.split().freeze();
+        recycle_upstream_buf(buf);
+        drop(frozen);
+        assert_eq!(UPSTREAM.with(FreeList::len), 0);
+    }
+}
