@@ -34,6 +34,10 @@
 #   KILL_AFTER      seconds into it when the backend is killed (default 3)
 #   WARMUP          seconds of warm-up per target before the rounds (default 2)
 #   LB_BIN, BACKEND_BIN  binaries (default: cargo build --release, then target/release/)
+#   NGINX_FORWARDING  minimal (default: nginx as the original design, which adds
+#                   no forwarding headers) or same (nginx also keeps the client's
+#                   Host and sets X-Forwarded-For/-Proto/-Host and Via on the
+#                   request and Via on the response, as our LB does)
 #   NGINX_BIN       nginx binary (default: nginx on PATH; installed with apt-get if missing)
 #   KEEP_DIR        keep configs, logs and raw wrk outputs there
 #
@@ -55,6 +59,13 @@ connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 workers=${WORKERS:-2}
 kill_duration=${KILL_DURATION:-10}
+nginx_forwarding=${NGINX_FORWARDING:-minimal}
+# shellcheck disable=SC2016 # nginx variables, not shell ones
+case $nginx_forwarding in
+    minimal) forwarding_directives='' ;;
+    same) forwarding_directives='proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; proxy_set_header Via "1.1 nginx"; add_header Via "1.1 nginx" always;' ;;
+    *) echo "NGINX_FORWARDING must be minimal or same, not '$nginx_forwarding'" >&2; exit 2 ;;
+esac
 kill_duration=${kill_duration%s}
 kill_after=${KILL_AFTER:-3}
 warmup=${WARMUP:-2}
@@ -193,6 +204,7 @@ wait_ok() { # name url pid log: poll (bounded: 15 s) until url answers 2xx
 render() { # template out prefix port name b1 b2
     sed -e "s|@PREFIX@|$3|g" -e "s|@LISTEN_PORT@|$4|g" -e "s|@NAME@|$5|g" \
         -e "s|@BACKEND1@|$6|g" -e "s|@BACKEND2@|$7|g" -e "s|@WORKERS@|$workers|g" \
+        -e "s|@FORWARDING@|$forwarding_directives|g" \
         "$1" >"$2"
 }
 
@@ -472,7 +484,7 @@ cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 echo "### Backends: $backends_kind"
 echo
 echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs (${cpu_model:-unknown}); kernel $(uname -r);"
-echo "$nginx_version; $wrk_version; lb --workers $workers, nginx worker_processes $workers;"
+echo "$nginx_version; $wrk_version; lb --workers $workers, nginx worker_processes $workers; nginx forwarding headers: $nginx_forwarding;"
 echo "load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 echo "#### $connections connections (\`wrk -t$threads -c$connections -d${duration}s --latency\`), median of $rounds alternating rounds"
