@@ -59,16 +59,30 @@ impl Config {
     }
 
     /// The name `/host` reports: `--name`, else the host name.
-    pub fn host_name(&self) -> anyhow::Result<String> {
+    pub fn host_name(&self) -> Result<String, NameError> {
         match &self.name {
-            Some(name) if name.trim().is_empty() => anyhow::bail!("--name must not be empty"),
+            Some(name) if name.trim().is_empty() => Err(NameError::Empty),
             Some(name) => Ok(name.clone()),
             None => hostname::get()
-                .map_err(|e| anyhow::anyhow!("cannot read the host name: {e}"))?
+                .map_err(NameError::Unreadable)?
                 .into_string()
-                .map_err(|_| anyhow::anyhow!("the host name is not valid UTF-8; pass --name")),
+                .map_err(|_| NameError::NotUtf8),
         }
     }
+}
+
+/// Why the backend has no name to report.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    /// `--name ""`.
+    #[error("--name must not be empty")]
+    Empty,
+    /// The host name could not be read.
+    #[error("cannot read the host name: {0}")]
+    Unreadable(#[source] std::io::Error),
+    /// The host name is not UTF-8.
+    #[error("the host name is not valid UTF-8; pass --name")]
+    NotUtf8,
 }
 
 /// How log lines are written.

@@ -4,17 +4,15 @@
 //! Helm value or a compose `environment:` entry can set it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::HeaderValue;
-use serde::Deserialize;
 
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use crate::discovery::k8s::DefaultUpstream;
-use crate::discovery::{BackendTarget, static_dns::TargetError};
+use crate::discovery::file::{self, FileError, parse_duration};
+use crate::discovery::static_dns::TargetError;
+use crate::discovery::{DefaultUpstream, Source, StaticSource};
 use crate::proxy::ProxyConfig;
 use crate::selection::Policy;
 
@@ -48,7 +46,7 @@ pub enum Command {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
+    parse_duration(s)
 }
 
 /// Log output format.
@@ -82,7 +80,7 @@ pub struct ServeArgs {
     )]
     pub backends: Vec<String>,
 
-    /// A YAML file listing the backends (see docs/configuration.md).
+    /// A YAML file listing the backends (format: README, "Sources of endpoints").
     #[arg(long, env = "LB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -267,101 +265,12 @@ pub enum ConfigError {
     /// A bad backend.
     #[error("bad backend: {0}")]
     Target(#[from] TargetError),
-    /// Unreadable file.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Invalid YAML.
-    #[error("invalid config file {path}: {message}")]
-    Yaml {
-        /// File.
-        path: PathBuf,
-        /// What serde_yaml said, with line and column.
-        message: String,
-    },
+    /// A config file that cannot be used.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// An out-of-range value.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// One backend entry in the YAML file: `"host:port"` or a map.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum BackendEntry {
-    Short(String),
-    Long(BackendLong),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackendLong {
-    address: String,
-    #[serde(default = "one")]
-    weight: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// The YAML configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct FileConfig {
-    backends: Vec<BackendEntry>,
-    #[serde(default)]
-    dns_refresh: Option<String>,
-}
-
-/// Backends and refresh period read from a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticSource {
-    /// Targets in order.
-    pub targets: Vec<BackendTarget>,
-    /// DNS refresh period.
-    pub dns_refresh: Duration,
-}
-
-/// Parses the YAML config text.
-pub fn parse_file_config(
-    text: &str,
-    path: &Path,
-    default_refresh: Duration,
-) -> Result<StaticSource, ConfigError> {
-    let file: FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    if file.backends.is_empty() {
-        return Err(ConfigError::Yaml {
-            path: path.to_owned(),
-            message: "`backends` is empty".into(),
-        });
-    }
-    let targets = file
-        .backends
-        .into_iter()
-        .map(|b| match b {
-            BackendEntry::Short(s) => s.parse::<BackendTarget>(),
-            BackendEntry::Long(l) => l.address.parse::<BackendTarget>()?.with_weight(l.weight),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let dns_refresh = match file.dns_refresh {
-        Some(s) => duration(&s).map_err(|e| ConfigError::Yaml {
-            path: path.to_owned(),
-            message: format!("dnsRefresh: {e}"),
-        })?,
-        None => default_refresh,
-    };
-    Ok(StaticSource {
-        targets,
-        dns_refresh,
-    })
 }
 
 impl ProxyArgs {
@@ -426,20 +335,6 @@ impl ProxyArgs {
     }
 }
 
-/// Where `serve` gets its endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// `--backend` or `--config`.
-    Static(StaticSource),
-    /// `--kubernetes`.
-    Kubernetes {
-        /// `--namespace`, if given.
-        namespace: Option<String>,
-        /// The Upstream to create if absent.
-        default_upstream: Option<DefaultUpstream>,
-    },
-}
-
 impl ServeArgs {
     /// The configured source of endpoints.
     pub fn source(&self) -> Result<Source, ConfigError> {
@@ -452,32 +347,10 @@ impl ServeArgs {
             ));
         }
         let default_upstream = match (&self.default_upstream, &self.service) {
-            (Some(name), Some(service)) => {
-                let port = self
-                    .service_port
-                    .as_deref()
-                    .map(|p| match p.parse::<i32>() {
-                        Ok(n) => IntOrString::Int(n),
-                        Err(_) => IntOrString::String(p.to_owned()),
-                    });
-                let d = DefaultUpstream {
-                    name: name.clone(),
-                    service: service.clone(),
-                    port,
-                };
-                let spec = crate::crd::UpstreamSpec {
-                    service: d.service.clone(),
-                    port: d.port.clone(),
-                    route: None,
-                    strategy: crate::crd::Strategy::RoundRobin,
-                    timeouts: None,
-                    retries: None,
-                    outlier_detection: None,
-                };
-                spec.validate()
-                    .map_err(|e| ConfigError::Invalid(format!("--service-port: {e}")))?;
-                Some(d)
-            }
+            (Some(name), Some(service)) => Some(
+                DefaultUpstream::new(name, service, self.service_port.as_deref())
+                    .map_err(|e| ConfigError::Invalid(format!("--service-port: {e}")))?,
+            ),
             _ => None,
         };
         Ok(Source::Kubernetes {
@@ -500,13 +373,7 @@ impl ServeArgs {
                     .collect::<Result<_, _>>()?,
                 dns_refresh: self.dns_refresh,
             }),
-            (true, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_file_config(&text, path, self.dns_refresh)
-            }
+            (true, Some(path)) => Ok(file::read_file_config(path, self.dns_refresh)?),
         }
     }
 }
@@ -593,7 +460,7 @@ mod tests {
                 default_upstream: Some(d),
                 namespace: None,
             } => {
-                assert_eq!(d.port, Some(IntOrString::String("http".into())));
+                assert_eq!((d.name(), d.port().as_deref()), ("backend", Some("http")));
             }
             other => panic!("{other:?}"),
         }
@@ -607,16 +474,13 @@ mod tests {
             "5000",
         ])
         .unwrap();
-        assert!(matches!(
+        assert_eq!(
             s.source().unwrap(),
             Source::Kubernetes {
-                default_upstream: Some(DefaultUpstream {
-                    port: Some(IntOrString::Int(5000)),
-                    ..
-                }),
-                ..
+                default_upstream: Some(DefaultUpstream::new("b", "b", Some("5000")).unwrap()),
+                namespace: None,
             }
-        ));
+        );
         let s = serve(&["--kubernetes", "--backend", "a:1"]).unwrap();
         assert!(matches!(s.source(), Err(ConfigError::ManySources(_))));
         assert!(
@@ -639,40 +503,5 @@ mod tests {
                 .to_string()
                 .contains("--service-port")
         );
-    }
-
-    #[test]
-    fn yaml_config() {
-        let p = Path::new("lb.yaml");
-        let src = parse_file_config(
-            "backends:\n  - backend-1:5000\n  - address: backend-2:5000\n    weight: 3\ndnsRefresh: 2s\n",
-            p,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(src.targets.len(), 2);
-        assert_eq!(src.targets[1].weight, 3);
-        assert_eq!(src.dns_refresh, Duration::from_secs(2));
-
-        let e = parse_file_config("backend: []\n", p, Duration::from_secs(5)).unwrap_err();
-        assert!(e.to_string().contains("unknown field `backend`"), "{e}");
-        let e = parse_file_config("backends: []\n", p, Duration::from_secs(5)).unwrap_err();
-        assert!(e.to_string().contains("empty"), "{e}");
-        let e = parse_file_config(
-            "backends:\n  - address: a:1\n    weight: 0\n",
-            p,
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("weight"), "{e}");
-        let e = parse_file_config(
-            "backends: [a:1]\ndnsRefresh: often\n",
-            p,
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("dnsRefresh"), "{e}");
-        let e = parse_file_config("backends: {", p, Duration::from_secs(5)).unwrap_err();
-        assert!(e.to_string().contains("line"), "{e}");
     }
 }

@@ -3,15 +3,11 @@
 //! which is the only source of `manifests/01-crd.yaml` and the chart's
 //! `crds/upstreams.yaml` (a test fails if they drift).
 
-use std::time::Duration;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-use crate::discovery::{RouteMatch, UpstreamPolicy};
 
 /// The API group.
 pub const GROUP: &str = "roundhouse.dev";
@@ -171,51 +167,55 @@ pub struct EndpointStatus {
 }
 
 impl UpstreamSpec {
-    /// The data plane's match rule.
-    pub fn route_match(&self) -> RouteMatch {
-        let m = self.route.clone().unwrap_or_default();
-        RouteMatch {
-            host: m.host.map(|h| h.to_ascii_lowercase()),
-            path_prefix: m.path_prefix,
-        }
-    }
-
-    /// The data plane's policy overrides.
-    pub fn policy(&self) -> UpstreamPolicy {
-        let t = self.timeouts.clone().unwrap_or_default();
-        let o = self.outlier_detection.clone().unwrap_or_default();
-        UpstreamPolicy {
-            connect_timeout: t.connect_ms.map(|ms| Duration::from_millis(ms.into())),
-            response_header_timeout: t
-                .response_header_ms
-                .map(|ms| Duration::from_millis(ms.into())),
-            retries: self.retries.as_ref().map(|r| r.attempts),
-            eject_after: o.consecutive_failures,
-            ejection_time: o
-                .base_ejection_seconds
-                .map(|s| Duration::from_secs(s.into())),
-        }
-    }
-
-    /// Checks what the schema cannot express; `Err` is an `InvalidSpec` message.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what the schema cannot express (the `InvalidSpec` reasons).
+    pub fn validate(&self) -> Result<(), SpecError> {
         if let Some(IntOrString::Int(p)) = &self.port
             && !(1..=65535).contains(p)
         {
-            return Err(format!("port {p} is out of range 1-65535"));
+            return Err(SpecError::PortOutOfRange(*p));
         }
         if let Some(IntOrString::String(name)) = &self.port
             && name.is_empty()
         {
-            return Err("port name is empty".into());
+            return Err(SpecError::EmptyPortName);
         }
         if let Some(prefix) = self.route.as_ref().and_then(|m| m.path_prefix.as_ref())
             && !prefix.starts_with('/')
         {
-            return Err(format!("match.pathPrefix `{prefix}` must start with /"));
+            return Err(SpecError::PathPrefix(prefix.clone()));
         }
         Ok(())
     }
+}
+
+/// Why an Upstream cannot be routed (its `InvalidSpec` condition message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `spec.port` is a number outside 1-65535.
+    #[error("port {0} is out of range 1-65535")]
+    PortOutOfRange(i32),
+    /// `spec.port` is an empty name.
+    #[error("port name is empty")]
+    EmptyPortName,
+    /// `spec.match.pathPrefix` does not start with `/`.
+    #[error("match.pathPrefix `{0}` must start with /")]
+    PathPrefix(String),
+    /// `spec.port` is unset but the Service has several ports.
+    #[error("the Service has {count} ports; set spec.port to one of: {names}")]
+    AmbiguousPort {
+        /// How many ports the Service has.
+        count: usize,
+        /// Their names, comma-separated.
+        names: String,
+    },
+    /// `spec.port` names no port of the Service.
+    #[error("port {port} is not a port of Service {service}")]
+    UnknownPort {
+        /// The port as written in the spec.
+        port: String,
+        /// The Service.
+        service: String,
+    },
 }
 
 /// The CustomResourceDefinition as YAML (what `lb crd` prints).
@@ -263,22 +263,14 @@ mod tests {
                 .unwrap();
         assert_eq!(spec.strategy, Strategy::RoundRobin);
         assert_eq!(spec.port, Some(IntOrString::String("http".into())));
-        assert_eq!(spec.route_match().path_prefix.as_deref(), Some("/api"));
         assert!(spec.validate().is_ok());
         let bad: UpstreamSpec = serde_yaml::from_str("service: b\nport: 70000\n").unwrap();
-        assert!(bad.validate().unwrap_err().contains("out of range"));
-    }
-
-    #[test]
-    fn policy_overrides() {
-        let spec: UpstreamSpec = serde_yaml::from_str(
-            "service: b\ntimeouts: {connectMs: 250}\nretries: {attempts: 0}\noutlierDetection: {consecutiveFailures: 5}\n",
-        )
-        .unwrap();
-        let p = spec.policy();
-        assert_eq!(p.connect_timeout, Some(Duration::from_millis(250)));
-        assert_eq!(p.retries, Some(0));
-        assert_eq!(p.eject_after, Some(5));
-        assert_eq!(p.ejection_time, None);
+        assert_eq!(bad.validate(), Err(SpecError::PortOutOfRange(70000)));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("out of range")
+        );
     }
 }

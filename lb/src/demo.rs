@@ -38,7 +38,7 @@ pub async fn start_backends(
 }
 
 /// Runs the demo until SIGTERM/SIGINT.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(settings: Settings) -> crate::Result<()> {
     let bound = Bound::bind(&settings)?;
     let (stop, _) = broadcast::channel(1);
     let backends = start_backends(&stop).await?;

@@ -1,15 +1,22 @@
 //! roundhouse: an exact round-robin HTTP load balancer.
 //!
-//! The crate is split by responsibility, each module replaceable on its own:
+//! The crate is split by responsibility; each module depends only on the
+//! ones listed before it (`scripts/module-graph.sh` checks that there is no
+//! cycle):
 //!
-//! - [`discovery`]: where endpoints come from (static/DNS now, Kubernetes
-//!   next), published as complete routing snapshots;
+//! - [`metrics`]: every Prometheus metric, below everything else;
+//! - [`crd`]: the `Upstream` custom resource (types and schema only);
+//! - [`discovery`]: where endpoints come from — static list and DNS
+//!   (`static_dns`), the config file (`file`), Kubernetes (`k8s`, the only
+//!   module besides `crd` that sees Kubernetes types) — published as
+//!   complete routing snapshots;
 //! - [`selection`]: the routing table, endpoint state and the round-robin
 //!   cursor;
-//! - [`proxy`]: accepting clients and forwarding requests (per-core
-//!   runtimes, per-worker connection pools);
-//! - [`admin`]: probes, metrics and `/endpoints`;
-//! - [`server`]: the wiring, and [`config`]: the flags.
+//! - [`proxy`]: the data plane — listeners and per-core workers, one
+//!   attempt core (`proxy::attempt`) and the transports around it;
+//! - [`admin`]: probes, metrics exposition and `/endpoints`;
+//! - [`config`]: the flags; [`server`]: the wiring; [`client`]: `lb probe`
+//!   and `lb check`; [`shutdown`], [`telemetry`].
 
 pub mod admin;
 pub mod client;
@@ -18,8 +25,50 @@ pub mod crd;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod discovery;
+pub mod metrics;
 pub mod proxy;
 pub mod selection;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+
+use std::net::SocketAddr;
+
+/// Everything that can stop the LB from starting or running. Configuration
+/// errors are reported before any port is bound ([`Error::is_config`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad flag value or config file.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot bind --{flag} {addr}: {source}")]
+    Bind {
+        /// The flag that named the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The discovery source could not be set up.
+    #[error(transparent)]
+    Discovery(#[from] discovery::SourceError),
+    /// `lb probe` or `lb check` failed.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// Any other I/O failure (runtime, threads, sockets).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether this is a configuration error (exit code 78).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

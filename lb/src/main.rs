@@ -1,12 +1,12 @@
 //! `lb`: parses flags, validates them before binding anything, then runs.
+//! The only place where errors become `anyhow` values, exit codes and the
+//! one `error: …` line on stderr.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use futures::FutureExt;
-use lb::config::{Cli, Command, ConfigError, ServeArgs, Source};
-use lb::discovery::k8s::KubernetesDiscovery;
-use lb::discovery::{Discovery, StaticDiscovery};
+use lb::config::{Cli, Command, ProxyArgs, ServeArgs};
 use lb::server::{self, Bound, Settings};
 
 /// Exit code for bad configuration (sysexits EX_CONFIG).
@@ -14,92 +14,56 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Crd => {
             print!("{}", lb::crd::crd_yaml());
-            ExitCode::SUCCESS
+            Ok(())
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             lb::telemetry::init(args.log_format);
-            let settings = match settings(
+            settings(
                 args.listen,
                 args.admin_listen,
                 &args.proxy,
                 std::time::Duration::ZERO,
-            ) {
-                Ok(s) => s,
-                Err(e) => return config_error(&e),
-            };
-            finish(runtime().and_then(|rt| rt.block_on(lb::demo::run(settings))))
+            )
+            .and_then(|settings| block_on(lb::demo::run(settings)))
         }
         Command::Probe(args) => {
-            let r = runtime()
-                .and_then(|rt| Ok(rt.block_on(lb::client::probe(&args.url, args.timeout))?));
-            finish(r)
+            block_on(async move { Ok(lb::client::probe(&args.url, args.timeout).await?) })
         }
-        Command::Check(args) => {
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => return finish(Err(e)),
-            };
-            let result = rt.block_on(lb::client::check(
-                &args.url,
-                args.requests,
-                args.expect_backends,
-                args.timeout,
-            ));
-            let (counts, error) = match result {
-                Ok(c) => (c, None),
-                Err((e, c)) => (c, Some(e)),
-            };
-            for (name, n) in &counts {
-                println!("{name}: {n}");
-            }
-            match error {
-                None => {
-                    println!(
-                        "ok: {} requests split exactly over {} backends",
-                        args.requests,
-                        counts.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Some(e) => finish(Err(e.into())),
-            }
-        }
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-fn config_error(e: &ConfigError) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(EXIT_CONFIG)
-}
-
-fn finish(r: anyhow::Result<()>) -> ExitCode {
-    match r {
+        Command::Check(args) => check(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // `{:#}` prints the whole cause chain on one line.
+            eprintln!("error: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on<T>(f: impl Future<Output = lb::Result<T>>) -> lb::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 /// Validated settings from the shared flags.
 fn settings(
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
-    proxy: &lb::config::ProxyArgs,
+    proxy: &ProxyArgs,
     drain_delay: std::time::Duration,
-) -> Result<Settings, ConfigError> {
+) -> lb::Result<Settings> {
     let (proxy, policy) = proxy.build()?;
     Ok(Settings {
         listen,
@@ -110,51 +74,48 @@ fn settings(
     })
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs) -> lb::Result<()> {
     lb::telemetry::init(args.log_format);
-    let settings = match settings(
+    let settings = settings(
         args.listen,
         args.admin_listen,
         &args.proxy,
         args.drain_delay,
-    ) {
-        Ok(s) => s,
-        Err(e) => return config_error(&e),
+    )?;
+    let source = args.source()?;
+    let bound = Bound::bind(&settings)?;
+    block_on(async move {
+        let discovery = source.build().await?;
+        server::run(
+            settings,
+            bound,
+            discovery,
+            lb::shutdown::signal().boxed(),
+            |_| {},
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+fn check(args: &lb::config::CheckArgs) -> lb::Result<()> {
+    let result = block_on(async {
+        Ok(lb::client::check(&args.url, args.requests, args.expect_backends, args.timeout).await)
+    })?;
+    let (counts, error) = match result {
+        Ok(c) => (c, None),
+        Err((e, c)) => (c, Some(e)),
     };
-    let source = match args.source() {
-        Ok(s) => s,
-        Err(e) => return config_error(&e),
-    };
-    let bound = match Bound::bind(&settings) {
-        Ok(b) => b,
-        Err(e) => return finish(Err(e.into())),
-    };
-    finish(runtime().and_then(|rt| {
-        rt.block_on(async move {
-            let discovery: Box<dyn Discovery> = match source {
-                Source::Static(s) => Box::new(StaticDiscovery::new(s.targets, s.dns_refresh)),
-                Source::Kubernetes {
-                    namespace,
-                    default_upstream,
-                } => {
-                    let client = lb::discovery::k8s::client().await.map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {e}"
-                        )
-                    })?;
-                    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-                    Box::new(KubernetesDiscovery::new(client, ns, default_upstream))
-                }
-            };
-            server::run(
-                settings,
-                bound,
-                discovery,
-                lb::shutdown::signal().boxed(),
-                |_| {},
-            )
-            .await?;
-            Ok(())
-        })
-    }))
+    for (name, n) in &counts {
+        println!("{name}: {n}");
+    }
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    println!(
+        "ok: {} requests split exactly over {} backends",
+        args.requests,
+        counts.len()
+    );
+    Ok(())
 }

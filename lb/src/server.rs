@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::metrics::Metrics;
 use crate::admin::{self, AdminState, Readiness};
 use crate::discovery::{self, Discovery};
+use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyConfig};
 use crate::selection::{Balancer, Policy};
 
@@ -39,11 +39,12 @@ pub struct Bound {
 
 impl Bound {
     /// Binds the client listeners (one per worker) and the admin listener.
-    pub fn bind(settings: &Settings) -> std::io::Result<Self> {
+    pub fn bind(settings: &Settings) -> crate::Result<Self> {
+        let bind_error = |flag, addr| move |source| crate::Error::Bind { flag, addr, source };
         let proxy = proxy::bind_listeners(settings.listen, settings.proxy.workers)
-            .map_err(|e| with_addr(e, "listen", settings.listen))?;
+            .map_err(bind_error("listen", settings.listen))?;
         let admin = std::net::TcpListener::bind(settings.admin_listen)
-            .map_err(|e| with_addr(e, "admin-listen", settings.admin_listen))?;
+            .map_err(bind_error("admin-listen", settings.admin_listen))?;
         admin.set_nonblocking(true)?;
         Ok(Self { proxy, admin })
     }
@@ -61,10 +62,6 @@ impl Bound {
             .local_addr()
             .expect("bound listener has an address")
     }
-}
-
-fn with_addr(e: std::io::Error, what: &str, addr: SocketAddr) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("cannot bind --{what} {addr}: {e}"))
 }
 
 /// Handles to a running LB, for embedding and tests.

@@ -23,15 +23,8 @@ fn start_lb(api: &FakeApi, default: bool) -> TestLb {
         move || {
             async move {
                 let client = FakeApi::client(&kubeconfig).await;
-                let d = default.then(|| DefaultUpstream {
-                    name: "backend".into(),
-                    service: "backend".into(),
-                    port: Some(
-                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
-                            "http".into(),
-                        ),
-                    ),
-                });
+                let d = default
+                    .then(|| DefaultUpstream::new("backend", "backend", Some("http")).unwrap());
                 Box::new(KubernetesDiscovery::new(client, "roundhouse", d)) as Box<dyn Discovery>
             }
             .boxed()

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
     if let Ok(source) =
-        lb::config::parse_file_config(text, Path::new("f.yaml"), Duration::from_secs(5))
+        lb::discovery::file::parse_file_config(text, Path::new("f.yaml"), Duration::from_secs(5))
     {
         assert!(!source.targets.is_empty(), "an accepted file has backends");
         for t in &source.targets {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use arbitrary::Arbitrary;
-use lb::admin::metrics::Metrics;
+use lb::metrics::Metrics;
 use lb::discovery::RouteMatch;
 use lb::selection::route::{Routes, normalize_host, prefix_matches};
 use lb::selection::{Endpoint, Policy, Strategy, Upstream};

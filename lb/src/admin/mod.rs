@@ -1,9 +1,6 @@
 //! The admin server: probes, metrics and the live endpoint table, on its own
 //! port (never publish it; see docs/SECURITY.md).
 
-pub mod histogram;
-pub mod metrics;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -177,7 +174,7 @@ mod tests {
     fn state() -> AdminState {
         let b = Arc::new(Balancer::new(
             Policy::default(),
-            Arc::new(metrics::Metrics::new(1)),
+            Arc::new(crate::metrics::Metrics::new(1)),
         ));
         b.apply(&RoutingConfig {
             upstreams: vec![UpstreamConfig::catch_all(

@@ -5,6 +5,7 @@
 //! list, DNS or the Kubernetes API. The data plane swaps its routing table
 //! atomically on each snapshot, so it never sees a half-built set.
 
+pub mod file;
 pub mod k8s;
 pub mod static_dns;
 
@@ -18,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use file::StaticSource;
+pub use k8s::DefaultUpstream;
 pub use static_dns::{BackendTarget, StaticDiscovery};
 
 /// One endpoint as a discovery source sees it.
@@ -178,6 +181,43 @@ pub trait Discovery: Send + fmt::Debug + 'static {
         publisher: Publisher,
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, ()>;
+}
+
+/// Where `lb serve` gets its endpoints, as configured (validated, nothing
+/// started yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--backend` or `--config`: a static list, names re-resolved by DNS.
+    Static(StaticSource),
+    /// `--kubernetes`: Upstream objects and EndpointSlices.
+    Kubernetes {
+        /// `--namespace`, if given (else the client's default namespace).
+        namespace: Option<String>,
+        /// The Upstream to create if absent.
+        default_upstream: Option<DefaultUpstream>,
+    },
+}
+
+/// A discovery source that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No Kubernetes client configuration (in-cluster or `KUBECONFIG`).
+    #[error("cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {0}")]
+    KubernetesClient(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Source {
+    /// Builds the source (for Kubernetes: the API client, from the pod's
+    /// service account or `KUBECONFIG`).
+    pub async fn build(self) -> Result<Box<dyn Discovery>, SourceError> {
+        Ok(match self {
+            Source::Static(s) => Box::new(StaticDiscovery::new(s.targets, s.dns_refresh)),
+            Source::Kubernetes {
+                namespace,
+                default_upstream,
+            } => Box::new(k8s::KubernetesDiscovery::connect(namespace, default_upstream).await?),
+        })
+    }
 }
 
 /// A source that publishes one fixed snapshot and then waits; for tests and

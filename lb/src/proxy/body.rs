@@ -1,6 +1,6 @@
-//! Body types: request bodies forwarded upstream (with an optional size
-//! limit) and response bodies sent to clients (streamed from upstream, with
-//! the upstream connection returned to the pool once the body has ended).
+//! Body types on the hyper path: request bodies forwarded upstream (with an
+//! optional size limit) and response bodies sent to clients (streamed from
+//! upstream, failures mid-body reported through a hook).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::pool::Checkin;
+use super::upstream::Reuse;
 
 /// Error raised when a streamed request body exceeds the limit.
 #[derive(Debug, thiserror::Error)]
@@ -152,53 +152,63 @@ pub enum RespBody {
     Local(Option<Bytes>),
 }
 
-impl RespBody {
+impl From<&'static str> for RespBody {
     /// A short local body.
-    pub fn local(text: &'static str) -> Self {
+    fn from(text: &'static str) -> Self {
         RespBody::Local(Some(Bytes::from_static(text.as_bytes())))
     }
+}
 
+impl RespBody {
     /// No body.
     pub fn empty() -> Self {
         RespBody::Local(None)
     }
 }
 
-/// Streams an upstream body and hands the upstream connection back to the
-/// pool as soon as the body has ended. A body that does not end (client went
-/// away, upstream reset) drops the connection instead.
 /// Told about an upstream body failing mid-stream (endpoint, error).
 pub type BodyErrorHook = Rc<dyn Fn(SocketAddr, &hyper::Error)>;
 
 /// Streams an upstream body (see [`UpstreamBody::new`]).
 pub struct UpstreamBody {
     inner: Incoming,
-    checkin: Option<Checkin>,
     endpoint: SocketAddr,
+    reuse: Option<Rc<Reuse>>,
     on_error: BodyErrorHook,
 }
 
 impl UpstreamBody {
-    /// Wraps `inner` from `endpoint`; `checkin` returns the connection,
+    /// Wraps `inner` from `endpoint`. `reuse` learns whether the body was
+    /// read to its end (so the connection can go back to the pool);
     /// `on_error` is told about a failure mid-body (for logs and metrics).
     pub fn new(
         inner: Incoming,
-        checkin: Option<Checkin>,
         endpoint: SocketAddr,
+        reuse: Option<Rc<Reuse>>,
         on_error: BodyErrorHook,
     ) -> Self {
         Self {
             inner,
-            checkin,
             endpoint,
+            reuse,
             on_error,
         }
     }
 
-    fn finish(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.checkin();
+    fn settle(&mut self) {
+        if let Some(reuse) = self.reuse.take() {
+            if self.inner.is_end_stream() {
+                reuse.body_done();
+            } else {
+                reuse.refuse();
+            }
         }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 
@@ -207,14 +217,6 @@ impl std::fmt::Debug for UpstreamBody {
         f.debug_struct("UpstreamBody")
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.finish();
-        }
     }
 }
 
@@ -231,11 +233,13 @@ impl Body for RespBody {
             RespBody::Upstream(u) => {
                 let frame = ready!(Pin::new(&mut u.inner).poll_frame(cx));
                 match &frame {
-                    None => u.finish(),
-                    Some(Ok(_)) if u.inner.is_end_stream() => u.finish(),
+                    None => u.settle(),
+                    Some(Ok(_)) if u.inner.is_end_stream() => u.settle(),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        u.checkin = None;
+                        if let Some(reuse) = u.reuse.take() {
+                            reuse.refuse();
+                        }
                         (u.on_error)(u.endpoint, e);
                     }
                 }

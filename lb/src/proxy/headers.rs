@@ -1,20 +1,88 @@
-//! Header rewriting for forwarded requests and responses (RFC 9110 §7.6).
+//! Header rules for forwarded requests and responses (RFC 9110 §7.6), in
+//! one table ([`rule`]) that both head writers use: the fast path's, which
+//! rewrites raw bytes (`fast/head.rs`), and the `HeaderMap` one below, used
+//! by the hyper path.
 
 use std::net::IpAddr;
 
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Hop-by-hop headers removed in both directions (RFC 9110 §7.6.1), besides
-/// those named in `Connection`.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// How a header field is treated when a message is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Forwarded as it is.
+    Keep,
+    /// Connection-specific (RFC 9110 §7.6.1): removed in both directions.
+    HopByHop,
+    /// `Connection`: hop-by-hop, and the fields it names are too.
+    Connection,
+    /// `Upgrade`: hop-by-hop, except in an upgrade handshake.
+    Upgrade,
+    /// `Transfer-Encoding`: hop-by-hop (each hop frames its own body).
+    TransferEncoding,
+    /// `Content-Length`: kept (it frames the body), never duplicated.
+    ContentLength,
+    /// `Host`: kept, or replaced by `--host-header`; mirrored in
+    /// `X-Forwarded-Host`.
+    Host,
+    /// `Expect`: kept (only the hyper path handles `100-continue`).
+    Expect,
+    /// `X-Forwarded-For`: the client's address is appended.
+    ForwardedFor,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`: replaced (a client's own
+    /// values cannot be trusted).
+    ForwardedReplaced,
+}
+
+/// Every field with a rule other than [`Rule::Keep`], lower case.
+const TABLE: [(&str, Rule); 12] = [
+    ("connection", Rule::Connection),
+    ("keep-alive", Rule::HopByHop),
+    ("proxy-connection", Rule::HopByHop),
+    ("te", Rule::HopByHop),
+    ("transfer-encoding", Rule::TransferEncoding),
+    ("upgrade", Rule::Upgrade),
+    ("content-length", Rule::ContentLength),
+    ("host", Rule::Host),
+    ("expect", Rule::Expect),
+    ("x-forwarded-for", Rule::ForwardedFor),
+    ("x-forwarded-proto", Rule::ForwardedReplaced),
+    ("x-forwarded-host", Rule::ForwardedReplaced),
 ];
+
+/// The rule for a field name (compared case-insensitively).
+#[inline]
+pub fn rule(name: &[u8]) -> Rule {
+    for (known, rule) in TABLE {
+        if known.len() == name.len() && name.eq_ignore_ascii_case(known.as_bytes()) {
+            return rule;
+        }
+    }
+    Rule::Keep
+}
+
+/// Whether a field with this rule is removed when forwarded (`upgrade`:
+/// the message is an upgrade handshake, which keeps `Upgrade`).
+pub fn is_hop_by_hop(rule: Rule, upgrade: bool) -> bool {
+    match rule {
+        Rule::HopByHop | Rule::Connection | Rule::TransferEncoding => true,
+        Rule::Upgrade => !upgrade,
+        _ => false,
+    }
+}
+
+/// The comma-separated tokens of a `Connection` value, trimmed, empty ones
+/// skipped.
+pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// The `X-Forwarded-Proto` this proxy sends for plain HTTP clients.
+pub const FORWARDED_PROTO: &str = "http";
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -34,45 +102,38 @@ fn via_value(version: Version) -> HeaderValue {
 /// True when the request asks for a protocol upgrade (e.g. WebSocket):
 /// an `Upgrade` header and the `upgrade` token in `Connection`.
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Removes hop-by-hop headers, including those named in `Connection`.
-/// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is
-/// restored, so an upgrade handshake can pass through.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION)
-        && conn.as_bytes() != b"keep-alive"
-        && conn.as_bytes() != b"close"
-    {
-        let named: Vec<HeaderName> = headers
+    headers.contains_key(header::UPGRADE)
+        && headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for name in named {
+            .flat_map(|v| connection_tokens(v.as_bytes()))
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Removes hop-by-hop headers ([`rule`]), including those named in
+/// `Connection`. With `keep_upgrade`, `Upgrade` survives and
+/// `Connection: upgrade` is restored, so an upgrade handshake can pass
+/// through.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| connection_tokens(v.as_bytes()))
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    // An upgrade handshake keeps one `Upgrade` (the first).
+    let upgrade = keep_upgrade
+        .then(|| headers.remove(header::UPGRADE))
+        .flatten();
+    for (name, rule) in TABLE {
+        if is_hop_by_hop(rule, false) {
             headers.remove(name);
         }
-    }
-    let upgrade = if keep_upgrade {
-        headers.remove(header::UPGRADE)
-    } else {
-        None
-    };
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
     }
     if let Some(upgrade) = upgrade {
         headers.insert(header::UPGRADE, upgrade);
@@ -113,7 +174,10 @@ pub fn forward_request_headers(
         X_FORWARDED_FOR.clone(),
         xff.unwrap_or_else(|| client_ip.value.clone()),
     );
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(FORWARDED_PROTO),
+    );
     match headers.get(header::HOST).cloned() {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST.clone(), host);

@@ -6,16 +6,27 @@
 //! global (one atomic cursor per upstream), so round-robin stays exact
 //! whichever worker accepted the connection.
 //!
-//! Every connection starts on the HTTP/1.1 fast path ([`fast`]); a request
-//! it does not take (a body, an upgrade, anything unusual) moves the
-//! connection to the general hyper path (`forward.rs`) for good.
+//! Layout of the engine: the policy is in one place, the attempt core
+//! ([`attempt`]: route, pick, connect or check out, send, classify, retry
+//! or answer with one of the [`local`] responses), and each protocol is a
+//! transport around it. Every client connection starts on the HTTP/1.1
+//! fast path ([`fast`], raw bytes); a request it does not take (a body, an
+//! upgrade, anything unusual) moves the connection to the general hyper
+//! path (`general.rs`) for good. Both send upstream on connections from the
+//! worker's one pool ([`upstream`]) and rewrite headers by one table
+//! ([`headers`]). A new protocol plugs in as a client transport that calls
+//! [`Worker::route`] and [`Worker::forward`] with an upstream transport
+//! implementing [`attempt::Transport`].
 
+pub mod attempt;
 pub mod body;
+mod buffers;
 pub mod fast;
-mod forward;
+mod general;
 pub mod headers;
-pub mod pool;
+pub mod local;
 mod rewind;
+pub mod upstream;
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -39,13 +50,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-pub use forward::{FailureKind, is_idempotent, local_response, may_retry};
+pub use attempt::{FailureKind, is_idempotent, may_retry};
 
 use self::body::BodyErrorHook;
 use self::headers::ClientIp;
-use self::pool::Pool;
+use self::local::Local;
 use self::rewind::Rewind;
-use crate::admin::metrics::Metrics;
+use self::upstream::Pool;
+use crate::metrics::Metrics;
 use crate::selection::{Balancer, RoutingTable};
 
 /// Data-plane settings (the `lb serve` flags).
@@ -119,9 +131,9 @@ pub(crate) struct Worker {
         reason = "the Rc is per worker so a clone does not write the shared Arc's count"
     )]
     table: RefCell<(u64, Rc<Arc<RoutingTable>>)>,
+    /// This worker's upstream connections (both paths).
     pub(crate) pool: Rc<Pool>,
-    /// Raw connections for the fast path.
-    pub(crate) fast_pool: Rc<Pool<fast::UpConn>>,
+    /// hyper's client settings for the general path.
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
 }
@@ -240,10 +252,8 @@ fn run_worker(
     local.block_on(&rt, async move {
         let listener = TcpListener::from_std(listener)?;
         let metrics = shared.metrics.clone();
-        let body_error: BodyErrorHook = Rc::new(move |addr, e| {
-            metrics.upstream_error("body");
-            warn!(endpoint = %addr, error = %e, "upstream response body failed mid-stream; aborting the client response");
-        });
+        let body_error: BodyErrorHook =
+            Rc::new(move |addr, e| attempt::body_failed(&metrics, addr, e));
         let mut client = hyper::client::conn::http1::Builder::new();
         client.max_buf_size(1024 * 1024);
         let worker = Rc::new(Worker {
@@ -252,21 +262,22 @@ fn run_worker(
                 shared.balancer.version(),
                 Rc::new(shared.balancer.snapshot()),
             )),
-            pool: Pool::new(shared.config.upstream_max_idle, shared.config.upstream_idle_timeout),
-            fast_pool: Pool::new(shared.config.upstream_max_idle, shared.config.upstream_idle_timeout),
+            pool: Pool::new(
+                shared.config.upstream_max_idle,
+                shared.config.upstream_idle_timeout,
+            ),
             shared: shared.clone(),
             client,
             body_error,
         });
         let sweeper = {
-            let (pool, fast_pool) = (worker.pool.clone(), worker.fast_pool.clone());
+            let pool = worker.pool.clone();
             let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
                     pool.sweep();
-                    fast_pool.sweep();
                 }
             })
         };
@@ -304,33 +315,19 @@ fn run_worker(
         if open > 0 {
             info!(connections = open, "draining connections");
         }
-        if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait()).await.is_err() {
-            warn!(connections = tracker.len(), "shutdown deadline reached; closing remaining connections");
+        if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                connections = tracker.len(),
+                "shutdown deadline reached; closing remaining connections"
+            );
         }
         sweeper.abort();
         Ok::<(), io::Error>(())
     })
 }
-
-/// Connects to an endpoint within `timeout`, with `TCP_NODELAY`.
-pub(crate) async fn connect_upstream(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TcpStream, (FailureKind, Option<io::Error>)> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err((FailureKind::ConnectTimeout, None)),
-        Ok(Err(e)) => {
-            debug!(endpoint = %addr, error = %e, "connect failed");
-            Err((FailureKind::Connect, Some(e)))
-        }
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
-}
-
-const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
 
 fn serve_connection(
     worker: &Rc<Worker>,
@@ -344,10 +341,12 @@ fn serve_connection(
     let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
     if open > shared.config.max_connections {
         shared.connections.fetch_sub(1, Ordering::Relaxed);
-        shared.metrics.refused_connections.inc();
+        Local::TooManyConnections.count(&shared.metrics);
         debug!(client = %peer, "connection limit reached; refusing");
         tokio::task::spawn_local(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TOO_MANY)).await;
+            let mut out = Vec::new();
+            Local::TooManyConnections.write_h1(&mut out, true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
         });
         return;
     }

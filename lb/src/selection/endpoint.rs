@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::admin::metrics::{CLASSES, Metrics, RequestLabels, class_index};
+use crate::metrics::{CLASSES, Metrics, RequestLabels, class_index};
 
 /// Milliseconds on a process-wide monotonic clock (never 0).
 pub(crate) fn now_ms() -> u64 {

@@ -24,8 +24,8 @@ pub use endpoint::{Endpoint, FailureOutcome};
 pub use route::Routes;
 pub use schedule::Strategy;
 
-use crate::admin::metrics::{EndpointStateLabels, Metrics};
 use crate::discovery::{RouteMatch, RoutingConfig, UpstreamPolicy};
+use crate::metrics::{EndpointStateLabels, Metrics};
 
 /// Effective per-upstream settings: the LB's flags with the upstream's
 /// overrides applied.

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -12,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
-use crate::crd::{EndpointStatus, Upstream, UpstreamStatus};
-use crate::discovery::{EndpointSpec, RoutingConfig, UpstreamConfig};
+use crate::crd::{EndpointStatus, SpecError, Upstream, UpstreamSpec, UpstreamStatus};
+use crate::discovery::{EndpointSpec, RouteMatch, RoutingConfig, UpstreamConfig, UpstreamPolicy};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
@@ -275,22 +276,24 @@ pub struct Resolved {
 }
 
 /// The port of `slice` that `wanted` names; with `wanted` unset, the only port.
-fn slice_port(slice: &EndpointSlice, wanted: Option<&IntOrString>) -> Result<Option<u16>, String> {
+fn slice_port(
+    slice: &EndpointSlice,
+    wanted: Option<&IntOrString>,
+) -> Result<Option<u16>, SpecError> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let port = match wanted {
         None => match ports {
             [] => return Ok(None),
             [only] => only.port,
             _ => {
-                return Err(format!(
-                    "the Service has {} ports; set spec.port to one of: {}",
-                    ports.len(),
-                    ports
+                return Err(SpecError::AmbiguousPort {
+                    count: ports.len(),
+                    names: ports
                         .iter()
                         .filter_map(|p| p.name.clone())
                         .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                        .join(", "),
+                });
             }
         },
         Some(IntOrString::Int(n)) => ports
@@ -308,7 +311,7 @@ fn slice_port(slice: &EndpointSlice, wanted: Option<&IntOrString>) -> Result<Opt
 fn endpoints_of(
     slices: &[&EndpointSlice],
     wanted: Option<&IntOrString>,
-) -> Result<(Vec<Found>, bool), String> {
+) -> Result<(Vec<Found>, bool), SpecError> {
     let mut by_addr: BTreeMap<SocketAddr, Found> = BTreeMap::new();
     let mut any_port = false;
     for slice in slices {
@@ -406,9 +409,9 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
                 .collect(),
             conditions: vec![ready_condition(reason, message, generation, previous, now)],
         };
-    let invalid = |message: String| Resolved {
+    let invalid = |e: SpecError| Resolved {
         upstream: None,
-        status: status_for(Reason::InvalidSpec, message, &[], 0),
+        status: status_for(Reason::InvalidSpec, e.to_string(), &[], 0),
         reason: Reason::InvalidSpec,
     };
     if let Err(e) = spec.validate() {
@@ -424,10 +427,10 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
             Some(IntOrString::String(s)) => s.clone(),
             None => "(unset)".into(),
         };
-        return invalid(format!(
-            "port {port} is not a port of Service {}",
-            spec.service
-        ));
+        return invalid(SpecError::UnknownPort {
+            port,
+            service: spec.service.clone(),
+        });
     }
     let ready: Vec<&Found> = found.iter().filter(|f| f.ready).collect();
     let (routed, reason, message): (Vec<&Found>, Reason, String) = if slices.is_empty() {
@@ -480,12 +483,38 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
     Resolved {
         upstream: Some(UpstreamConfig {
             name,
-            route: spec.route_match(),
+            route: route_match(spec),
             endpoints,
-            policy: spec.policy(),
+            policy: policy(spec),
         }),
         status: status_for(reason, message, &found, ready.len() as u32),
         reason,
+    }
+}
+
+/// The data plane's match rule for an Upstream (hosts compared in lower case).
+pub fn route_match(spec: &UpstreamSpec) -> RouteMatch {
+    let m = spec.route.clone().unwrap_or_default();
+    RouteMatch {
+        host: m.host.map(|h| h.to_ascii_lowercase()),
+        path_prefix: m.path_prefix,
+    }
+}
+
+/// The data plane's policy overrides for an Upstream.
+pub fn policy(spec: &UpstreamSpec) -> UpstreamPolicy {
+    let t = spec.timeouts.clone().unwrap_or_default();
+    let o = spec.outlier_detection.clone().unwrap_or_default();
+    UpstreamPolicy {
+        connect_timeout: t.connect_ms.map(|ms| Duration::from_millis(ms.into())),
+        response_header_timeout: t
+            .response_header_ms
+            .map(|ms| Duration::from_millis(ms.into())),
+        retries: spec.retries.as_ref().map(|r| r.attempts),
+        eject_after: o.consecutive_failures,
+        ejection_time: o
+            .base_ejection_seconds
+            .map(|s| Duration::from_secs(s.into())),
     }
 }
 
@@ -520,7 +549,6 @@ pub fn resolve_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::UpstreamSpec;
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use kube::api::ObjectMeta;
@@ -863,5 +891,24 @@ mod tests {
         );
         assert_eq!(resolved["c"].reason, Reason::InvalidSpec);
         assert_eq!(resolved["a"].reason, Reason::EndpointsAvailable);
+    }
+
+    #[test]
+    fn policy_overrides_and_match() {
+        let spec: UpstreamSpec = serde_yaml::from_str(
+            "service: b\ntimeouts: {connectMs: 250}\nretries: {attempts: 0}\noutlierDetection: {consecutiveFailures: 5}\n",
+        )
+        .unwrap();
+        let p = policy(&spec);
+        assert_eq!(p.connect_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(p.retries, Some(0));
+        assert_eq!(p.eject_after, Some(5));
+        assert_eq!(p.ejection_time, None);
+        let spec: UpstreamSpec =
+            serde_yaml::from_str("service: b\nmatch: {host: API.Example, pathPrefix: /api}\n")
+                .unwrap();
+        let m = route_match(&spec);
+        assert_eq!(m.host.as_deref(), Some("api.example"));
+        assert_eq!(m.path_prefix.as_deref(), Some("/api"));
     }
 }

@@ -35,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::index::{Index, SERVICE_LABEL};
+use super::SourceError;
 use super::{Discovery, Publisher};
-use crate::crd::{Strategy, Upstream, UpstreamSpec, UpstreamStatus};
+use crate::crd::{SpecError, Strategy, Upstream, UpstreamSpec, UpstreamStatus};
 
 /// The field manager of status writes.
 pub const FIELD_MANAGER: &str = "roundhouse-lb";
@@ -60,28 +61,50 @@ pub const REQUIRED_RBAC: &[(&str, &str, &[&str])] = &[
 /// instance of the CRD it installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefaultUpstream {
-    /// Object name.
-    pub name: String,
-    /// `spec.service`.
-    pub service: String,
-    /// `spec.port`.
-    pub port: Option<IntOrString>,
+    name: String,
+    spec: UpstreamSpec,
 }
 
 impl DefaultUpstream {
+    /// The Upstream `name` over `service`, on `port` (a port name or
+    /// number; unset when the Service has one port). Checked as the API
+    /// server and the controller would check the object.
+    pub fn new(name: &str, service: &str, port: Option<&str>) -> Result<Self, SpecError> {
+        let port = port.map(|p| match p.parse::<i32>() {
+            Ok(n) => IntOrString::Int(n),
+            Err(_) => IntOrString::String(p.to_owned()),
+        });
+        let spec = UpstreamSpec {
+            service: service.to_owned(),
+            port,
+            route: None,
+            strategy: Strategy::RoundRobin,
+            timeouts: None,
+            retries: None,
+            outlier_detection: None,
+        };
+        spec.validate()?;
+        Ok(Self {
+            name: name.to_owned(),
+            spec,
+        })
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port as given (`None`: the Service's only port).
+    pub fn port(&self) -> Option<String> {
+        self.spec.port.as_ref().map(|p| match p {
+            IntOrString::Int(n) => n.to_string(),
+            IntOrString::String(s) => s.clone(),
+        })
+    }
+
     fn object(&self) -> Upstream {
-        Upstream::new(
-            &self.name,
-            UpstreamSpec {
-                service: self.service.clone(),
-                port: self.port.clone(),
-                route: None,
-                strategy: Strategy::RoundRobin,
-                timeouts: None,
-                retries: None,
-                outlier_detection: None,
-            },
-        )
+        Upstream::new(&self.name, self.spec.clone())
     }
 }
 
@@ -103,6 +126,20 @@ impl std::fmt::Debug for KubernetesDiscovery {
 }
 
 impl KubernetesDiscovery {
+    /// A source for `namespace` (default: the client's namespace, i.e. the
+    /// pod's own in a cluster) with a client from the pod's service account
+    /// or `KUBECONFIG`.
+    pub async fn connect(
+        namespace: Option<String>,
+        default_upstream: Option<DefaultUpstream>,
+    ) -> Result<Self, SourceError> {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| SourceError::KubernetesClient(Box::new(e)))?;
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+        Ok(Self::new(client, namespace, default_upstream))
+    }
+
     /// A source for `namespace` using `client`.
     pub fn new(
         client: Client,
@@ -133,7 +170,7 @@ async fn ensure_default(api: Api<Upstream>, d: DefaultUpstream, shutdown: Cancel
         };
         match result {
             Ok(true) => {
-                info!(upstream = %d.name, service = %d.service, "created the default Upstream");
+                info!(upstream = %d.name, service = %d.spec.service, "created the default Upstream");
                 return;
             }
             Ok(false) => {
@@ -273,9 +310,4 @@ impl Discovery for KubernetesDiscovery {
             let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         })
     }
-}
-
-/// Builds a client from the in-cluster service account or `KUBECONFIG`.
-pub async fn client() -> Result<Client, kube::Error> {
-    Client::try_default().await
 }

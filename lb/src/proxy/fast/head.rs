@@ -11,10 +11,12 @@
 
 use std::ops::Range;
 
-use http::{Method, StatusCode};
+use http::Method;
 
-use crate::proxy::headers::VIA_NAME;
-use crate::proxy::is_idempotent;
+use crate::proxy::attempt::is_idempotent;
+use crate::proxy::headers::{
+    FORWARDED_PROTO, Rule, VIA_NAME, connection_tokens, is_hop_by_hop, rule,
+};
 
 /// Most headers the fast path parses in one head (more → fallback for
 /// requests, 502 for responses).
@@ -76,48 +78,6 @@ impl RequestHead {
 fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
     start..start + part.len()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Other,
-    Host,
-    ContentLength,
-    TransferEncoding,
-    Upgrade,
-    Expect,
-    Connection,
-    HopByHop,
-    XForwardedFor,
-    XForwardedReplaced,
-}
-
-fn classify(name: &[u8]) -> Kind {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    match name.len() {
-        2 if is("te") => Kind::HopByHop,
-        4 if is("host") => Kind::Host,
-        6 if is("expect") => Kind::Expect,
-        7 if is("upgrade") => Kind::Upgrade,
-        10 if is("connection") => Kind::Connection,
-        10 if is("keep-alive") => Kind::HopByHop,
-        14 if is("content-length") => Kind::ContentLength,
-        15 if is("x-forwarded-for") => Kind::XForwardedFor,
-        16 if is("x-forwarded-host") => Kind::XForwardedReplaced,
-        16 if is("proxy-connection") => Kind::HopByHop,
-        17 if is("x-forwarded-proto") => Kind::XForwardedReplaced,
-        17 if is("transfer-encoding") => Kind::TransferEncoding,
-        _ => Kind::Other,
-    }
-}
-
-/// The comma-separated tokens of a `Connection` value, trimmed, empty ones
-/// skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// RFC 3986 unreserved characters and sub-delims.
@@ -198,15 +158,15 @@ pub fn parse_request(
     let mut content_length = false;
     let mut close = false;
     for h in req.headers.iter() {
-        match classify(h.name.as_bytes()) {
-            Kind::Host if host.replace(h.value).is_some() => return Request::Fallback,
-            Kind::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
+        match rule(h.name.as_bytes()) {
+            Rule::Host if host.replace(h.value).is_some() => return Request::Fallback,
+            Rule::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
                 return Request::Fallback;
             }
-            Kind::ContentLength => content_length = true,
-            Kind::TransferEncoding | Kind::Upgrade | Kind::Expect => return Request::Fallback,
-            Kind::Connection => {
-                for token in tokens(h.value) {
+            Rule::ContentLength => content_length = true,
+            Rule::TransferEncoding | Rule::Upgrade | Rule::Expect => return Request::Fallback,
+            Rule::Connection => {
+                for token in connection_tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") {
@@ -229,24 +189,25 @@ pub fn parse_request(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff = false;
     for h in req.headers.iter() {
-        match classify(h.name.as_bytes()) {
-            Kind::Other | Kind::ContentLength => header(out, h.name.as_bytes(), h.value),
-            Kind::Host => header(out, b"host", host_override.unwrap_or(h.value)),
-            Kind::XForwardedFor => xff = true,
+        match rule(h.name.as_bytes()) {
+            Rule::Keep | Rule::ContentLength => header(out, h.name.as_bytes(), h.value),
+            Rule::Host => header(out, b"host", host_override.unwrap_or(h.value)),
+            Rule::ForwardedFor => xff = true,
             _ => {}
         }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if xff {
         for h in req.headers.iter() {
-            if classify(h.name.as_bytes()) == Kind::XForwardedFor {
+            if rule(h.name.as_bytes()) == Rule::ForwardedFor {
                 out.extend_from_slice(h.value);
                 out.extend_from_slice(b", ");
             }
         }
     }
     out.extend_from_slice(client_ip);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(b"\r\n");
+    header(out, b"x-forwarded-proto", FORWARDED_PROTO.as_bytes());
     header(out, b"x-forwarded-host", host_bytes);
     via(out);
     out.extend_from_slice(b"\r\n");
@@ -341,8 +302,8 @@ pub fn parse_response(
     let mut reusable = version == 1;
     let mut connection_options = false;
     for h in resp.headers.iter() {
-        match classify(h.name.as_bytes()) {
-            Kind::ContentLength => {
+        match rule(h.name.as_bytes()) {
+            Rule::ContentLength => {
                 let v = h.value.trim_ascii();
                 let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
                     .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
@@ -352,14 +313,14 @@ pub fn parse_response(
                 }
                 content_length = Some(n);
             }
-            Kind::TransferEncoding => {
+            Rule::TransferEncoding => {
                 if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                     return Err(BadResponse("unsupported transfer coding"));
                 }
                 chunked = true;
             }
-            Kind::Connection => {
-                for token in tokens(h.value) {
+            Rule::Connection => {
+                for token in connection_tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         reusable = false;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") {
@@ -400,14 +361,14 @@ pub fn parse_response(
     let mut length_written = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        match classify(name) {
-            Kind::ContentLength => {
+        match rule(name) {
+            Rule::ContentLength => {
                 if !chunked && !length_written {
                     header(out, name, h.value.trim_ascii());
                     length_written = true;
                 }
             }
-            Kind::Connection | Kind::HopByHop | Kind::TransferEncoding | Kind::Upgrade => {}
+            r if is_hop_by_hop(r, false) => {}
             _ if connection_options && named_in_connection(name, resp.headers) => {}
             _ => header(out, name, h.value),
         }
@@ -432,26 +393,9 @@ pub fn parse_response(
 fn named_in_connection(name: &[u8], headers: &[httparse::Header<'_>]) -> bool {
     headers
         .iter()
-        .filter(|h| classify(h.name.as_bytes()) == Kind::Connection)
-        .flat_map(|h| tokens(h.value))
+        .filter(|h| rule(h.name.as_bytes()) == Rule::Connection)
+        .flat_map(|h| connection_tokens(h.value))
         .any(|t| t.eq_ignore_ascii_case(name))
-}
-
-/// Writes a response produced by the LB itself into `out`.
-pub fn local_response(out: &mut Vec<u8>, status: StatusCode, body: &str, close: bool) {
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
 }
 
 #[cfg(test)]
@@ -660,21 +604,5 @@ mod tests {
         }
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "v".repeat(MAX_RESPONSE_HEAD));
         assert!(resp(&huge, false, false).0.is_err());
-    }
-
-    #[test]
-    fn local_responses() {
-        let mut out = Vec::new();
-        local_response(
-            &mut out,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no endpoints available\n",
-            false,
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
-             content-length: 23\r\n\r\nno endpoints available\n"
-        );
     }
 }

@@ -12,12 +12,11 @@
 //!
 //! Anything else — a request with a body, an upgrade, HTTP/1.0, a head the
 //! parser is not sure about — is handed, with the bytes already read, to the
-//! general hyper path ([`super::forward`]) for the rest of the connection,
-//! so both paths answer odd input identically. Selection, retries,
-//! ejection, timeouts, metrics and log lines are the same as on the general
-//! path.
+//! general hyper path (`general.rs`) for the rest of the connection, so both
+//! paths answer odd input identically. Routing, selection, retries,
+//! ejection, timeouts, local responses, metrics and log lines are the
+//! attempt core's (`attempt.rs`); this module is only a transport ([`RawH1`]).
 
-mod buffers;
 mod chunked;
 pub mod head;
 
@@ -27,61 +26,22 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::StatusCode;
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use self::buffers::{ClientBufs, ClientLoan};
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
 use self::head::{Framing, Limits, Request, Response, ResponseHead};
-use super::forward::{AfterFailure, FailureKind, MAX_TRIES, max_attempts, may_retry};
+use super::Worker;
+use super::attempt::{Failure, FailureKind, SendFailure, Transport, body_failed};
+use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF};
 use super::headers::ClientIp;
-use super::pool::Reusable;
-use super::{Worker, connect_upstream};
+use super::local::Local;
+use super::upstream::{self, UpConn};
 use crate::selection::{Policy, Upstream};
-
-/// Initial and per-read capacity of the client read buffer.
-const CLIENT_BUF: usize = 8 * 1024;
-/// Per-read capacity of an upstream connection's buffer.
-const UPSTREAM_BUF: usize = 16 * 1024;
-/// Body bytes already read with the head are sent in the same write as the
-/// head up to this size.
-const COALESCE: usize = 16 * 1024;
-
-/// A raw HTTP/1.1 connection to an endpoint, with its read buffer (given
-/// back to the worker's free list when the connection is dropped).
-#[derive(Debug)]
-pub struct UpConn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl UpConn {
-    fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            buf: buffers::upstream_buf(),
-        }
-    }
-}
-
-impl Drop for UpConn {
-    fn drop(&mut self) {
-        buffers::recycle_upstream_buf(std::mem::take(&mut self.buf));
-    }
-}
-
-impl Reusable for UpConn {
-    /// Always false: whether the peer closed it is probed (without a
-    /// syscall unless the socket is readable) when it is checked out.
-    fn is_closed(&self) -> bool {
-        false
-    }
-}
 
 /// Reads into the spare capacity of `buf` (at least `reserve` bytes). A
 /// read that does not fill it has emptied the socket's receive queue, so the
@@ -140,21 +100,6 @@ impl LazyTimer {
     }
 }
 
-/// Why an attempt failed, for the retry decision and the log line.
-struct Failure {
-    kind: FailureKind,
-    error: Option<String>,
-}
-
-impl Failure {
-    fn new(kind: FailureKind, error: impl ToString) -> Self {
-        Self {
-            kind,
-            error: Some(error.to_string()),
-        }
-    }
-}
-
 /// How relaying a response body ended.
 enum Relay {
     /// The whole body reached the client.
@@ -163,6 +108,107 @@ enum Relay {
     ClientGone,
     /// The upstream failed mid-body; the client connection must be cut.
     Upstream(String),
+}
+
+/// The fast path's upstream transport: the rewritten request head (the
+/// request is bodiless) written on a raw pooled connection, the response
+/// head parsed and rewritten into `out`.
+struct RawH1<'a> {
+    worker: &'a Worker,
+    /// The rewritten request head.
+    head: &'a [u8],
+    /// An idempotent request can be replayed after it was sent.
+    idempotent: bool,
+    /// `HEAD`: the response has no body.
+    head_request: bool,
+    /// The client asked to close after this response.
+    client_close: bool,
+    timer: &'a mut LazyTimer,
+    out: &'a mut Vec<u8>,
+}
+
+impl Transport for RawH1<'_> {
+    type Conn = UpConn;
+    /// The request is `head`; an attempt needs nothing else.
+    type Request = ();
+    type Response = (UpConn, ResponseHead);
+
+    fn checkout(&mut self, addr: SocketAddr) -> Option<UpConn> {
+        self.worker.pool.checkout(addr)
+    }
+
+    async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<UpConn, Failure> {
+        Ok(upstream::connect(addr, policy.connect_timeout).await?)
+    }
+
+    /// Writes the head and reads the response head, skipping interim 1xx
+    /// responses.
+    async fn send(
+        &mut self,
+        _addr: SocketAddr,
+        mut conn: UpConn,
+        (): (),
+        policy: &Policy,
+    ) -> Result<(UpConn, ResponseHead), SendFailure<()>> {
+        if let Err(e) = conn.stream.write_all(self.head).await {
+            // Nothing reached the endpoint that it could act on: a bodiless
+            // head is only acted on when complete.
+            return Err(SendFailure::unsent(
+                Failure::because(FailureKind::Send, e),
+                (),
+            ));
+        }
+        let due = Instant::now() + policy.response_header_timeout;
+        loop {
+            let read = tokio::select! {
+                biased;
+                r = read_some(&mut conn.stream, &mut conn.buf, UPSTREAM_BUF) => r,
+                () = self.timer.until(due) => {
+                    return Err(SendFailure::sent(Failure::new(FailureKind::ResponseTimeout)));
+                }
+            };
+            match read {
+                Ok(0) => {
+                    return Err(SendFailure::sent(Failure::because(
+                        FailureKind::Send,
+                        "connection closed before a complete response head",
+                    )));
+                }
+                Err(e) => return Err(SendFailure::sent(Failure::because(FailureKind::Send, e))),
+                Ok(_) => {}
+            }
+            loop {
+                match head::parse_response(
+                    &conn.buf,
+                    self.head_request,
+                    self.client_close,
+                    self.out,
+                ) {
+                    Ok(Response::Partial) => break,
+                    Ok(Response::Interim { len }) => conn.buf.advance(len),
+                    Ok(Response::Ready(resp)) => return Ok((conn, resp)),
+                    Err(bad) => {
+                        return Err(SendFailure::sent(Failure::because(FailureKind::Send, bad)));
+                    }
+                }
+                if conn.buf.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn status((_, resp): &(UpConn, ResponseHead)) -> u16 {
+        resp.status
+    }
+
+    fn can_replay(&self) -> bool {
+        self.idempotent
+    }
+
+    fn replay(&mut self) -> Option<()> {
+        self.idempotent.then_some(())
+    }
 }
 
 impl Worker {
@@ -220,35 +266,22 @@ impl Worker {
             };
             let close = req.close || drain.is_cancelled();
             let table = self.table();
-            let upstream = table.routes.find(Some(req.host(inb)), req.path(inb));
-            if upstream.is_none() {
-                debug!(path = req.path(inb), "no upstream matches");
-            }
+            let routed = self.route(&table, Some(req.host(inb)), req.path(inb));
             inb.advance(req.len);
-            let keep = match upstream {
-                None => {
-                    self.local_fast(
-                        &mut stream,
+            let keep = match routed {
+                Err(local) => self.local_fast(&mut stream, out, local, close).await,
+                Ok(upstream) => {
+                    let transport = RawH1 {
+                        worker: self,
+                        head: up_head,
+                        idempotent: req.idempotent,
+                        head_request: req.head,
+                        client_close: close,
+                        timer: &mut response_timer,
                         out,
-                        StatusCode::NOT_FOUND,
-                        "no upstream matches this request\n",
-                        "no_route",
-                        close,
-                    )
-                    .await
-                }
-                Some(upstream) => {
-                    self.forward_fast(
-                        &mut stream,
-                        upstream,
-                        up_head,
-                        req.idempotent,
-                        req.head,
-                        close,
-                        out,
-                        &mut response_timer,
-                    )
-                    .await
+                    };
+                    self.forward_fast(&mut stream, upstream, transport, close)
+                        .await
                 }
             };
             if !keep {
@@ -264,191 +297,41 @@ impl Worker {
         &self,
         stream: &mut TcpStream,
         out: &mut Vec<u8>,
-        status: StatusCode,
-        body: &'static str,
-        reason: &'static str,
+        local: Local,
         close: bool,
     ) -> bool {
-        self.shared.metrics.local(reason);
-        head::local_response(out, status, body, close);
-        stream.write_all(out).await.is_ok() && !close
+        local.count(&self.shared.metrics);
+        local.write_h1(out, close);
+        stream.write_all(out).await.is_ok() && !close && !local.closes()
     }
 
-    /// Forwards one request (its rewritten head is `up_head`) with the
-    /// general path's selection, retry and error rules; returns whether
-    /// the client connection stays open.
-    #[allow(clippy::too_many_arguments)]
+    /// Forwards one request through the attempt core and relays the
+    /// response; returns whether the client connection stays open.
     async fn forward_fast(
         &self,
         stream: &mut TcpStream,
         upstream: &Upstream,
-        up_head: &[u8],
-        idempotent: bool,
-        head_request: bool,
+        mut transport: RawH1<'_>,
         close: bool,
-        out: &mut Vec<u8>,
-        timer: &mut LazyTimer,
     ) -> bool {
-        let shared = &self.shared;
-        let Some(mut idx) = upstream.pick() else {
-            warn!(upstream = %upstream.name, "no endpoints available; answering 503");
-            return self
-                .local_fast(
-                    stream,
-                    out,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no endpoints available\n",
-                    "no_endpoints",
-                    close,
-                )
-                .await;
+        let answered = self.forward(upstream, &mut transport, ()).await;
+        let out = transport.out;
+        let (idx, (mut conn, resp)) = match answered {
+            Ok(a) => (a.idx, a.response),
+            Err(local) => return self.local_fast(stream, out, local, close).await,
         };
-        let policy = &upstream.policy;
-        let max_attempts = max_attempts(upstream);
-        let mut tried = [usize::MAX; MAX_TRIES];
-        let mut attempts = 0;
-        let start = std::time::Instant::now();
-        let (mut conn, resp) = loop {
-            tried[attempts] = idx;
-            attempts += 1;
-            let endpoint = &upstream.endpoints[idx];
-            let failure = match self
-                .exchange(
-                    endpoint.addr,
-                    up_head,
-                    head_request,
-                    close,
-                    policy,
-                    timer,
-                    out,
-                )
-                .await
-            {
-                Ok(r) => break r,
-                Err(f) => f,
-            };
-            // Nothing was sent when connecting failed; otherwise the request
-            // (bodiless) can be replayed if it is idempotent.
-            let retry = may_retry(failure.kind, failure.kind.is_connect(), idempotent);
-            match self.after_failure(
-                upstream,
-                &tried[..attempts],
-                max_attempts,
-                failure.kind,
-                failure.error.as_deref(),
-                retry,
-            ) {
-                AfterFailure::Retry(next) => idx = next,
-                AfterFailure::GiveUp(status, body, reason) => {
-                    return self
-                        .local_fast(stream, out, status, body, reason, close)
-                        .await;
-                }
-            }
-        };
-        let endpoint = &upstream.endpoints[idx];
-        endpoint.record_response(resp.status);
-        shared.metrics.duration.observe(self.id, start.elapsed());
+        let endpoint = upstream.endpoints[idx].addr;
         match relay(stream, &mut conn, resp, out).await {
             Relay::Done => {
                 if resp.reusable && conn.buf.is_empty() {
-                    self.fast_pool.checkin(endpoint.addr, conn);
+                    self.pool.checkin(endpoint, conn);
                 }
                 !resp.close
             }
             Relay::ClientGone => false,
             Relay::Upstream(error) => {
-                shared.metrics.upstream_error("body");
-                warn!(endpoint = %endpoint.addr, error, "upstream response body failed mid-stream; aborting the client response");
+                body_failed(&self.shared.metrics, endpoint, &error);
                 false
-            }
-        }
-    }
-
-    /// A pooled connection to `addr` whose peer has not closed it.
-    fn checkout_fast(&self, addr: SocketAddr) -> Option<UpConn> {
-        while let Some(conn) = self.fast_pool.checkout(addr) {
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
-                // Closed (0), unexpected bytes or an error: not reusable.
-                _ => {
-                    debug!(endpoint = %addr, "pooled connection closed by the endpoint; discarding")
-                }
-            }
-        }
-        None
-    }
-
-    /// One attempt: sends `up_head` to `addr` and reads the response head
-    /// (skipping interim 1xx responses), rewriting it into `out`.
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
-        &self,
-        addr: SocketAddr,
-        up_head: &[u8],
-        head_request: bool,
-        client_close: bool,
-        policy: &Policy,
-        timer: &mut LazyTimer,
-        out: &mut Vec<u8>,
-    ) -> Result<(UpConn, ResponseHead), Failure> {
-        loop {
-            let (mut conn, reused) = match self.checkout_fast(addr) {
-                Some(conn) => (conn, true),
-                None => match connect_upstream(addr, policy.connect_timeout).await {
-                    Ok(stream) => (UpConn::new(stream), false),
-                    Err((kind, e)) => {
-                        return Err(Failure {
-                            kind,
-                            error: e.map(|e| e.to_string()),
-                        });
-                    }
-                },
-            };
-            if let Err(e) = conn.stream.write_all(up_head).await {
-                if reused {
-                    // The keep-alive race, caught before anything was read:
-                    // try another (or a new) connection to the same endpoint.
-                    continue;
-                }
-                return Err(Failure::new(FailureKind::Send, e));
-            }
-            let lost = if reused {
-                FailureKind::Reused
-            } else {
-                FailureKind::Send
-            };
-            let due = Instant::now() + policy.response_header_timeout;
-            loop {
-                let read = tokio::select! {
-                    biased;
-                    r = read_some(&mut conn.stream, &mut conn.buf, UPSTREAM_BUF) => r,
-                    () = timer.until(due) => {
-                        return Err(Failure { kind: FailureKind::ResponseTimeout, error: None });
-                    }
-                };
-                match read {
-                    Ok(0) => {
-                        return Err(Failure::new(
-                            lost,
-                            "connection closed before a complete response head",
-                        ));
-                    }
-                    Err(e) => return Err(Failure::new(lost, e)),
-                    Ok(_) => {}
-                }
-                loop {
-                    match head::parse_response(&conn.buf, head_request, client_close, out) {
-                        Ok(Response::Partial) => break,
-                        Ok(Response::Interim { len }) => conn.buf.advance(len),
-                        Ok(Response::Ready(resp)) => return Ok((conn, resp)),
-                        Err(bad) => return Err(Failure::new(lost, bad)),
-                    }
-                    if conn.buf.is_empty() {
-                        break;
-                    }
-                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Per-worker free lists for the fast path's connection buffers.
+//! Per-worker free lists for connection buffers (the fast path's client
+//! buffers, and the read buffer of every pooled upstream connection).
 //!
 //! Every client connection needs a read buffer and two small write buffers,
 //! and every new upstream connection a read buffer. Allocating them per
@@ -22,10 +23,16 @@ use std::ops::{Deref, DerefMut};
 
 use bytes::BytesMut;
 
-use super::{CLIENT_BUF, COALESCE, UPSTREAM_BUF};
+/// Initial and per-read capacity of a client read buffer.
+pub(crate) const CLIENT_BUF: usize = 8 * 1024;
+/// Per-read capacity of an upstream connection's buffer.
+pub(crate) const UPSTREAM_BUF: usize = 16 * 1024;
+/// Body bytes already read with a response head are sent in the same write
+/// as the head up to this size.
+pub(crate) const COALESCE: usize = 16 * 1024;
 
 /// Most buffers (of each kind) a worker keeps for reuse.
-pub(super) const MAX_FREE: usize = 32;
+pub(crate) const MAX_FREE: usize = 32;
 /// Initial capacity of the rewritten upstream request head.
 const UP_HEAD: usize = 512;
 /// Initial capacity of the response head written to the client.
@@ -90,13 +97,13 @@ fn reset_vec(buf: &mut Vec<u8>, min: usize, max: usize) -> bool {
 /// rewritten request head for the endpoint and the response head (with the
 /// first body bytes) for the client.
 #[derive(Debug, Default)]
-pub(super) struct ClientBufs {
+pub(crate) struct ClientBufs {
     /// Bytes read from the client and not yet consumed.
-    pub(super) inb: BytesMut,
+    pub(crate) inb: BytesMut,
     /// The rewritten upstream request head.
-    pub(super) up_head: Vec<u8>,
+    pub(crate) up_head: Vec<u8>,
     /// What is written to the client next.
-    pub(super) out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
 }
 
 impl ClientBufs {
@@ -118,11 +125,11 @@ impl ClientBufs {
 /// A client connection's buffers on loan from this worker's free list; they
 /// go back to it when the loan is dropped.
 #[derive(Debug)]
-pub(super) struct ClientLoan(ClientBufs);
+pub(crate) struct ClientLoan(ClientBufs);
 
 impl ClientLoan {
     /// Recycled buffers when the worker has some, new ones otherwise.
-    pub(super) fn take() -> Self {
+    pub(crate) fn take() -> Self {
         let bufs = CLIENT
             .try_with(FreeList::take)
             .ok()
@@ -155,17 +162,45 @@ impl Drop for ClientLoan {
     }
 }
 
-/// A read buffer for a new upstream connection, recycled if possible.
-pub(super) fn upstream_buf() -> BytesMut {
-    UPSTREAM
-        .try_with(FreeList::take)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| BytesMut::with_capacity(UPSTREAM_BUF))
+/// An upstream connection's read buffer, from this worker's free list when
+/// it has one; it goes back there when dropped.
+#[derive(Debug)]
+pub(crate) struct UpstreamBuf(BytesMut);
+
+impl UpstreamBuf {
+    /// A recycled buffer, or a new one.
+    pub(crate) fn take() -> Self {
+        Self(
+            UPSTREAM
+                .try_with(FreeList::take)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| BytesMut::with_capacity(UPSTREAM_BUF)),
+        )
+    }
 }
 
-/// Gives a closed upstream connection's read buffer back for reuse.
-pub(super) fn recycle_upstream_buf(mut buf: BytesMut) {
+impl Deref for UpstreamBuf {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.0
+    }
+}
+
+impl DerefMut for UpstreamBuf {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+}
+
+impl Drop for UpstreamBuf {
+    fn drop(&mut self) {
+        recycle_upstream_buf(mem::take(&mut self.0));
+    }
+}
+
+/// Gives an upstream read buffer back for reuse.
+fn recycle_upstream_buf(mut buf: BytesMut) {
     if reset_bytes(&mut buf, UPSTREAM_BUF) {
         let _ = UPSTREAM.try_with(|list| list.give(buf));
     }
@@ -238,9 +273,11 @@ mod tests {
             recycle_upstream_buf(BytesMut::with_capacity(UPSTREAM_BUF));
         }
         assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE);
-        let buf = upstream_buf();
+        let buf = UpstreamBuf::take();
         assert!(buf.is_empty() && buf.capacity() >= UPSTREAM_BUF);
         assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE - 1);
+        drop(buf);
+        assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE, "it came back");
     }
 
     #[test]

@@ -1,0 +1,437 @@
+//! The attempt core: the one place where the proxy's policy lives.
+//!
+//! Every request, whichever transport carried it in and whichever carries it
+//! out, goes through [`Worker::route`] and [`Worker::forward`]:
+//!
+//! 1. **route**: the routing table's best match for host and path, else
+//!    [`Local::NoRoute`];
+//! 2. **pick**: the next endpoint from the upstream's cursor, else
+//!    [`Local::NoEndpoints`];
+//! 3. **connect or check out** a connection ([`Transport::checkout`],
+//!    [`Transport::connect`]);
+//! 4. **send** the request and wait for the response head
+//!    ([`Transport::send`]);
+//! 5. **classify** a failure ([`FailureKind`]): a pooled connection that
+//!    turns out closed before the request left is the keep-alive race, and
+//!    the same request goes out on another connection to the same endpoint;
+//!    anything else is counted, feeds passive health ([`Worker::after_failure`])
+//!    and is retried on another endpoint when [`may_retry`] allows it, or
+//!    answered locally ([`Local::UpstreamFailed`], [`Local::UpstreamTimeout`]).
+//!
+//! A transport ([`Transport`]) only moves bytes: the HTTP/1.1 fast path
+//! (`fast/`) writes a rewritten head on a raw pooled connection, the general
+//! path (`general.rs`) hands an `http::Request` to hyper's client on the same
+//! kind of pooled connection. A new protocol adds a transport, not a policy.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::Method;
+use tracing::{debug, warn};
+
+use super::Worker;
+use super::local::Local;
+use super::upstream::ConnectError;
+use crate::metrics::Metrics;
+use crate::selection::{Policy, RoutingTable, Upstream};
+
+/// Why one attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// TCP connect refused, reset or unreachable.
+    Connect,
+    /// TCP connect timed out.
+    ConnectTimeout,
+    /// The request could not be written or the connection broke before any
+    /// response byte, on a fresh connection.
+    Send,
+    /// The same on a reused (pooled) connection: the keep-alive race.
+    Reused,
+    /// No response head within the response-header timeout.
+    ResponseTimeout,
+}
+
+impl FailureKind {
+    /// Metric label (`roundhouse_upstream_errors_total{kind}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::ConnectTimeout => "connect_timeout",
+            FailureKind::Send => "send",
+            FailureKind::Reused => "reused_connection",
+            FailureKind::ResponseTimeout => "response_timeout",
+        }
+    }
+
+    /// Connect failures feed passive health checking.
+    pub fn is_connect(self) -> bool {
+        matches!(self, FailureKind::Connect | FailureKind::ConnectTimeout)
+    }
+
+    /// Whether another endpoint may be tried. A response timeout is not
+    /// retried: the request may be executing, and retrying would multiply
+    /// load on a slow service.
+    pub fn retryable(self) -> bool {
+        !matches!(self, FailureKind::ResponseTimeout)
+    }
+
+    fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            FailureKind::ConnectTimeout | FailureKind::ResponseTimeout
+        )
+    }
+}
+
+/// A failed attempt: what went wrong, and the transport's words for it.
+#[derive(Debug)]
+pub struct Failure {
+    /// The class of failure, which decides what happens next.
+    pub kind: FailureKind,
+    /// For the log line.
+    pub error: Option<String>,
+}
+
+impl Failure {
+    /// A failure of `kind` without further detail.
+    pub fn new(kind: FailureKind) -> Self {
+        Self { kind, error: None }
+    }
+
+    /// A failure of `kind` with the error that caused it.
+    pub fn because(kind: FailureKind, error: impl ToString) -> Self {
+        Self {
+            kind,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Timeout => Failure::new(FailureKind::ConnectTimeout),
+            ConnectError::Io(e) => Failure::because(FailureKind::Connect, e),
+        }
+    }
+}
+
+/// A failed send; `unsent` is the request when it provably never left
+/// (nothing was written), so it can go out again on another connection.
+#[derive(Debug)]
+pub struct SendFailure<R> {
+    /// What went wrong.
+    pub failure: Failure,
+    /// The request, when it was not sent.
+    pub unsent: Option<R>,
+}
+
+impl<R> SendFailure<R> {
+    /// The request left (at least partly) and no response head came back.
+    pub fn sent(failure: Failure) -> Self {
+        Self {
+            failure,
+            unsent: None,
+        }
+    }
+
+    /// Nothing was written: `request` can be sent again.
+    pub fn unsent(failure: Failure, request: R) -> Self {
+        Self {
+            failure,
+            unsent: Some(request),
+        }
+    }
+}
+
+/// What a transport does for the attempt core: get a connection to an
+/// endpoint, send one request on it and read the response head. Bodies and
+/// the rest of the exchange are the transport's own business, after
+/// [`Worker::forward`] returns.
+pub(crate) trait Transport {
+    /// A connection to one endpoint.
+    type Conn;
+    /// One attempt's request, as this transport sends it.
+    type Request;
+    /// A response head, with whatever the transport needs for the body.
+    type Response;
+
+    /// A pooled connection to `addr` that is still open, if one is idle.
+    fn checkout(&mut self, addr: SocketAddr) -> Option<Self::Conn>;
+
+    /// A new connection to `addr` (within `policy.connect_timeout`).
+    async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<Self::Conn, Failure>;
+
+    /// Sends `request` on `conn` and waits for the final response head
+    /// (within `policy.response_header_timeout`).
+    async fn send(
+        &mut self,
+        addr: SocketAddr,
+        conn: Self::Conn,
+        request: Self::Request,
+        policy: &Policy,
+    ) -> Result<Self::Response, SendFailure<Self::Request>>;
+
+    /// The response's status code.
+    fn status(response: &Self::Response) -> u16;
+
+    /// Whether a request that was sent can be replayed on another endpoint
+    /// (idempotent and bodiless: its head was kept).
+    fn can_replay(&self) -> bool;
+
+    /// The request again, for a retry ([`Transport::can_replay`] said yes).
+    fn replay(&mut self) -> Option<Self::Request>;
+
+    /// A failure caused by the client (its body broke or was too large),
+    /// which must be answered as the client's error, not retried.
+    fn client_fault(&self) -> Option<Local> {
+        None
+    }
+}
+
+/// Methods that RFC 9110 §9.2.2 defines as idempotent.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a failed request may be retried on another endpoint: always when
+/// it was never sent; otherwise only for an idempotent request without body
+/// (which can be replayed from its saved head).
+pub fn may_retry(kind: FailureKind, unsent: bool, replayable: bool) -> bool {
+    kind.retryable() && (unsent || replayable)
+}
+
+/// Most attempts per request (the first and ten retries).
+const MAX_TRIES: usize = 11;
+
+/// Attempts allowed for a request to `upstream`: the first plus its retries,
+/// at most one per endpoint.
+fn max_attempts(upstream: &Upstream) -> usize {
+    (upstream.policy.retries as usize + 1)
+        .min(upstream.endpoints.len())
+        .clamp(1, MAX_TRIES)
+}
+
+/// What to do after a failed attempt ([`Worker::after_failure`]).
+enum AfterFailure {
+    /// Try the endpoint with this index next.
+    Retry(usize),
+    /// Answer the client locally.
+    GiveUp(Local),
+}
+
+/// A request that reached an endpoint and got a response head.
+pub(crate) struct Answered<R> {
+    /// Index of the endpoint in the upstream.
+    pub idx: usize,
+    /// The transport's response.
+    pub response: R,
+}
+
+impl Worker {
+    /// The upstream for a request to `host` and `path`, in `table`.
+    pub(crate) fn route<'t>(
+        &self,
+        table: &'t RoutingTable,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<&'t Upstream, Local> {
+        table
+            .routes
+            .find(host, path)
+            .map(AsRef::as_ref)
+            .ok_or_else(|| {
+                debug!(path, "no upstream matches");
+                Local::NoRoute
+            })
+    }
+
+    /// Forwards one request to `upstream` through `transport`: picks an
+    /// endpoint, sends, and retries on other endpoints by the rules above.
+    /// `Err` is the local response to give instead.
+    pub(crate) async fn forward<T: Transport>(
+        &self,
+        upstream: &Upstream,
+        transport: &mut T,
+        request: T::Request,
+    ) -> Result<Answered<T::Response>, Local> {
+        let Some(mut idx) = upstream.pick() else {
+            warn!(upstream = %upstream.name, "no endpoints available; answering 503");
+            return Err(Local::NoEndpoints);
+        };
+        let max_attempts = max_attempts(upstream);
+        let mut tried = [usize::MAX; MAX_TRIES];
+        let mut attempts = 0;
+        let mut pending = Some(request);
+        let start = Instant::now();
+        loop {
+            tried[attempts] = idx;
+            attempts += 1;
+            let endpoint = &upstream.endpoints[idx];
+            let Some(request) = pending.take().or_else(|| transport.replay()) else {
+                unreachable!("a retry is only decided with a request to send");
+            };
+            let failure = match attempt(transport, endpoint.addr, request, &upstream.policy).await {
+                Ok(response) => {
+                    endpoint.record_response(T::status(&response));
+                    self.shared
+                        .metrics
+                        .duration
+                        .observe(self.id, start.elapsed());
+                    return Ok(Answered { idx, response });
+                }
+                Err(SendFailure { failure, unsent }) => {
+                    pending = unsent;
+                    failure
+                }
+            };
+            if let Some(local) = transport.client_fault() {
+                return Err(local);
+            }
+            let retry = may_retry(failure.kind, pending.is_some(), transport.can_replay());
+            match self.after_failure(upstream, &tried[..attempts], max_attempts, &failure, retry) {
+                AfterFailure::Retry(next) => idx = next,
+                AfterFailure::GiveUp(local) => return Err(local),
+            }
+        }
+    }
+
+    /// Counts and logs a failed attempt on the last endpoint in `tried` and
+    /// decides what comes next: another endpoint (when `retry` allows it,
+    /// attempts remain and one is left untried), else a 504 after a timeout
+    /// or a 502.
+    fn after_failure(
+        &self,
+        upstream: &Upstream,
+        tried: &[usize],
+        max_attempts: usize,
+        failure: &Failure,
+        retry: bool,
+    ) -> AfterFailure {
+        let shared = &self.shared;
+        let attempts = tried.len();
+        let idx = tried[attempts - 1];
+        let endpoint = &upstream.endpoints[idx];
+        let kind = failure.kind;
+        let error = failure.error.as_deref();
+        shared.metrics.upstream_error(kind.label());
+        if kind.is_connect() {
+            shared.balancer.connect_failed(upstream, idx);
+        }
+        let next = retry
+            .then_some(())
+            .filter(|()| attempts < max_attempts)
+            .and_then(|()| upstream.next_untried(idx, tried));
+        if let Some(next) = next {
+            shared.metrics.retries.inc();
+            debug!(
+                upstream = %upstream.name,
+                endpoint = %endpoint.addr,
+                kind = kind.label(),
+                error,
+                next = %upstream.endpoints[next].addr,
+                "attempt failed; retrying on the next endpoint"
+            );
+            return AfterFailure::Retry(next);
+        }
+        if kind.is_timeout() {
+            warn!(
+                upstream = %upstream.name,
+                endpoint = %endpoint.addr,
+                kind = kind.label(),
+                attempts,
+                "upstream timed out; answering 504"
+            );
+            return AfterFailure::GiveUp(Local::UpstreamTimeout);
+        }
+        warn!(
+            upstream = %upstream.name,
+            endpoint = %endpoint.addr,
+            kind = kind.label(),
+            error,
+            attempts,
+            "no endpoint could serve the request; answering 502"
+        );
+        AfterFailure::GiveUp(Local::UpstreamFailed)
+    }
+}
+
+/// Counts and logs an upstream response body that failed after its head was
+/// forwarded: the client's response is cut short (its connection is
+/// aborted, so it cannot mistake the truncated body for a whole one).
+pub(crate) fn body_failed(metrics: &Metrics, endpoint: SocketAddr, error: &dyn std::fmt::Display) {
+    metrics.upstream_error("body");
+    warn!(endpoint = %endpoint, error = %error, "upstream response body failed mid-stream; aborting the client response");
+}
+
+/// One attempt on one endpoint: a pooled connection if one is idle, else a
+/// new one. A pooled connection that turns out closed before the request
+/// left is the keep-alive race: the same request goes out on the next
+/// pooled (or a new) connection, at no cost to the client.
+async fn attempt<T: Transport>(
+    transport: &mut T,
+    addr: SocketAddr,
+    mut request: T::Request,
+    policy: &Policy,
+) -> Result<T::Response, SendFailure<T::Request>> {
+    loop {
+        let (conn, reused) = match transport.checkout(addr) {
+            Some(conn) => (conn, true),
+            None => match transport.connect(addr, policy).await {
+                Ok(conn) => (conn, false),
+                Err(failure) => return Err(SendFailure::unsent(failure, request)),
+            },
+        };
+        match transport.send(addr, conn, request, policy).await {
+            Ok(response) => return Ok(response),
+            Err(SendFailure {
+                unsent: Some(back), ..
+            }) if reused => {
+                debug!(endpoint = %addr, "pooled connection closed by the endpoint; trying another");
+                request = back;
+            }
+            Err(mut e) => {
+                if reused && e.failure.kind == FailureKind::Send {
+                    e.failure.kind = FailureKind::Reused;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_rules() {
+        // never sent: always retryable, whatever the method
+        assert!(may_retry(FailureKind::Connect, true, false));
+        assert!(may_retry(FailureKind::ConnectTimeout, true, false));
+        // sent, no response byte: only when replayable
+        assert!(may_retry(FailureKind::Reused, false, true));
+        assert!(!may_retry(FailureKind::Reused, false, false));
+        assert!(!may_retry(FailureKind::Send, false, false));
+        // timeouts after sending are never retried
+        assert!(!may_retry(FailureKind::ResponseTimeout, false, true));
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,234 @@
+//! Every response the LB gives itself, in one list: status, body, the
+//! `roundhouse_local_responses_total{reason}` label, and whether the client
+//! connection closes after it. Both client transports render from here
+//! (the fast path as bytes, the hyper path as an `http::Response`).
+
+use std::io::Write as _;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::metrics::Metrics;
+
+/// A response produced by the LB itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// No Upstream matches the request's host and path.
+    NoRoute,
+    /// The matching Upstream has no endpoints.
+    NoEndpoints,
+    /// Every attempt failed.
+    UpstreamFailed,
+    /// The endpoint did not answer within the response-header timeout.
+    UpstreamTimeout,
+    /// The endpoint switched protocols without being asked to.
+    UnexpectedUpgrade,
+    /// A `CONNECT` request: this is not a forward proxy.
+    ConnectRefused,
+    /// A malformed request.
+    BadRequest(BadRequest),
+    /// A transfer coding other than `chunked`.
+    UnsupportedCoding,
+    /// The request body is over `--max-body-bytes`.
+    BodyTooLarge,
+    /// `--max-connections` reached; the connection is refused.
+    TooManyConnections,
+}
+
+/// Why a request is malformed (the 400 body says it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// HTTP/1.1 without `Host`.
+    MissingHost,
+    /// More than one `Host`.
+    MultipleHosts,
+    /// A `Host` that is not an authority.
+    InvalidHost,
+    /// A body whose framing is broken, or that ended early.
+    MalformedBody,
+}
+
+impl Local {
+    /// The status code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Local::NoRoute => StatusCode::NOT_FOUND,
+            Local::NoEndpoints | Local::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Local::UpstreamFailed | Local::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            Local::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Local::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+            Local::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Local::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+            Local::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The plain-text body.
+    pub fn body(self) -> &'static str {
+        match self {
+            Local::NoRoute => "no upstream matches this request\n",
+            Local::NoEndpoints => "no endpoints available\n",
+            Local::UpstreamFailed => "bad gateway: upstream failed\n",
+            Local::UpstreamTimeout => "upstream timed out\n",
+            Local::UnexpectedUpgrade => "bad gateway: unexpected upgrade\n",
+            Local::ConnectRefused => "CONNECT is not supported\n",
+            Local::BadRequest(BadRequest::MissingHost) => "bad request: missing Host header\n",
+            Local::BadRequest(BadRequest::MultipleHosts) => "bad request: multiple Host headers\n",
+            Local::BadRequest(BadRequest::InvalidHost) => "bad request: invalid Host header\n",
+            Local::BadRequest(BadRequest::MalformedBody) => "bad request: malformed request body\n",
+            Local::UnsupportedCoding => "transfer coding not supported\n",
+            Local::BodyTooLarge => "request body too large\n",
+            Local::TooManyConnections => "too many connections\n",
+        }
+    }
+
+    /// The `reason` label of `roundhouse_local_responses_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Local::NoRoute => "no_route",
+            Local::NoEndpoints => "no_endpoints",
+            Local::UpstreamFailed | Local::UnexpectedUpgrade => "upstream_failed",
+            Local::UpstreamTimeout => "upstream_timeout",
+            Local::ConnectRefused => "connect_refused",
+            Local::BadRequest(_) | Local::UnsupportedCoding => "bad_request",
+            Local::BodyTooLarge => "body_too_large",
+            Local::TooManyConnections => "too_many_connections",
+        }
+    }
+
+    /// Whether the client connection closes after this response: after a
+    /// malformed request or an unread body nothing that follows can be
+    /// trusted to be framed right.
+    pub fn closes(self) -> bool {
+        matches!(
+            self,
+            Local::BadRequest(_)
+                | Local::UnsupportedCoding
+                | Local::BodyTooLarge
+                | Local::TooManyConnections
+        )
+    }
+
+    /// Counts it (`roundhouse_local_responses_total`; a refused connection
+    /// is counted in `roundhouse_refused_connections_total` instead).
+    pub fn count(self, metrics: &Metrics) {
+        if self == Local::TooManyConnections {
+            metrics.refused_connections.inc();
+        } else {
+            metrics.local(self.reason());
+        }
+    }
+
+    /// Writes it as an HTTP/1.1 response into `out` (replacing its
+    /// contents); `close` adds `Connection: close` (it is added anyway when
+    /// [`Local::closes`]).
+    pub fn write_h1(self, out: &mut Vec<u8>, close: bool) {
+        let status = self.status();
+        let body = self.body();
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{}\r\n", body.len());
+        if close || self.closes() {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+    }
+
+    /// It as an `http::Response` for hyper to write.
+    pub fn response<B: From<&'static str>>(self) -> Response<B> {
+        let mut resp = Response::new(B::from(self.body()));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.closes() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Local; 13] = [
+        Local::NoRoute,
+        Local::NoEndpoints,
+        Local::UpstreamFailed,
+        Local::UpstreamTimeout,
+        Local::UnexpectedUpgrade,
+        Local::ConnectRefused,
+        Local::BadRequest(BadRequest::MissingHost),
+        Local::BadRequest(BadRequest::MultipleHosts),
+        Local::BadRequest(BadRequest::InvalidHost),
+        Local::BadRequest(BadRequest::MalformedBody),
+        Local::UnsupportedCoding,
+        Local::BodyTooLarge,
+        Local::TooManyConnections,
+    ];
+
+    #[test]
+    fn h1_bytes() {
+        let mut out = Vec::new();
+        Local::NoEndpoints.write_h1(&mut out, false);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: 23\r\n\r\nno endpoints available\n"
+        );
+        Local::BodyTooLarge.write_h1(&mut out, false);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("connection: close\r\n"),
+            "a response that closes says so"
+        );
+    }
+
+    #[test]
+    fn both_renderings_agree() {
+        for local in ALL {
+            let mut out = Vec::new();
+            local.write_h1(&mut out, false);
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let len = match parsed.parse(&out).unwrap() {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial => panic!("{local:?}: partial"),
+            };
+            let resp = local.response::<String>();
+            assert_eq!(parsed.code, Some(resp.status().as_u16()), "{local:?}");
+            assert_eq!(&out[len..], local.body().as_bytes(), "{local:?}");
+            let close = parsed
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("connection") && h.value == b"close");
+            assert_eq!(
+                close,
+                resp.headers().get("connection").is_some(),
+                "{local:?}"
+            );
+            assert_eq!(close, local.closes(), "{local:?}");
+            let length = parsed
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| {
+                    std::str::from_utf8(h.value)
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap()
+                });
+            assert_eq!(length, Some(local.body().len()), "{local:?}");
+        }
+    }
+}
