@@ -53,15 +53,15 @@ async fn hanging_backend_gets_504_and_the_request_is_not_retried_elsewhere() {
     );
     // Round robin starts at the first endpoint: the hanging one.
     let t = Instant::now();
-    let (status, body) = get_once(lb.addr, "/host").await.unwrap();
+    let (status, body) = within(HANG, get_once(lb.addr, "/host")).await.unwrap();
     let took = t.elapsed();
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
     );
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
-        "{took:?}"
+        took >= Duration::from_millis(300),
+        "before the timeout: {took:?}"
     );
     assert_eq!(hang.hits(), 1);
     // A request that may be executing is not replayed on another endpoint.
@@ -84,31 +84,31 @@ async fn hanging_backend_gets_504_and_the_request_is_not_retried_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_within_the_timeout_gets_200() {
-    let slow = TestBackend::with_service("slow", |_| async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Response::new(Full::new(Bytes::from_static(b"slow\n")))
+    // The backend answers none of four requests until all four are in it at
+    // once: they can only all succeed if the LB forwards them concurrently,
+    // none waiting on another.
+    let barrier = Arc::new(tokio::sync::Barrier::new(4));
+    let slow = TestBackend::with_service("slow", move |_| {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            Response::new(Full::new(Bytes::from_static(b"slow\n")))
+        }
     });
     let policy = Policy {
-        response_header_timeout: Duration::from_millis(1500),
+        response_header_timeout: HANG,
         ..Policy::default()
     };
     let lb = TestLb::start_with(routing(vec![slow.spec()]), test_proxy_config(), policy);
-    // Four at once: each waits on the backend, none waits on the others.
-    let t = Instant::now();
     let tasks: Vec<_> = (0..4)
         .map(|_| tokio::spawn(get_once(lb.addr, "/host")))
         .collect();
     for task in tasks {
         assert_eq!(
-            task.await.unwrap().unwrap(),
+            within(HANG * 2, task).await.unwrap().unwrap(),
             (StatusCode::OK, "slow\n".into())
         );
     }
-    let took = t.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
-        "{took:?}"
-    );
     assert_eq!(slow.hits(), 4);
 }
 

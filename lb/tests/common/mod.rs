@@ -355,6 +355,19 @@ impl Drop for TestLb {
     }
 }
 
+/// How long one step of a test may take before it counts as hung. Not a
+/// performance bound: the behaviour under test takes milliseconds, and what
+/// it rules out takes far longer or forever.
+pub const HANG: Duration = Duration::from_secs(10);
+
+/// `fut`, or a panic if it has not finished within `limit` (a hang guard).
+pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("hung: no result within {limit:?}"),
+    }
+}
+
 /// Polls `cond` every millisecond for up to 10 s; panics naming `what`.
 pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

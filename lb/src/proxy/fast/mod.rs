@@ -446,3 +446,96 @@ async fn refill(conn: &mut UpConn) -> Result<(), String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lazy_timer_fires_at_each_due_time_and_never_early() {
+        let mut timer = LazyTimer::new();
+        let start = Instant::now();
+        timer.until(start + Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        // A later deadline on the same timer (the next request).
+        timer.until(start + Duration::from_secs(45)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(45));
+        // An earlier one than the timer is armed for is honoured too.
+        let now = Instant::now();
+        let long = now + Duration::from_secs(100);
+        let short = now + Duration::from_millis(250);
+        tokio::select! {
+            () = timer.until(long) => panic!("the long wait finished first"),
+            () = tokio::time::sleep_until(short) => {}
+        }
+        timer.until(now + Duration::from_secs(1)).await;
+        assert_eq!(
+            now.elapsed(),
+            Duration::from_secs(1),
+            "not the 100 s it was armed for"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_endpoint_times_out_at_the_response_header_timeout() {
+        use std::sync::Arc;
+
+        use crate::discovery::{EndpointSpec, RoutingConfig, UpstreamConfig};
+        use crate::metrics::Metrics;
+        use crate::selection::Balancer;
+
+        // An endpoint that accepts and reads but never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let policy = Policy {
+            response_header_timeout: Duration::from_secs(30),
+            ..Policy::default()
+        };
+        let b = Arc::new(Balancer::new(policy.clone(), Arc::new(Metrics::new(1))));
+        b.apply(&RoutingConfig {
+            upstreams: vec![UpstreamConfig::catch_all(
+                "u",
+                vec![EndpointSpec::new(addr)],
+            )],
+        });
+        let worker = crate::proxy::tests::worker(b, crate::proxy::ProxyConfig::default());
+        // Connected for real first; then time only moves when nothing else
+        // can happen (the paused clock jumps to the next timer).
+        let conn = upstream::connect(addr, Duration::from_secs(1))
+            .await
+            .unwrap();
+        tokio::time::pause();
+        let mut timer = LazyTimer::new();
+        let mut out = Vec::new();
+        let mut transport = RawH1 {
+            worker: &worker,
+            head: b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+            idempotent: true,
+            head_request: false,
+            client_close: false,
+            timer: &mut timer,
+            out: &mut out,
+        };
+        let start = Instant::now();
+        let failure = match transport.send(addr, conn, (), &policy).await {
+            Err(SendFailure { failure, unsent }) => {
+                assert!(unsent.is_none(), "the head was written");
+                failure
+            }
+            Ok(_) => panic!("an answer from a silent endpoint"),
+        };
+        assert_eq!(failure.kind, FailureKind::ResponseTimeout);
+        // tokio's timer wheel rounds a deadline up to its next millisecond.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(30) && took <= Duration::from_millis(30_001),
+            "{took:?}"
+        );
+        hold.abort();
+    }
+}
