@@ -5,7 +5,8 @@
 #
 #   scripts/test-all.sh
 #
-# Suites: Rust unit + integration tests (nextest, or cargo test), cargo deny,
+# Suites: Rust unit + integration tests (nextest, or cargo test), the lb
+# crate's module graph (scripts/module-graph.py --check), cargo deny,
 # a shellcheck pass over every script, test.sh's own tests, the quick start
 # (lb demo + test.sh), a short bounded fuzzing run,
 # the Kubernetes manifest/chart validators, the Docker end-to-end test
@@ -55,11 +56,16 @@ soak_60() {
     fi
 }
 
+module_graph() {
+    python3 scripts/module-graph.py --check >/dev/null
+}
+
 shell_scripts() {
     shellcheck test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run
 }
 
 suite "rust tests" rust_tests
+suite "module graph (no cycles between sibling modules)" module_graph
 suite "supply chain (cargo deny: licences, bans, sources)" scripts/deny.sh
 suite "shellcheck" shell_scripts
 suite "test.sh negative paths" env BACKEND_BIN=target/debug/backend scripts/test-test-sh.sh
