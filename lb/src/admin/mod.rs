@@ -132,7 +132,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    s.balancer.housekeeping();
+    s.balancer.refresh_gauges();
     (
         [(
             header::CONTENT_TYPE,

@@ -294,17 +294,27 @@ impl Balancer {
     }
 
     /// Readmits endpoints whose ejection expired (logging it) and refreshes
-    /// the endpoint-state gauges. Called periodically and after `apply`.
+    /// the endpoint-state gauges. Called every second and after `apply`.
     pub fn housekeeping(&self) {
+        for u in &self.table.load().upstreams {
+            for e in u.endpoints.iter() {
+                if e.readmit_if_expired() {
+                    info!(upstream = %u.name, endpoint = %e.addr, "endpoint re-admitted after ejection");
+                }
+            }
+        }
+        self.refresh_gauges();
+    }
+
+    /// Sets the endpoint-state gauges from the current table; changes no
+    /// state (what a scrape of `/metrics` calls).
+    pub fn refresh_gauges(&self) {
         let table = self.table.load();
         self.metrics.endpoints.clear();
         for u in &table.upstreams {
             let mut ready = 0;
             let mut ejected = 0;
             for e in u.endpoints.iter() {
-                if e.readmit_if_expired() {
-                    info!(upstream = %u.name, endpoint = %e.addr, "endpoint re-admitted after ejection");
-                }
                 if e.is_available() {
                     ready += 1;
                 } else {
