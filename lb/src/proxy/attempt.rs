@@ -7,8 +7,8 @@
 //!    [`Local::NoRoute`];
 //! 2. **pick**: the next endpoint from the upstream's cursor, else
 //!    [`Local::NoEndpoints`];
-//! 3. **connect or check out** a connection ([`Transport::checkout`],
-//!    [`Transport::connect`]);
+//! 3. **connect or check out** a connection ([`Connector::checkout`],
+//!    [`Connector::connect`]);
 //! 4. **send** the request and wait for the response head
 //!    ([`Transport::send`]);
 //! 5. **classify** a failure ([`FailureKind`]): a pooled connection that
@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 
 use super::Worker;
 use super::local::Local;
-use super::upstream::ConnectError;
+use super::upstream::{self, ConnectError, Pool, UpConn};
 use crate::metrics::Metrics;
 use crate::selection::{Policy, RoutingTable, Upstream};
 
@@ -144,30 +144,55 @@ impl<R> SendFailure<R> {
     }
 }
 
-/// What a transport does for the attempt core: get a connection to an
-/// endpoint, send one request on it and read the response head. Bodies and
-/// the rest of the exchange are the transport's own business, after
-/// [`Worker::forward`] returns.
-pub(crate) trait Transport {
+/// Where a transport's connections come from.
+pub(crate) trait Connector {
     /// A connection to one endpoint.
     type Conn;
-    /// One attempt's request, as this transport sends it.
-    type Request;
-    /// A response head, with whatever the transport needs for the body.
-    type Response;
 
     /// A pooled connection to `addr` that is still open, if one is idle.
     fn checkout(&mut self, addr: SocketAddr) -> Option<Self::Conn>;
 
     /// A new connection to `addr` (within `policy.connect_timeout`).
     async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<Self::Conn, Failure>;
+}
+
+/// HTTP/1.1 connections: the worker's one pool, else a new TCP connection.
+impl Connector for &Pool {
+    type Conn = UpConn;
+
+    fn checkout(&mut self, addr: SocketAddr) -> Option<UpConn> {
+        Pool::checkout(self, addr)
+    }
+
+    async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<UpConn, Failure> {
+        Ok(upstream::connect(addr, policy.connect_timeout).await?)
+    }
+}
+
+/// The connection type of a transport's connector.
+type ConnOf<T> = <<T as Transport>::Connector as Connector>::Conn;
+
+/// What a transport does for the attempt core: get a connection to an
+/// endpoint (its [`Connector`]), send one request on it and read the
+/// response head. Bodies and the rest of the exchange are the transport's
+/// own business, after [`Worker::forward`] returns.
+pub(crate) trait Transport {
+    /// Where connections come from.
+    type Connector: Connector;
+    /// One attempt's request, as this transport sends it.
+    type Request;
+    /// A response head, with whatever the transport needs for the body.
+    type Response;
+
+    /// The connector.
+    fn connector(&mut self) -> &mut Self::Connector;
 
     /// Sends `request` on `conn` and waits for the final response head
     /// (within `policy.response_header_timeout`).
     async fn send(
         &mut self,
         addr: SocketAddr,
-        conn: Self::Conn,
+        conn: ConnOf<Self>,
         request: Self::Request,
         policy: &Policy,
     ) -> Result<Self::Response, SendFailure<Self::Request>>;
@@ -378,9 +403,9 @@ async fn attempt<T: Transport>(
     policy: &Policy,
 ) -> Result<T::Response, SendFailure<T::Request>> {
     loop {
-        let (conn, reused) = match transport.checkout(addr) {
+        let (conn, reused) = match transport.connector().checkout(addr) {
             Some(conn) => (conn, true),
-            None => match transport.connect(addr, policy).await {
+            None => match transport.connector().connect(addr, policy).await {
                 Ok(conn) => (conn, false),
                 Err(failure) => return Err(SendFailure::unsent(failure, request)),
             },
@@ -446,10 +471,8 @@ mod tests {
         }
     }
 
-    impl Transport for Script {
+    impl Connector for Script {
         type Conn = bool;
-        type Request = ();
-        type Response = u16;
 
         fn checkout(&mut self, addr: SocketAddr) -> Option<bool> {
             let i = self.pooled.iter().position(|p| *p == addr.port())?;
@@ -464,6 +487,16 @@ mod tests {
                 return Err(Failure::new(FailureKind::Connect));
             }
             Ok(false)
+        }
+    }
+
+    impl Transport for Script {
+        type Connector = Self;
+        type Request = ();
+        type Response = u16;
+
+        fn connector(&mut self) -> &mut Self {
+            self
         }
 
         async fn send(

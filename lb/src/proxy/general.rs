@@ -21,7 +21,7 @@ use super::headers::{
     ClientIp, forward_request_headers, forward_response_headers, is_upgrade_request,
 };
 use super::local::{BadRequest, Local};
-use super::upstream::{self, Reuse, UpConn};
+use super::upstream::{Pool, Reuse, UpConn};
 use crate::selection::Policy;
 
 /// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`
@@ -45,6 +45,8 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), BadRequest> {
 /// the exchange completed cleanly ([`Reuse`]).
 struct HyperH1<'w> {
     worker: &'w Worker,
+    /// The worker's connection pool.
+    pool: &'w Pool,
     /// The head of an idempotent bodiless request, for a replay.
     saved: Option<(Method, Uri, HeaderMap)>,
     /// What happened to the client's body, if it has one.
@@ -59,17 +61,13 @@ struct HyperResponse {
     reuse: Option<Rc<Reuse>>,
 }
 
-impl Transport for HyperH1<'_> {
-    type Conn = UpConn;
+impl<'w> Transport for HyperH1<'w> {
+    type Connector = &'w Pool;
     type Request = Request<ReqBody>;
     type Response = HyperResponse;
 
-    fn checkout(&mut self, addr: SocketAddr) -> Option<UpConn> {
-        self.worker.pool.checkout(addr)
-    }
-
-    async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<UpConn, Failure> {
-        Ok(upstream::connect(addr, policy.connect_timeout).await?)
+    fn connector(&mut self) -> &mut &'w Pool {
+        &mut self.pool
     }
 
     async fn send(
@@ -264,6 +262,7 @@ impl Worker {
         });
         let mut transport = HyperH1 {
             worker: &self,
+            pool: &self.pool,
             saved,
             body: body_state,
             upgrade,

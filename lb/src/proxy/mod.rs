@@ -119,6 +119,18 @@ pub(crate) struct Shared {
     connections: AtomicUsize,
 }
 
+impl Shared {
+    fn new(balancer: Arc<Balancer>, config: ProxyConfig) -> Self {
+        Self {
+            metrics: balancer.metrics().clone(),
+            balancer,
+            host_override: config.host_override.clone(),
+            config,
+            connections: AtomicUsize::new(0),
+        }
+    }
+}
+
 /// One worker thread's state.
 pub(crate) struct Worker {
     /// Index, for per-worker metric shards.
@@ -242,13 +254,7 @@ pub fn start(
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?
         .local_addr()?;
-    let shared = Arc::new(Shared {
-        metrics: balancer.metrics().clone(),
-        balancer,
-        host_override: config.host_override.clone(),
-        config,
-        connections: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(balancer, config));
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
@@ -427,14 +433,7 @@ pub(crate) mod tests {
 
     /// A worker over `balancer`, as a worker thread builds it.
     pub(crate) fn worker(balancer: Arc<Balancer>, config: ProxyConfig) -> Worker {
-        let shared = Arc::new(Shared {
-            metrics: balancer.metrics().clone(),
-            balancer,
-            host_override: config.host_override.clone(),
-            config,
-            connections: AtomicUsize::new(0),
-        });
-        Worker::new(0, shared)
+        Worker::new(0, Arc::new(Shared::new(balancer, config)))
     }
 
     #[tokio::test(start_paused = true)]

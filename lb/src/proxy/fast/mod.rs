@@ -40,7 +40,7 @@ use super::attempt::{Failure, FailureKind, SendFailure, Transport, body_failed};
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF};
 use super::headers::ClientIp;
 use super::local::Local;
-use super::upstream::{self, UpConn};
+use super::upstream::{Pool, UpConn};
 use crate::selection::{Policy, Upstream};
 
 /// Reads into the spare capacity of `buf` (at least `reserve` bytes). A
@@ -114,7 +114,8 @@ enum Relay {
 /// request is bodiless) written on a raw pooled connection, the response
 /// head parsed and rewritten into `out`.
 struct RawH1<'a> {
-    worker: &'a Worker,
+    /// The worker's connection pool.
+    pool: &'a Pool,
     /// The rewritten request head.
     head: &'a [u8],
     /// An idempotent request can be replayed after it was sent.
@@ -127,18 +128,14 @@ struct RawH1<'a> {
     out: &'a mut Vec<u8>,
 }
 
-impl Transport for RawH1<'_> {
-    type Conn = UpConn;
+impl<'a> Transport for RawH1<'a> {
+    type Connector = &'a Pool;
     /// The request is `head`; an attempt needs nothing else.
     type Request = ();
     type Response = (UpConn, ResponseHead);
 
-    fn checkout(&mut self, addr: SocketAddr) -> Option<UpConn> {
-        self.worker.pool.checkout(addr)
-    }
-
-    async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<UpConn, Failure> {
-        Ok(upstream::connect(addr, policy.connect_timeout).await?)
+    fn connector(&mut self) -> &mut &'a Pool {
+        &mut self.pool
     }
 
     /// Writes the head and reads the response head, skipping interim 1xx
@@ -272,7 +269,7 @@ impl Worker {
                 Err(local) => self.local_fast(&mut stream, out, local, close).await,
                 Ok(upstream) => {
                     let transport = RawH1 {
-                        worker: self,
+                        pool: &self.pool,
                         head: up_head,
                         idempotent: req.idempotent,
                         head_request: req.head,
@@ -506,14 +503,14 @@ mod tests {
         let worker = crate::proxy::tests::worker(b, crate::proxy::ProxyConfig::default());
         // Connected for real first; then time only moves when nothing else
         // can happen (the paused clock jumps to the next timer).
-        let conn = upstream::connect(addr, Duration::from_secs(1))
+        let conn = crate::proxy::upstream::connect(addr, Duration::from_secs(1))
             .await
             .unwrap();
         tokio::time::pause();
         let mut timer = LazyTimer::new();
         let mut out = Vec::new();
         let mut transport = RawH1 {
-            worker: &worker,
+            pool: &worker.pool,
             head: b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
             idempotent: true,
             head_request: false,
