@@ -10,9 +10,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::HeaderValue;
 
+use crate::discovery::certs::CertFiles;
 use crate::discovery::file::{self, FileError, parse_duration};
 use crate::discovery::static_dns::TargetError;
-use crate::discovery::{DefaultUpstream, Source, StaticSource};
+use crate::discovery::{DefaultUpstream, Protocol, Source, StaticSource};
 use crate::proxy::ProxyConfig;
 use crate::selection::Policy;
 
@@ -47,6 +48,10 @@ pub enum Command {
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+fn protocol(s: &str) -> Result<Protocol, String> {
+    s.parse()
 }
 
 /// Log output format.
@@ -116,6 +121,11 @@ pub struct ServeArgs {
     )]
     pub service_port: Option<String>,
 
+    /// What the static backends speak: `http1` or `h2c` (HTTP/2 with prior
+    /// knowledge; needed for gRPC backends).
+    #[arg(long, env = "LB_UPSTREAM_PROTOCOL", default_value = "http1", value_parser = protocol)]
+    pub upstream_protocol: Protocol,
+
     /// How often static backend names are re-resolved.
     #[arg(long, env = "LB_DNS_REFRESH", default_value = "5s", value_parser = duration)]
     pub dns_refresh: Duration,
@@ -123,6 +133,10 @@ pub struct ServeArgs {
     /// Data-plane settings.
     #[command(flatten)]
     pub proxy: ProxyArgs,
+
+    /// TLS listener settings.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// After SIGTERM, keep accepting (while /readyz reports 503) for this
     /// long before draining, so load balancers in front can react.
@@ -198,6 +212,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "LB_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub fast_path: bool,
 
+    /// Most concurrent streams on one client HTTP/2 connection (more are
+    /// refused with REFUSED_STREAM).
+    #[arg(long, env = "LB_H2_MAX_STREAMS", default_value_t = 100)]
+    pub h2_max_streams: u32,
+
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LB_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub shutdown_timeout: Duration,
@@ -205,6 +224,40 @@ pub struct ProxyArgs {
     /// Send this Host header upstream instead of the client's.
     #[arg(long, env = "LB_HOST_HEADER", value_name = "HOST")]
     pub host_header: Option<String>,
+}
+
+/// The TLS listener: on when certificates are configured.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Address of the TLS listener (HTTP/1.1 and HTTP/2 by ALPN); used when
+    /// certificates are configured.
+    #[arg(long, env = "LB_TLS_LISTEN", default_value = "0.0.0.0:8443")]
+    pub tls_listen: SocketAddr,
+
+    /// A PEM certificate chain for the TLS listener (repeatable, paired in
+    /// order with --tls-key; several pairs are chosen by SNI). Reloaded when
+    /// the file changes.
+    #[arg(long, env = "LB_TLS_CERT", value_delimiter = ',', value_name = "FILE")]
+    pub tls_cert: Vec<PathBuf>,
+
+    /// The PEM private key of the --tls-cert at the same position.
+    #[arg(long, env = "LB_TLS_KEY", value_delimiter = ',', value_name = "FILE")]
+    pub tls_key: Vec<PathBuf>,
+
+    /// With --kubernetes: a `kubernetes.io/tls` Secret in the namespace to
+    /// serve (repeatable; chosen by SNI), watched and swapped live.
+    #[arg(
+        long,
+        env = "LB_TLS_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME",
+        requires = "kubernetes"
+    )]
+    pub tls_secret: Vec<String>,
+
+    /// Time a client has to complete the TLS handshake.
+    #[arg(long, env = "LB_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
 }
 
 /// `lb demo`.
@@ -268,6 +321,9 @@ pub enum ConfigError {
     /// A config file that cannot be used.
     #[error(transparent)]
     File(#[from] FileError),
+    /// A TLS certificate that cannot be served.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::proxy::tls::TlsError),
     /// An out-of-range value.
     #[error("{0}")]
     Invalid(String),
@@ -294,6 +350,9 @@ impl ProxyArgs {
         }
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.h2_max_streams) {
+            return bad("--h2-max-streams must be between 1 and 10000".into());
         }
         for (name, d) in [
             ("--connect-timeout", self.connect_timeout),
@@ -323,6 +382,8 @@ impl ProxyArgs {
             host_override,
             max_connections: self.max_connections,
             fast_path: self.fast_path,
+            h2_max_streams: self.h2_max_streams,
+            ..ProxyConfig::default()
         };
         let policy = Policy {
             connect_timeout: self.connect_timeout,
@@ -353,18 +414,29 @@ impl ServeArgs {
             ),
             _ => None,
         };
+        if !self.tls.tls_cert.is_empty() {
+            return Err(ConfigError::Invalid(
+                "with --kubernetes, TLS certificates come from Secrets: use --tls-secret NAME, not --tls-cert"
+                    .into(),
+            ));
+        }
         Ok(Source::Kubernetes {
             namespace: self.namespace.clone(),
             default_upstream,
+            tls_secrets: self.tls.tls_secret.clone(),
         })
     }
 
-    /// The static source from `--backend` or `--config`.
+    /// The static source from `--backend` or `--config`, with the TLS
+    /// files from `--tls-cert`/`--tls-key` or the config file.
     pub fn static_source(&self) -> Result<StaticSource, ConfigError> {
-        match (self.backends.is_empty(), &self.config) {
-            (true, None) => Err(ConfigError::NoSource),
-            (false, Some(_)) => Err(ConfigError::ManySources("--backend or --config, not both")),
-            (false, None) => Ok(StaticSource {
+        let flags = self.tls.cert_files()?;
+        let mut source = match (self.backends.is_empty(), &self.config) {
+            (true, None) => return Err(ConfigError::NoSource),
+            (false, Some(_)) => {
+                return Err(ConfigError::ManySources("--backend or --config, not both"));
+            }
+            (false, None) => StaticSource {
                 targets: self
                     .backends
                     .iter()
@@ -372,9 +444,55 @@ impl ServeArgs {
                     .map(|b| b.parse())
                     .collect::<Result<_, _>>()?,
                 dns_refresh: self.dns_refresh,
-            }),
-            (true, Some(path)) => Ok(file::read_file_config(path, self.dns_refresh)?),
+                tls: Vec::new(),
+                protocol: self.upstream_protocol,
+            },
+            (true, Some(path)) => {
+                let mut source = file::read_file_config(path, self.dns_refresh)?;
+                // The file's `protocol:`, else the flag.
+                if source.protocol == Protocol::Http1 {
+                    source.protocol = self.upstream_protocol;
+                }
+                source
+            }
+        };
+        match (flags.is_empty(), source.tls.is_empty()) {
+            (false, false) => {
+                return Err(ConfigError::ManySources(
+                    "TLS certificates from --tls-cert/--tls-key or the config file's `tls:`, not both",
+                ));
+            }
+            (false, true) => source.tls = flags,
+            _ => {}
         }
+        Ok(source)
+    }
+}
+
+impl TlsArgs {
+    /// The `--tls-cert`/`--tls-key` pairs.
+    pub fn cert_files(&self) -> Result<Vec<CertFiles>, ConfigError> {
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(ConfigError::Invalid(format!(
+                "--tls-cert and --tls-key come in pairs: {} certificate(s), {} key(s)",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            )));
+        }
+        if self.tls_handshake_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--tls-handshake-timeout must be greater than zero".into(),
+            ));
+        }
+        Ok(self
+            .tls_cert
+            .iter()
+            .zip(&self.tls_key)
+            .map(|(cert, key)| CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect())
     }
 }
 
@@ -459,6 +577,7 @@ mod tests {
             Source::Kubernetes {
                 default_upstream: Some(d),
                 namespace: None,
+                ..
             } => {
                 assert_eq!((d.name(), d.port().as_deref()), ("backend", Some("http")));
             }
@@ -479,6 +598,7 @@ mod tests {
             Source::Kubernetes {
                 default_upstream: Some(DefaultUpstream::new("b", "b", Some("5000")).unwrap()),
                 namespace: None,
+                tls_secrets: Vec::new(),
             }
         );
         let s = serve(&["--kubernetes", "--backend", "a:1"]).unwrap();

@@ -1,7 +1,7 @@
 //! roundhouse: an exact round-robin HTTP load balancer.
 //!
 //! The crate is split by responsibility; each module depends only on the
-//! ones listed before it (`scripts/module-graph.sh` checks that there is no
+//! ones listed before it (`scripts/module-graph.py --check` checks that there is no
 //! cycle):
 //!
 //! - [`metrics`]: every Prometheus metric, below everything else;
@@ -66,7 +66,11 @@ pub enum Error {
 impl Error {
     /// Whether this is a configuration error (exit code 78).
     pub fn is_config(&self) -> bool {
-        matches!(self, Error::Config(_))
+        match self {
+            Error::Config(_) => true,
+            Error::Discovery(e) => e.is_config(),
+            _ => false,
+        }
     }
 }
 

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use futures::FutureExt;
-use lb::config::{Cli, Command, ProxyArgs, ServeArgs};
-use lb::server::{self, Bound, Settings};
+use lb::config::{Cli, Command, ConfigError, ProxyArgs, ServeArgs};
+use lb::discovery::Source;
+use lb::discovery::certs::read_cert_files;
+use lb::proxy::tls::CertStore;
+use lb::server::{self, Bound, Settings, TlsSettings};
 
 /// Exit code for bad configuration (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -71,25 +74,43 @@ fn settings(
         proxy,
         policy,
         drain_delay,
+        tls: None,
     })
 }
 
 fn serve(args: ServeArgs) -> lb::Result<()> {
     lb::telemetry::init(args.log_format);
-    let settings = settings(
+    let mut settings = settings(
         args.listen,
         args.admin_listen,
         &args.proxy,
         args.drain_delay,
     )?;
     let source = args.source()?;
+    settings.proxy.tls_handshake_timeout = args.tls.tls_handshake_timeout;
+    if source.has_tls() {
+        let certs = CertStore::empty();
+        // Certificate files are checked before anything is bound; Secrets
+        // once the API client exists (below).
+        if let Source::Static(s) = &source {
+            let pairs = read_cert_files(&s.tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            certs.replace(&pairs).map_err(ConfigError::Tls)?;
+        }
+        settings.tls = Some(TlsSettings {
+            listen: args.tls.tls_listen,
+            certs,
+        });
+    }
     let bound = Bound::bind(&settings)?;
     block_on(async move {
-        let discovery = source.build().await?;
+        let built = source.build().await?;
+        if let Some(tls) = &settings.tls {
+            tls.certs.replace(&built.certs).map_err(ConfigError::Tls)?;
+        }
         server::run(
             settings,
             bound,
-            discovery,
+            built.discovery,
             lb::shutdown::signal().boxed(),
             |_| {},
         )

@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::discovery::{self, Discovery};
+use crate::discovery::{self, CertPair, Discovery};
 use crate::metrics::Metrics;
+use crate::proxy::tls::CertStore;
 use crate::proxy::{self, ProxyConfig};
 use crate::selection::{Balancer, Policy};
 
@@ -27,6 +28,18 @@ pub struct Settings {
     pub policy: Policy,
     /// Time between SIGTERM and the start of the drain.
     pub drain_delay: Duration,
+    /// The TLS listener, if TLS is configured.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// The certificates it serves (swapped in place when the source
+    /// publishes new ones).
+    pub certs: Arc<CertStore>,
 }
 
 /// The bound listeners, so callers (tests, `lb demo`) learn the real ports
@@ -34,6 +47,7 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Bound {
     proxy: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
     admin: std::net::TcpListener,
 }
 
@@ -43,10 +57,20 @@ impl Bound {
         let bind_error = |flag, addr| move |source| crate::Error::Bind { flag, addr, source };
         let proxy = proxy::bind_listeners(settings.listen, settings.proxy.workers)
             .map_err(bind_error("listen", settings.listen))?;
+        let tls = match &settings.tls {
+            Some(t) => proxy::bind_listeners(t.listen, settings.proxy.workers)
+                .map_err(bind_error("tls-listen", t.listen))?,
+            None => Vec::new(),
+        };
         let admin = std::net::TcpListener::bind(settings.admin_listen)
             .map_err(bind_error("admin-listen", settings.admin_listen))?;
         admin.set_nonblocking(true)?;
-        Ok(Self { proxy, admin })
+        Ok(Self { proxy, tls, admin })
+    }
+
+    /// The TLS address, if TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.first().and_then(|l| l.local_addr().ok())
     }
 
     /// The client address.
@@ -92,6 +116,7 @@ pub async fn run(
     // Discovery → routing table. The table changes only when a complete
     // snapshot arrives; readiness flips once the source says it is synced.
     let (publisher, mut rx) = discovery::channel_counting(metrics.discovery_errors.clone());
+    let certs_rx = publisher.subscribe_certs();
     let discovery_task = tokio::spawn(source.run(publisher, stop_discovery.clone()));
     let applier = {
         let balancer = balancer.clone();
@@ -126,9 +151,22 @@ pub async fn run(
     };
 
     let proxy_addr = bound.proxy_addr();
+    let tls_addr = bound.tls_addr();
     let admin_addr = bound.admin_addr();
+    let tls = match &settings.tls {
+        Some(t) => {
+            let config =
+                proxy::tls::server_config(t.certs.clone()).map_err(std::io::Error::other)?;
+            tokio::spawn(follow_certs(t.certs.clone(), certs_rx, metrics.clone()));
+            Some((bound.tls, config))
+        }
+        None => None,
+    };
     let workers = proxy::start(
-        bound.proxy,
+        proxy::Listeners {
+            plain: bound.proxy,
+            tls,
+        },
         balancer.clone(),
         settings.proxy.clone(),
         stop_proxy.clone(),
@@ -146,6 +184,7 @@ pub async fn run(
     });
     info!(
         listen = %proxy_addr,
+        tls_listen = tls_addr.map(|a| a.to_string()),
         admin = %admin_addr,
         workers = settings.proxy.workers,
         "roundhouse lb started"
@@ -179,4 +218,33 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Swaps in the certificates the discovery source publishes (renewed
+/// files, a changed Secret). An unusable set is logged and counted, and the
+/// previous certificates keep serving.
+async fn follow_certs(
+    store: Arc<CertStore>,
+    mut rx: tokio::sync::watch::Receiver<Arc<Vec<CertPair>>>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let certs = rx.borrow_and_update().clone();
+        if certs.is_empty() {
+            continue;
+        }
+        match store.replace(&certs) {
+            Ok(()) => {
+                metrics.tls_reloads("success");
+                info!(certificates = ?store.names(), "TLS certificates loaded");
+            }
+            Err(e) => {
+                metrics.tls_reloads("failure");
+                warn!(error = %e, "new TLS certificates are unusable; the previous ones keep serving");
+            }
+        }
+    }
 }

@@ -295,11 +295,12 @@ fn malformed_request_lines_and_versions_get_400_and_never_reach_a_backend() {
             b"\x00\x01\x02\x03\xff\xfe\r\n\r\n".to_vec(),
             Some(400),
         ),
-        // hyper recognises the HTTP/2 preface and closes without answering.
+        // The HTTP/2 preface is not malformed: it opens an h2c connection
+        // (tests/h2.rs). A preface-like line that is not it is.
         (
-            "HTTP/2 preface",
-            req("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            None,
+            "HTTP/2 preface, mangled",
+            req("PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
+            Some(400),
         ),
     ];
     refused_without_upstream(&lb, &seen, &cases);

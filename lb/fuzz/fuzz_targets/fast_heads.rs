@@ -7,6 +7,7 @@
 
 use lb::proxy::fast::ChunkedScanner;
 use lb::proxy::fast::head::{Limits, Request, Response, parse_request, parse_response};
+use lb::proxy::headers::ClientIp;
 use libfuzzer_sys::fuzz_target;
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -24,11 +25,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut out = Vec::new();
+    let client = if mode & 1 == 0 {
+        ClientIp::new([10, 0, 0, 1].into())
+    } else {
+        ClientIp::tls([10, 0, 0, 1].into())
+    };
     let limits = Limits {
         max_header_bytes: 1024 + usize::from(mode) * 16,
         max_headers: 1 + usize::from(mode % 64),
     };
-    if let Request::Ready(head) = parse_request(bytes, limits, b"10.0.0.1", None, &mut out) {
+    if let Request::Ready(head) = parse_request(bytes, limits, &client, None, &mut out) {
         assert!(head.len <= bytes.len() && head.len <= limits.max_header_bytes);
         let _ = (head.host(bytes), head.path(bytes));
         // The forwarded head is one complete, valid request head.

@@ -7,6 +7,10 @@
 //!   - address: backend-2:5000
 //!     weight: 2
 //! dnsRefresh: 5s
+//! protocol: h2c           # optional: http1 (default) or h2c to the backends
+//! tls:                    # optional: the TLS listener's certificates
+//!   - cert: /etc/roundhouse/tls/a.crt
+//!     key: /etc/roundhouse/tls/a.key
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::Protocol;
+use super::certs::CertFiles;
 use super::static_dns::{BackendTarget, TargetError};
 
 /// Parses a duration such as `500ms`, `2s` or `1m`, with a hint on failure.
@@ -79,15 +85,23 @@ pub struct FileConfig {
     backends: Vec<BackendEntry>,
     #[serde(default)]
     dns_refresh: Option<String>,
+    #[serde(default)]
+    tls: Vec<CertFiles>,
+    #[serde(default)]
+    protocol: Option<String>,
 }
 
-/// Backends and refresh period read from a config file.
+/// The static configuration: backends, refresh period and TLS files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticSource {
     /// Targets in order.
     pub targets: Vec<BackendTarget>,
     /// DNS refresh period.
     pub dns_refresh: Duration,
+    /// Certificate files for the TLS listener (none: no TLS).
+    pub tls: Vec<CertFiles>,
+    /// What the backends speak (`--upstream-protocol`, `protocol:`).
+    pub protocol: Protocol,
 }
 
 /// Reads and parses the file at `path`.
@@ -134,9 +148,18 @@ pub fn parse_file_config(
         })?,
         None => default_refresh,
     };
+    let protocol = match file.protocol.as_deref() {
+        Some(p) => p.parse().map_err(|e| FileError::Yaml {
+            path: path.to_owned(),
+            message: format!("protocol: {e}"),
+        })?,
+        None => Protocol::Http1,
+    };
     Ok(StaticSource {
         targets,
         dns_refresh,
+        tls: file.tls,
+        protocol,
     })
 }
 

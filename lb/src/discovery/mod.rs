@@ -5,6 +5,7 @@
 //! list, DNS or the Kubernetes API. The data plane swaps its routing table
 //! atomically on each snapshot, so it never sees a half-built set.
 
+pub mod certs;
 pub mod file;
 pub mod k8s;
 pub mod static_dns;
@@ -76,6 +77,31 @@ pub struct UpstreamPolicy {
     pub ejection_time: Option<Duration>,
 }
 
+/// The protocol spoken to an upstream's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, without TLS (`h2c`; a Service port's
+    /// `appProtocol: kubernetes.io/h2c`).
+    H2c,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" | "http/1.1" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            other => Err(format!(
+                "unknown protocol `{other}` (expected http1 or h2c)"
+            )),
+        }
+    }
+}
+
 /// One named pool of endpoints with its match rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
@@ -87,6 +113,8 @@ pub struct UpstreamConfig {
     pub endpoints: Vec<EndpointSpec>,
     /// Overrides of the LB-wide settings.
     pub policy: UpstreamPolicy,
+    /// The protocol its endpoints speak.
+    pub protocol: Protocol,
 }
 
 impl UpstreamConfig {
@@ -97,6 +125,7 @@ impl UpstreamConfig {
             route: RouteMatch::default(),
             endpoints,
             policy: UpstreamPolicy::default(),
+            protocol: Protocol::Http1,
         }
     }
 }
@@ -108,10 +137,33 @@ pub struct RoutingConfig {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
+/// A TLS certificate chain and its private key, as PEM, with a name for
+/// messages (a file path or a Secret's name). Sources publish the set they
+/// serve ([`Publisher::publish_certs`]); the TLS listener swaps it in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertPair {
+    /// Where it came from.
+    pub name: String,
+    /// The chain, leaf first.
+    pub chain_pem: Vec<u8>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for CertPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("CertPair")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The sending half handed to a discovery source.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: watch::Sender<Snapshot>,
+    certs: watch::Sender<Arc<Vec<CertPair>>>,
     errors: Counter,
 }
 
@@ -137,7 +189,8 @@ pub fn channel() -> (Publisher, Subscriber) {
 /// Same, counting the source's errors in `errors`.
 pub fn channel_counting(errors: Counter) -> (Publisher, Subscriber) {
     let (tx, rx) = watch::channel(Snapshot::default());
-    (Publisher { tx, errors }, rx)
+    let (certs, _) = watch::channel(Arc::new(Vec::new()));
+    (Publisher { tx, certs, errors }, rx)
 }
 
 impl Publisher {
@@ -156,6 +209,23 @@ impl Publisher {
             }
             routing_changed || sync_changed
         })
+    }
+
+    /// Publishes the TLS certificates the source serves now, if they
+    /// differ from the last ones.
+    pub fn publish_certs(&self, certs: Vec<CertPair>) {
+        self.certs.send_if_modified(|current| {
+            let changed = **current != certs;
+            if changed {
+                *current = Arc::new(certs);
+            }
+            changed
+        });
+    }
+
+    /// Follows the certificates published by the source.
+    pub fn subscribe_certs(&self) -> watch::Receiver<Arc<Vec<CertPair>>> {
+        self.certs.subscribe()
     }
 
     /// Counts an error of the source (a failed watch, a failed write).
@@ -195,7 +265,18 @@ pub enum Source {
         namespace: Option<String>,
         /// The Upstream to create if absent.
         default_upstream: Option<DefaultUpstream>,
+        /// `kubernetes.io/tls` Secrets the TLS listener serves.
+        tls_secrets: Vec<String>,
     },
+}
+
+/// A source ready to run, with the TLS certificates it serves at the start.
+#[derive(Debug)]
+pub struct Built {
+    /// The source.
+    pub discovery: Box<dyn Discovery>,
+    /// Its certificates now (from files, or the Secrets as first read).
+    pub certs: Vec<CertPair>,
 }
 
 /// A discovery source that could not be set up.
@@ -204,18 +285,62 @@ pub enum SourceError {
     /// No Kubernetes client configuration (in-cluster or `KUBECONFIG`).
     #[error("cannot configure the Kubernetes client (in-cluster or KUBECONFIG): {0}")]
     KubernetesClient(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A TLS Secret that is missing, unreadable or not a TLS Secret.
+    #[error("TLS Secret {name}: {message}")]
+    TlsSecret {
+        /// The Secret.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Certificate files that cannot be read.
+    #[error(transparent)]
+    CertFiles(#[from] certs::CertFileError),
+}
+
+impl SourceError {
+    /// Whether the error is in the configuration (exit code 78) rather
+    /// than the environment.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, SourceError::KubernetesClient(_))
+    }
 }
 
 impl Source {
+    /// Whether the TLS listener is on (certificates are configured).
+    pub fn has_tls(&self) -> bool {
+        match self {
+            Source::Static(s) => !s.tls.is_empty(),
+            Source::Kubernetes { tls_secrets, .. } => !tls_secrets.is_empty(),
+        }
+    }
+
     /// Builds the source (for Kubernetes: the API client, from the pod's
-    /// service account or `KUBECONFIG`).
-    pub async fn build(self) -> Result<Box<dyn Discovery>, SourceError> {
+    /// service account or `KUBECONFIG`, and the first read of the TLS
+    /// Secrets).
+    pub async fn build(self) -> Result<Built, SourceError> {
         Ok(match self {
-            Source::Static(s) => Box::new(StaticDiscovery::new(s.targets, s.dns_refresh)),
+            Source::Static(s) => Built {
+                certs: certs::read_cert_files(&s.tls)?,
+                discovery: Box::new(
+                    StaticDiscovery::new(s.targets, s.dns_refresh)
+                        .with_cert_files(s.tls)
+                        .speaking(s.protocol),
+                ),
+            },
             Source::Kubernetes {
                 namespace,
                 default_upstream,
-            } => Box::new(k8s::KubernetesDiscovery::connect(namespace, default_upstream).await?),
+                tls_secrets,
+            } => {
+                let d = k8s::KubernetesDiscovery::connect(namespace, default_upstream)
+                    .await?
+                    .with_tls_secrets(tls_secrets);
+                Built {
+                    certs: d.read_tls_secrets().await?,
+                    discovery: Box::new(d),
+                }
+            }
         })
     }
 }

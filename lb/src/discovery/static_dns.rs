@@ -13,7 +13,8 @@ use futures::future::{BoxFuture, join_all};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Discovery, EndpointSpec, Publisher, RoutingConfig, UpstreamConfig};
+use super::certs::{CERT_POLL, CertFiles, follow_cert_files};
+use super::{Discovery, EndpointSpec, Protocol, Publisher, RoutingConfig, UpstreamConfig};
 
 /// The name of the single upstream the static source publishes.
 pub const STATIC_UPSTREAM: &str = "default";
@@ -115,12 +116,32 @@ impl fmt::Display for BackendTarget {
 pub struct StaticDiscovery {
     targets: Vec<BackendTarget>,
     refresh: Duration,
+    cert_files: Vec<CertFiles>,
+    protocol: Protocol,
 }
 
 impl StaticDiscovery {
     /// A static source over `targets`, re-resolving names every `refresh`.
     pub fn new(targets: Vec<BackendTarget>, refresh: Duration) -> Self {
-        Self { targets, refresh }
+        Self {
+            targets,
+            refresh,
+            cert_files: Vec::new(),
+            protocol: Protocol::Http1,
+        }
+    }
+
+    /// The backends speak `protocol`.
+    pub fn speaking(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Also publishes the certificates in `files`, and again whenever they
+    /// change.
+    pub fn with_cert_files(mut self, files: Vec<CertFiles>) -> Self {
+        self.cert_files = files;
+        self
     }
 }
 
@@ -160,6 +181,14 @@ impl Discovery for StaticDiscovery {
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            if !self.cert_files.is_empty() {
+                tokio::spawn(follow_cert_files(
+                    self.cert_files.clone(),
+                    CERT_POLL,
+                    publisher.clone(),
+                    shutdown.clone(),
+                ));
+            }
             // Last known addresses per target; a failed lookup keeps them, so a
             // DNS hiccup never empties the pool.
             let mut known: Vec<Option<BTreeSet<SocketAddr>>> = vec![None; self.targets.len()];
@@ -174,8 +203,10 @@ impl Discovery for StaticDiscovery {
                 }
                 let complete = known.iter().all(Option::is_some);
                 let endpoints = build_endpoints(&self.targets, &known);
+                let mut upstream = UpstreamConfig::catch_all(STATIC_UPSTREAM, endpoints);
+                upstream.protocol = self.protocol;
                 let routing = RoutingConfig {
-                    upstreams: vec![UpstreamConfig::catch_all(STATIC_UPSTREAM, endpoints)],
+                    upstreams: vec![upstream],
                 };
                 let count = routing.upstreams[0].endpoints.len();
                 if publisher.publish(routing, complete) {

@@ -51,6 +51,13 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a certificate reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 /// Every metric the LB exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -80,6 +87,10 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     /// Open WebSocket/upgrade tunnels.
     pub tunnels: Gauge,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_errors: Counter,
+    /// Certificate sets swapped in (or refused) after the start.
+    pub tls_certificate_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +116,8 @@ impl Metrics {
         let discovery_updates = Counter::default();
         let discovery_errors = Counter::default();
         let tunnels = Gauge::default();
+        let tls_handshake_errors = Counter::default();
+        let tls_certificate_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "requests",
             "Proxied requests by upstream, endpoint and status class",
@@ -165,6 +178,16 @@ impl Metrics {
             "Open upgraded (WebSocket) tunnels",
             tunnels.clone(),
         );
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Certificate sets swapped in (success) or refused, keeping the previous ones (failure)",
+            tls_certificate_reloads.clone(),
+        );
         Self {
             registry,
             requests,
@@ -179,7 +202,16 @@ impl Metrics {
             discovery_updates,
             discovery_errors,
             tunnels,
+            tls_handshake_errors,
+            tls_certificate_reloads,
         }
+    }
+
+    /// Counts a certificate reload (`success` or `failure`).
+    pub fn tls_reloads(&self, result: &'static str) {
+        self.tls_certificate_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a response the LB produced itself.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::upstream::Reuse;
+use super::upstream::{Reuse, StreamLease};
 
 /// Error raised when a streamed request body exceeds the limit.
 #[derive(Debug, thiserror::Error)]
@@ -169,35 +169,49 @@ impl RespBody {
 /// Told about an upstream body failing mid-stream (endpoint, error).
 pub type BodyErrorHook = Rc<dyn Fn(SocketAddr, &hyper::Error)>;
 
+/// What a response body holds of its upstream connection until it ends.
+#[derive(Debug)]
+pub enum Lease {
+    /// Nothing (an upgrade, a connection that closes anyway).
+    None,
+    /// An HTTP/1.1 connection that goes back to the pool if the body is
+    /// read to its end.
+    Pooled(Rc<Reuse>),
+    /// A stream on an HTTP/2 connection, counted until the body ends.
+    Stream(StreamLease),
+}
+
 /// Streams an upstream body (see [`UpstreamBody::new`]).
 pub struct UpstreamBody {
     inner: Incoming,
     endpoint: SocketAddr,
-    reuse: Option<Rc<Reuse>>,
+    lease: Lease,
     on_error: BodyErrorHook,
 }
 
 impl UpstreamBody {
-    /// Wraps `inner` from `endpoint`. `reuse` learns whether the body was
-    /// read to its end (so the connection can go back to the pool);
+    /// Wraps `inner` from `endpoint`. `lease` is released when the body
+    /// ends (a pooled connection learns whether it was read to its end);
     /// `on_error` is told about a failure mid-body (for logs and metrics).
     pub fn new(
         inner: Incoming,
         endpoint: SocketAddr,
-        reuse: Option<Rc<Reuse>>,
+        lease: Lease,
         on_error: BodyErrorHook,
     ) -> Self {
         Self {
             inner,
             endpoint,
-            reuse,
+            lease,
             on_error,
         }
     }
 
-    fn settle(&mut self) {
-        if let Some(reuse) = self.reuse.take() {
-            if self.inner.is_end_stream() {
+    /// Releases the lease: a pooled connection is reusable only if the
+    /// whole body was read.
+    fn settle(&mut self, failed: bool) {
+        if let Lease::Pooled(reuse) = std::mem::replace(&mut self.lease, Lease::None) {
+            if self.inner.is_end_stream() && !failed {
                 reuse.body_done();
             } else {
                 reuse.refuse();
@@ -208,7 +222,7 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        self.settle();
+        self.settle(false);
     }
 }
 
@@ -233,13 +247,11 @@ impl Body for RespBody {
             RespBody::Upstream(u) => {
                 let frame = ready!(Pin::new(&mut u.inner).poll_frame(cx));
                 match &frame {
-                    None => u.settle(),
-                    Some(Ok(_)) if u.inner.is_end_stream() => u.settle(),
+                    None => u.settle(false),
+                    Some(Ok(_)) if u.inner.is_end_stream() => u.settle(false),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        if let Some(reuse) = u.reuse.take() {
-                            reuse.refuse();
-                        }
+                        u.settle(true);
                         (u.on_error)(u.endpoint, e);
                     }
                 }

@@ -1,11 +1,16 @@
-//! The general (hyper) path: requests that hyper's server parsed (bodies,
-//! upgrades, HTTP/1.0, anything the fast path does not take) go through the
-//! attempt core with [`HyperH1`], a transport that runs one hyper HTTP/1.1
-//! client exchange on a connection from the worker's pool.
+//! The general (hyper) path: requests that hyper's servers parsed (HTTP/2,
+//! and HTTP/1.1 with bodies, upgrades, HTTP/1.0, anything the fast path
+//! does not take) go through the attempt core with [`Hyper`], a transport
+//! that reaches an endpoint with one hyper HTTP/1.1 client exchange on a
+//! connection from the worker's pool ([`H1`]), or with a stream on one of
+//! its multiplexed HTTP/2 connections ([`H2`], for `h2c` Upstreams). gRPC
+//! calls get the LB's own errors as gRPC statuses and have their
+//! `grpc-timeout` honoured.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -15,13 +20,15 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::Worker;
-use super::attempt::{Failure, FailureKind, SendFailure, Transport, is_idempotent};
-use super::body::{BodyOutcome, BodyState, ReqBody, RespBody, UpstreamBody};
+use super::attempt::{Connector, Failure, FailureKind, SendFailure, Transport, is_idempotent};
+use super::body::{BodyOutcome, BodyState, Lease, ReqBody, RespBody, UpstreamBody};
+use super::h2::{self, H2Pool, H2Stream};
 use super::headers::{
     ClientIp, forward_request_headers, forward_response_headers, is_upgrade_request,
 };
 use super::local::{BadRequest, Local};
 use super::upstream::{Pool, Reuse, UpConn};
+use crate::discovery::Protocol;
 use crate::selection::Policy;
 
 /// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`
@@ -40,42 +47,77 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), BadRequest> {
     }
 }
 
-/// The hyper path's upstream transport: one hyper HTTP/1.1 client exchange
-/// per request on a pooled connection, which goes back to the pool when
-/// the exchange completed cleanly ([`Reuse`]).
-struct HyperH1<'w> {
-    worker: &'w Worker,
-    /// The worker's connection pool.
-    pool: &'w Pool,
+/// What one request through the hyper path carries from attempt to
+/// attempt: its replayable head, the fate of its body and its deadline.
+struct Attempts {
     /// The head of an idempotent bodiless request, for a replay.
     saved: Option<(Method, Uri, HeaderMap)>,
     /// What happened to the client's body, if it has one.
     body: Option<Arc<BodyState>>,
+    /// A gRPC deadline (`grpc-timeout`) shorter than the policy's.
+    deadline: Option<Duration>,
+}
+
+/// The two ways the hyper path reaches an endpoint.
+trait HyperUpstream {
+    /// Where connections come from.
+    type Connector: Connector;
+
+    /// The connector.
+    fn connector(&mut self) -> &mut Self::Connector;
+
+    /// One exchange on `conn`, the response head within `timeout`.
+    async fn exchange(
+        &mut self,
+        addr: SocketAddr,
+        conn: <Self::Connector as Connector>::Conn,
+        request: Request<ReqBody>,
+        timeout: Duration,
+    ) -> Result<HyperResponse, SendFailure<Request<ReqBody>>>;
+}
+
+/// The hyper path's transport: [`Attempts`] over one of the upstream
+/// protocols.
+struct Hyper<U> {
+    upstream: U,
+    attempts: Attempts,
+}
+
+/// HTTP/1.1: one hyper client exchange per request on a pooled connection,
+/// which goes back to the pool when the exchange completed cleanly
+/// ([`Reuse`]).
+struct H1<'w> {
+    worker: &'w Worker,
+    /// The worker's connection pool.
+    pool: &'w Pool,
     /// An upgrade handshake: the connection becomes a tunnel, never pooled.
     upgrade: bool,
 }
 
-/// A response head and the means to return its connection.
-struct HyperResponse {
-    response: Response<Incoming>,
-    reuse: Option<Rc<Reuse>>,
+/// HTTP/2 (h2c): a stream on one of the worker's multiplexed connections.
+struct H2<'w> {
+    pool: &'w H2Pool,
 }
 
-impl<'w> Transport for HyperH1<'w> {
+/// A response head and what its body holds of the connection.
+struct HyperResponse {
+    response: Response<Incoming>,
+    lease: Lease,
+}
+
+impl<'w> HyperUpstream for H1<'w> {
     type Connector = &'w Pool;
-    type Request = Request<ReqBody>;
-    type Response = HyperResponse;
 
     fn connector(&mut self) -> &mut &'w Pool {
         &mut self.pool
     }
 
-    async fn send(
+    async fn exchange(
         &mut self,
         addr: SocketAddr,
         conn: UpConn,
         request: Request<ReqBody>,
-        policy: &Policy,
+        timeout: Duration,
     ) -> Result<HyperResponse, SendFailure<Request<ReqBody>>> {
         let io = TokioIo::new(conn.into_stream());
         let (mut tx, connection) = match self.worker.client.handshake(io).await {
@@ -113,7 +155,7 @@ impl<'w> Transport for HyperH1<'w> {
             Some(reuse)
         };
         let sent = tx.try_send_request(request);
-        match tokio::time::timeout(policy.response_header_timeout, sent).await {
+        match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(SendFailure::sent(Failure::new(
                 FailureKind::ResponseTimeout,
             ))),
@@ -123,7 +165,10 @@ impl<'w> Transport for HyperH1<'w> {
                 {
                     reuse.refuse();
                 }
-                Ok(HyperResponse { response, reuse })
+                Ok(HyperResponse {
+                    response,
+                    lease: reuse.map_or(Lease::None, Lease::Pooled),
+                })
             }
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
@@ -132,26 +177,75 @@ impl<'w> Transport for HyperH1<'w> {
             }
         }
     }
+}
+
+impl<'w> HyperUpstream for H2<'w> {
+    type Connector = &'w H2Pool;
+
+    fn connector(&mut self) -> &mut &'w H2Pool {
+        &mut self.pool
+    }
+
+    async fn exchange(
+        &mut self,
+        _addr: SocketAddr,
+        stream: H2Stream,
+        request: Request<ReqBody>,
+        timeout: Duration,
+    ) -> Result<HyperResponse, SendFailure<Request<ReqBody>>> {
+        let (response, lease) = h2::send(stream, request, timeout).await?;
+        Ok(HyperResponse {
+            response,
+            lease: Lease::Stream(lease),
+        })
+    }
+}
+
+impl<U: HyperUpstream> Transport for Hyper<U> {
+    type Connector = U::Connector;
+    type Request = Request<ReqBody>;
+    type Response = HyperResponse;
+
+    fn connector(&mut self) -> &mut U::Connector {
+        self.upstream.connector()
+    }
+
+    async fn send(
+        &mut self,
+        addr: SocketAddr,
+        conn: <U::Connector as Connector>::Conn,
+        request: Request<ReqBody>,
+        policy: &Policy,
+    ) -> Result<HyperResponse, SendFailure<Request<ReqBody>>> {
+        let timeout = match self.attempts.deadline {
+            Some(d) => d.min(policy.response_header_timeout),
+            None => policy.response_header_timeout,
+        };
+        self.upstream.exchange(addr, conn, request, timeout).await
+    }
 
     fn status(response: &HyperResponse) -> u16 {
         response.response.status().as_u16()
     }
 
     fn can_replay(&self) -> bool {
-        self.saved.is_some()
+        self.attempts.saved.is_some()
     }
 
     fn replay(&mut self) -> Option<Request<ReqBody>> {
-        let (method, uri, headers) = self.saved.as_ref()?;
+        let (method, uri, headers) = self.attempts.saved.as_ref()?;
         let mut req = Request::new(ReqBody::Empty);
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
+        if req.uri().scheme().is_some() {
+            *req.version_mut() = Version::HTTP_2;
+        }
         Some(req)
     }
 
     fn client_fault(&self) -> Option<Local> {
-        match self.body.as_ref()?.get() {
+        match self.attempts.body.as_ref()?.get() {
             BodyOutcome::TooLarge => {
                 warn!("streamed request body over the limit; answering 413");
                 Some(Local::BodyTooLarge)
@@ -176,11 +270,69 @@ fn keeps_alive(response: &Response<Incoming>) -> bool {
     response.version() == Version::HTTP_11 && !close
 }
 
+/// Whether a request is a gRPC call (RFC-less but universal:
+/// `content-type: application/grpc`, optionally `+proto` and so on).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A `grpc-timeout` value (`1H`, `5M`, `30S`, `100m`, `10u`, `1n`: at most
+/// eight digits and a unit), or `None` when absent or malformed.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Prepares a request's head for an HTTP/2 endpoint: absolute-form URI
+/// (its authority becomes `:authority`) and `te: trailers` when the client
+/// asked for trailers (gRPC does; RFC 9113 §8.2.2 allows nothing else).
+fn for_h2(parts: &mut http::request::Parts, te_trailers: bool) {
+    let authority = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    let mut uri = http::uri::Builder::new().scheme("http");
+    if let Some(a) = authority {
+        uri = uri.authority(a);
+    } else {
+        uri = uri.authority("upstream");
+    }
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(u) = uri.path_and_query(pq).build() {
+        parts.uri = u;
+    }
+    parts.version = Version::HTTP_2;
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 impl Worker {
-    /// A local response, counted.
-    fn local(&self, local: Local) -> Response<RespBody> {
+    /// A local response, counted; a gRPC call gets it as a gRPC status.
+    fn local(&self, local: Local, grpc: bool) -> Response<RespBody> {
         local.count(&self.shared.metrics);
-        local.response()
+        if grpc {
+            local.grpc_response()
+        } else {
+            local.response()
+        }
     }
 
     /// Handles one client request.
@@ -190,13 +342,14 @@ impl Worker {
         mut req: Request<Incoming>,
     ) -> Response<RespBody> {
         let shared = &self.shared;
+        let grpc = is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             debug!(client = %client.ip, "CONNECT refused");
-            return self.local(Local::ConnectRefused);
+            return self.local(Local::ConnectRefused, grpc);
         }
         if let Err(why) = check_request(&req) {
             debug!(client = %client.ip, why = Local::BadRequest(why).body().trim_end(), "malformed request head; answering 400");
-            return self.local(Local::BadRequest(why));
+            return self.local(Local::BadRequest(why), grpc);
         }
         if let Some(te) = req.headers().get(header::TRANSFER_ENCODING)
             && !te.as_bytes().eq_ignore_ascii_case(b"chunked")
@@ -204,7 +357,7 @@ impl Worker {
             // hyper has decoded the chunked framing; any other coding (gzip,
             // chunked) would be lost on the way, so refuse (RFC 9112 §6.1).
             debug!(client = %client.ip, "unsupported transfer coding; answering 501");
-            return self.local(Local::UnsupportedCoding);
+            return self.local(Local::UnsupportedCoding, grpc);
         }
         let table = self.table();
         let host = req.uri().host().or_else(|| {
@@ -214,7 +367,7 @@ impl Worker {
         });
         let upstream = match self.route(&table, host, req.uri().path()) {
             Ok(u) => u,
-            Err(local) => return self.local(local),
+            Err(local) => return self.local(local, grpc),
         };
 
         // Body limit: refuse a declared oversize body without reading it;
@@ -223,7 +376,7 @@ impl Worker {
             && req.body().size_hint().lower() > max
         {
             warn!(limit = max, "request body over the limit; answering 413");
-            return self.local(Local::BodyTooLarge);
+            return self.local(Local::BodyTooLarge, grpc);
         }
 
         let upgrade = is_upgrade_request(req.headers());
@@ -244,6 +397,13 @@ impl Worker {
             parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
         }
         let client_version = parts.version;
+        let te_trailers = parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .flat_map(|v| super::headers::connection_tokens(v.as_bytes()))
+            .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        let deadline = grpc.then(|| grpc_timeout(&parts.headers)).flatten();
         forward_request_headers(
             &mut parts.headers,
             client_version,
@@ -251,7 +411,12 @@ impl Worker {
             upgrade,
             shared.host_override.as_ref(),
         );
-        parts.version = Version::HTTP_11;
+        let h2 = upstream.protocol == Protocol::H2c && !upgrade;
+        if h2 {
+            for_h2(&mut parts, te_trailers);
+        } else {
+            parts.version = Version::HTTP_11;
+        }
         let (body, body_state) = ReqBody::client(body, shared.config.max_body_bytes);
         let saved = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
             (
@@ -260,29 +425,44 @@ impl Worker {
                 parts.headers.clone(),
             )
         });
-        let mut transport = HyperH1 {
-            worker: &self,
-            pool: &self.pool,
+        let attempts = Attempts {
             saved,
             body: body_state,
-            upgrade,
+            deadline,
         };
-        let answered = match self
-            .forward(upstream, &mut transport, Request::from_parts(parts, body))
-            .await
-        {
+        let request = Request::from_parts(parts, body);
+        let answered = if h2 {
+            let mut transport = Hyper {
+                upstream: H2 {
+                    pool: &self.h2_pool,
+                },
+                attempts,
+            };
+            self.forward(upstream, &mut transport, request).await
+        } else {
+            let mut transport = Hyper {
+                upstream: H1 {
+                    worker: &self,
+                    pool: &self.pool,
+                    upgrade,
+                },
+                attempts,
+            };
+            self.forward(upstream, &mut transport, request).await
+        };
+        let answered = match answered {
             Ok(a) => a,
-            Err(local) => return self.local(local),
+            Err(local) => return self.local(local, grpc),
         };
         let endpoint = upstream.endpoints[answered.idx].addr;
         let HyperResponse {
             mut response,
-            reuse,
+            lease,
         } = answered.response;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
                 warn!(endpoint = %endpoint, "upstream switched protocols unasked; answering 502");
-                return self.local(Local::UnexpectedUpgrade);
+                return self.local(Local::UnexpectedUpgrade, grpc);
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let metrics = shared.metrics.clone();
@@ -309,7 +489,7 @@ impl Worker {
             RespBody::Upstream(UpstreamBody::new(
                 body,
                 endpoint,
-                reuse,
+                lease,
                 self.body_error.clone(),
             )),
         )
@@ -319,6 +499,49 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_requests_and_timeouts() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(is_grpc(&h(&[("content-type", "application/grpc")])));
+        assert!(is_grpc(&h(&[("content-type", "application/grpc+proto")])));
+        assert!(!is_grpc(&h(&[("content-type", "application/json")])));
+        assert!(!is_grpc(&h(&[])));
+        for (v, want) in [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5M", Some(Duration::from_secs(300))),
+            ("30S", Some(Duration::from_secs(30))),
+            ("100m", Some(Duration::from_millis(100))),
+            ("250u", Some(Duration::from_micros(250))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("123456789S", None),
+            ("m", None),
+            ("10x", None),
+            ("-1S", None),
+        ] {
+            assert_eq!(grpc_timeout(&h(&[("grpc-timeout", v)])), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn an_h2_upstream_request_is_absolute_and_keeps_te_trailers() {
+        let (mut parts, ()) = Request::get("/pkg.Svc/Call?x=1")
+            .header("host", "api.example:8080")
+            .body(())
+            .unwrap()
+            .into_parts();
+        for_h2(&mut parts, true);
+        assert_eq!(parts.uri, "http://api.example:8080/pkg.Svc/Call?x=1");
+        assert_eq!(parts.version, Version::HTTP_2);
+        assert!(parts.headers.get("host").is_none(), ":authority instead");
+        assert_eq!(parts.headers["te"], "trailers");
+    }
 
     #[test]
     fn host_rules() {

@@ -81,9 +81,6 @@ pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// The `X-Forwarded-Proto` this proxy sends for plain HTTP clients.
-pub const FORWARDED_PROTO: &str = "http";
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -176,7 +173,7 @@ pub fn forward_request_headers(
     );
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(FORWARDED_PROTO),
+        HeaderValue::from_static(client_ip.proto),
     );
     match headers.get(header::HOST).cloned() {
         Some(host) => {
@@ -199,16 +196,29 @@ pub fn forward_response_headers(headers: &mut HeaderMap, version: Version, upgra
     headers.append(header::VIA, via_value(version));
 }
 
-/// A client address rendered once per connection as a header value.
+/// A client connection as the forwarding headers describe it: its address,
+/// rendered once per connection as a header value, and the scheme it came
+/// in on (`X-Forwarded-Proto`).
 #[derive(Debug, Clone)]
 pub struct ClientIp {
     /// The address.
     pub ip: IpAddr,
     value: HeaderValue,
+    /// `http`, or `https` for a connection to the TLS listener.
+    pub proto: &'static str,
 }
 
 impl ClientIp {
-    /// Renders `ip` (IPv4-mapped IPv6 addresses as IPv4).
+    /// A client on the TLS listener.
+    pub fn tls(ip: IpAddr) -> Self {
+        Self {
+            proto: "https",
+            ..Self::new(ip)
+        }
+    }
+
+    /// Renders `ip` (IPv4-mapped IPv6 addresses as IPv4); a plain-HTTP
+    /// client.
     pub fn new(ip: IpAddr) -> Self {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -216,7 +226,11 @@ impl ClientIp {
         };
         let value = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { ip, value }
+        Self {
+            ip,
+            value,
+            proto: "http",
+        }
     }
 
     /// The address as header-value bytes.
@@ -314,6 +328,15 @@ mod tests {
         assert_eq!(h["host"], "b");
         assert_eq!(h["x-forwarded-host"], "a");
         assert_eq!(h["via"], "1.0 roundhouse");
+    }
+
+    #[test]
+    fn tls_clients_are_forwarded_as_https() {
+        let mut h = map(&[("host", "a"), ("x-forwarded-proto", "http")]);
+        let tls = ClientIp::tls("10.1.2.3".parse().unwrap());
+        forward_request_headers(&mut h, Version::HTTP_2, &tls, false, None);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["via"], "2 roundhouse");
     }
 
     #[test]

@@ -140,6 +140,42 @@ impl Local {
         out.extend_from_slice(body.as_bytes());
     }
 
+    /// The gRPC status for a gRPC call (gRPC's HTTP-to-status mapping,
+    /// with deadlines as `DEADLINE_EXCEEDED`).
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            Local::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            Local::NoRoute | Local::ConnectRefused | Local::UnsupportedCoding => 12, // UNIMPLEMENTED
+            Local::BodyTooLarge => 8,   // RESOURCE_EXHAUSTED
+            Local::BadRequest(_) => 13, // INTERNAL
+            Local::NoEndpoints
+            | Local::UpstreamFailed
+            | Local::UnexpectedUpgrade
+            | Local::TooManyConnections => 14, // UNAVAILABLE
+        }
+    }
+
+    /// It as a gRPC response: HTTP 200 with `grpc-status` and
+    /// `grpc-message` in the headers and no body (a "trailers-only"
+    /// response), as gRPC clients expect.
+    pub fn grpc_response<B: From<&'static str>>(self) -> Response<B> {
+        let mut resp = Response::new(B::from(""));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static(self.body().trim_end()),
+        );
+        resp
+    }
+
     /// It as an `http::Response` for hyper to write.
     pub fn response<B: From<&'static str>>(self) -> Response<B> {
         let mut resp = Response::new(B::from(self.body()));
@@ -175,6 +211,20 @@ mod tests {
         Local::BodyTooLarge,
         Local::TooManyConnections,
     ];
+
+    #[test]
+    fn grpc_statuses() {
+        let resp = Local::NoEndpoints.grpc_response::<String>();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["grpc-message"], "no endpoints available");
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        assert_eq!(Local::UpstreamTimeout.grpc_status(), 4);
+        for local in ALL {
+            // Every message is a valid header value.
+            let _ = local.grpc_response::<String>();
+        }
+    }
 
     #[test]
     fn h1_bytes() {

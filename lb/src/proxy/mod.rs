@@ -21,41 +21,37 @@
 pub mod attempt;
 pub mod body;
 mod buffers;
+mod conn;
 pub mod fast;
 mod general;
+mod h2;
 pub mod headers;
 pub mod local;
 mod rewind;
+mod stream;
+pub mod tls;
 pub mod upstream;
 
 use std::cell::RefCell;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::thread;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderValue;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::LocalSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 pub use attempt::{FailureKind, is_idempotent, may_retry};
 
 use self::body::BodyErrorHook;
-use self::headers::ClientIp;
-use self::local::Local;
-use self::rewind::Rewind;
 use self::upstream::Pool;
 use crate::metrics::Metrics;
 use crate::selection::{Balancer, RoutingTable};
@@ -89,6 +85,10 @@ pub struct ProxyConfig {
     /// Serve plain bodiless HTTP/1.1 requests on the fast path (`fast`);
     /// when false every request takes the general (hyper) path.
     pub fast_path: bool,
+    /// Most concurrent streams on one client HTTP/2 connection.
+    pub h2_max_streams: u32,
+    /// Time a client has to complete a TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -105,28 +105,49 @@ impl Default for ProxyConfig {
             host_override: None,
             max_connections: 10_000,
             fast_path: true,
+            h2_max_streams: 100,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
+/// Most concurrent requests on one HTTP/2 connection to an endpoint (a
+/// worker opens another connection beyond it).
+const UPSTREAM_H2_STREAMS: usize = 100;
+
 /// State shared by all workers.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) balancer: Arc<Balancer>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: ProxyConfig,
     pub(crate) host_override: Option<HeaderValue>,
     connections: AtomicUsize,
+    /// TLS for the TLS listener, when there is one.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
-    fn new(balancer: Arc<Balancer>, config: ProxyConfig) -> Self {
+    fn new(
+        balancer: Arc<Balancer>,
+        config: ProxyConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         Self {
             metrics: balancer.metrics().clone(),
             balancer,
             host_override: config.host_override.clone(),
             config,
             connections: AtomicUsize::new(0),
+            tls: tls.map(conn::acceptor),
         }
     }
 }
@@ -145,6 +166,8 @@ pub(crate) struct Worker {
     table: RefCell<(u64, Rc<Arc<RoutingTable>>)>,
     /// This worker's upstream connections (both paths).
     pub(crate) pool: Rc<Pool>,
+    /// Its HTTP/2 connections to `h2c` endpoints.
+    pub(crate) h2_pool: Rc<h2::H2Pool>,
     /// hyper's client settings for the general path.
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
@@ -168,6 +191,7 @@ impl Worker {
                 shared.config.upstream_max_idle,
                 shared.config.upstream_idle_timeout,
             ),
+            h2_pool: Rc::new(h2::H2Pool::new(UPSTREAM_H2_STREAMS)),
             shared,
             client,
             body_error,
@@ -241,28 +265,45 @@ impl ProxyHandle {
     }
 }
 
-/// Starts one worker thread per listener. Workers stop accepting when
+/// The listeners the data plane serves: one plain and, with TLS, one TLS
+/// listener per worker (all `SO_REUSEPORT`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP (HTTP/1.1, and h2c with prior knowledge).
+    pub plain: Vec<std::net::TcpListener>,
+    /// TLS (HTTP/1.1 and HTTP/2 by ALPN), with its server configuration.
+    pub tls: Option<(Vec<std::net::TcpListener>, Arc<rustls::ServerConfig>)>,
+}
+
+/// Starts one worker thread per plain listener. Workers stop accepting when
 /// `shutdown` is cancelled and drain in-flight requests for up to
 /// `config.shutdown_timeout`.
 pub fn start(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Listeners,
     balancer: Arc<Balancer>,
     config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> io::Result<ProxyHandle> {
     let local_addr = listeners
+        .plain
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no listener"))?
         .local_addr()?;
-    let shared = Arc::new(Shared::new(balancer, config));
+    let (tls_listeners, tls_config) = match listeners.tls {
+        Some((l, c)) => (l, Some(c)),
+        None => (Vec::new(), None),
+    };
+    let mut tls_listeners = tls_listeners.into_iter();
+    let shared = Arc::new(Shared::new(balancer, config, tls_config));
     let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, listener) in listeners.plain.into_iter().enumerate() {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        let tls = tls_listeners.next();
         let t = thread::Builder::new()
             .name(format!("lb-worker-{i}"))
             .spawn(move || {
-                if let Err(e) = run_worker(i, listener, shared, shutdown) {
+                if let Err(e) = run_worker(i, listener, tls, shared, shutdown) {
                     error!(worker = i, error = %e, "worker failed");
                 }
             })?;
@@ -277,6 +318,7 @@ pub fn start(
 fn run_worker(
     id: usize,
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -286,37 +328,32 @@ fn run_worker(
     let local = LocalSet::new();
     local.block_on(&rt, async move {
         let listener = TcpListener::from_std(listener)?;
+        let tls_listener = tls_listener.map(TcpListener::from_std).transpose()?;
         let worker = Rc::new(Worker::new(id, shared.clone()));
+        let servers = conn::Servers::new(&worker, shared.tls.clone());
         let sweeper = {
-            let pool = worker.pool.clone();
+            let (pool, h2_pool) = (worker.pool.clone(), worker.h2_pool.clone());
             let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
                     pool.sweep();
+                    h2_pool.sweep();
                 }
             })
         };
         let tracker = TaskTracker::new();
         let drain = CancellationToken::new();
-        let mut server = hyper::server::conn::http1::Builder::new();
-        server
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .half_close(false)
-            .header_read_timeout(shared.config.header_read_timeout)
-            .max_buf_size(shared.config.max_header_bytes.max(8192) + 8192)
-            .max_header_size(shared.config.max_header_bytes)
-            .max_headers(shared.config.max_headers);
         loop {
-            let accepted = tokio::select! {
+            let (accepted, tls) = tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = listener.accept() => r,
+                r = listener.accept() => (r, false),
+                r = accept_on(tls_listener.as_ref()) => (r, true),
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    serve_connection(&worker, &server, &tracker, &drain, stream, peer);
+                    conn::accept(&worker, &servers, &tracker, &drain, stream, peer, tls);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -326,6 +363,7 @@ fn run_worker(
             }
         }
         drop(listener);
+        drop(tls_listener);
         tracker.close();
         drain.cancel();
         let open = tracker.len();
@@ -343,87 +381,11 @@ fn run_worker(
     })
 }
 
-fn serve_connection(
-    worker: &Rc<Worker>,
-    server: &hyper::server::conn::http1::Builder,
-    tracker: &TaskTracker,
-    drain: &CancellationToken,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let shared = &worker.shared;
-    let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-    if open > shared.config.max_connections {
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
-        Local::TooManyConnections.count(&shared.metrics);
-        debug!(client = %peer, "connection limit reached; refusing");
-        tokio::task::spawn_local(async move {
-            let mut out = Vec::new();
-            Local::TooManyConnections.write_h1(&mut out, true);
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
-        });
-        return;
-    }
-    let _ = stream.set_nodelay(true);
-    shared.metrics.active_connections.inc();
-    let client = Rc::new(ClientIp::new(peer.ip()));
-    let w = worker.clone();
-    let server = server.clone();
-    let drain = drain.clone();
-    let shared = shared.clone();
-    tracker.spawn_local(async move {
-        let general = if shared.config.fast_path {
-            match w.serve_fast(stream, &client, &drain).await {
-                fast::Outcome::Closed => None,
-                fast::Outcome::Fallback(stream, prefix) => Some((stream, prefix.freeze())),
-            }
-        } else {
-            Some((stream, Bytes::new()))
-        };
-        if let Some((stream, prefix)) = general {
-            serve_general(
-                w,
-                &server,
-                client,
-                &drain,
-                Rewind::new(prefix, stream),
-                peer,
-            )
-            .await;
-        }
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
-        shared.metrics.active_connections.dec();
-    });
-}
-
-/// Serves the rest of a client connection on the general (hyper) path,
-/// shutting it down gracefully when `drain` is cancelled.
-async fn serve_general(
-    w: Rc<Worker>,
-    server: &hyper::server::conn::http1::Builder,
-    client: Rc<ClientIp>,
-    drain: &CancellationToken,
-    stream: Rewind<TcpStream>,
-    peer: SocketAddr,
-) {
-    let service = service_fn(move |req| {
-        let w = w.clone();
-        let client = client.clone();
-        async move { Ok::<_, Infallible>(w.handle(client, req).await) }
-    });
-    let conn = server
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(client = %peer, error = %e, "client connection ended with an error");
+/// The next connection on `listener`; never, without one.
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -433,7 +395,7 @@ pub(crate) mod tests {
 
     /// A worker over `balancer`, as a worker thread builds it.
     pub(crate) fn worker(balancer: Arc<Balancer>, config: ProxyConfig) -> Worker {
-        Worker::new(0, Arc::new(Shared::new(balancer, config)))
+        Worker::new(0, Arc::new(Shared::new(balancer, config, None)))
     }
 
     #[tokio::test(start_paused = true)]

@@ -66,6 +66,26 @@ impl Reusable for UpConn {
     }
 }
 
+/// One request in flight on a multiplexed (HTTP/2) connection: counted
+/// while it lives, counted down when dropped (with the response body, or
+/// when the attempt failed).
+#[derive(Debug)]
+pub struct StreamLease(Rc<std::cell::Cell<usize>>);
+
+impl StreamLease {
+    /// Counts one more stream on the connection whose count is `streams`.
+    pub fn new(streams: Rc<std::cell::Cell<usize>>) -> Self {
+        streams.set(streams.get() + 1);
+        Self(streams)
+    }
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 /// A connection to an endpoint that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

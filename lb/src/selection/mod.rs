@@ -24,7 +24,7 @@ pub use endpoint::{Endpoint, FailureOutcome};
 pub use route::Routes;
 pub use schedule::Strategy;
 
-use crate::discovery::{RouteMatch, RoutingConfig, UpstreamPolicy};
+use crate::discovery::{Protocol, RouteMatch, RoutingConfig, UpstreamPolicy};
 use crate::metrics::{EndpointStateLabels, Metrics};
 
 /// Effective per-upstream settings: the LB's flags with the upstream's
@@ -81,6 +81,8 @@ pub struct Upstream {
     pub endpoints: Box<[Arc<Endpoint>]>,
     /// Effective settings.
     pub policy: Policy,
+    /// What its endpoints speak.
+    pub protocol: Protocol,
     schedule: Box<[u32]>,
     cursor: Arc<AtomicUsize>,
 }
@@ -103,8 +105,15 @@ impl Upstream {
             schedule: strategy.schedule(&weights),
             endpoints: endpoints.into_boxed_slice(),
             policy,
+            protocol: Protocol::Http1,
             cursor,
         }
+    }
+
+    /// The same, speaking `protocol` to its endpoints.
+    pub fn speaking(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Picks the next endpoint index in rotation, skipping ejected endpoints
@@ -257,14 +266,17 @@ impl Balancer {
                 endpoints.insert(key, ep.clone());
                 eps.push(ep);
             }
-            upstreams.push(Arc::new(Upstream::new(
-                u.name.clone(),
-                u.route.clone(),
-                eps,
-                self.defaults.with(&u.policy),
-                self.strategy,
-                cursor,
-            )));
+            upstreams.push(Arc::new(
+                Upstream::new(
+                    u.name.clone(),
+                    u.route.clone(),
+                    eps,
+                    self.defaults.with(&u.policy),
+                    self.strategy,
+                    cursor,
+                )
+                .speaking(u.protocol),
+            ));
         }
         for (name, addr) in state.endpoints.keys() {
             if !endpoints.contains_key(&(name.clone(), *addr)) {

@@ -223,6 +223,8 @@ pub fn routing(specs: Vec<EndpointSpec>) -> RoutingConfig {
 pub struct TestLb {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS listener, when started with certificates.
+    pub tls_addr: Option<SocketAddr>,
     pub running: Running,
     updates: mpsc::UnboundedSender<RoutingConfig>,
     stop: Option<oneshot::Sender<()>>,
@@ -264,15 +266,51 @@ impl TestLb {
         proxy: ProxyConfig,
         policy: Policy,
     ) -> TestLb {
+        Self::start_full(source, proxy, policy, None)
+    }
+
+    /// Like [`TestLb::start_with`], with a TLS listener serving `certs`.
+    pub fn start_tls(
+        initial: RoutingConfig,
+        proxy: ProxyConfig,
+        certs: std::sync::Arc<lb::proxy::tls::CertStore>,
+    ) -> TestLb {
+        let (updates, rx) = mpsc::unbounded_channel();
+        updates.send(initial).unwrap();
+        let tls = lb::server::TlsSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certs,
+        };
+        let mut lb = Self::start_full(
+            move || async move { Box::new(ManualDiscovery(rx)) as Box<dyn Discovery> }.boxed(),
+            proxy,
+            Policy::default(),
+            Some(tls),
+        );
+        lb.updates = updates;
+        lb.wait_version(1);
+        lb
+    }
+
+    fn start_full(
+        source: impl FnOnce() -> futures::future::BoxFuture<'static, Box<dyn Discovery>>
+        + Send
+        + 'static,
+        proxy: ProxyConfig,
+        policy: Policy,
+        tls: Option<lb::server::TlsSettings>,
+    ) -> TestLb {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             proxy,
             policy,
             drain_delay: Duration::ZERO,
+            tls,
         };
         let bound = Bound::bind(&settings).unwrap();
         let (addr, admin) = (bound.proxy_addr(), bound.admin_addr());
+        let tls_addr = bound.tls_addr();
         let (updates, _) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (running_tx, running_rx) = std::sync::mpsc::channel();
@@ -299,6 +337,7 @@ impl TestLb {
         TestLb {
             addr,
             admin,
+            tls_addr,
             running,
             updates,
             stop: Some(stop),
@@ -448,4 +487,203 @@ pub async fn get_once(addr: SocketAddr, path: &str) -> Result<(StatusCode, Strin
 
 pub fn empty_body() -> Empty<Bytes> {
     Empty::new()
+}
+
+/// Runs hyper's HTTP/2 tasks on the test's runtime.
+#[derive(Clone, Copy)]
+pub struct Exec;
+
+impl<F> hyper::rt::Executor<F> for Exec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
+    }
+}
+
+/// An HTTP/2 client connection (one "channel") over `io`.
+pub async fn h2_client<I>(io: I) -> hyper::client::conn::http2::SendRequest<Full<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http2::handshake(Exec, TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// An h2c client: HTTP/2 with prior knowledge over plain TCP.
+pub async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    h2_client(tokio::net::TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// Sends `req` on an HTTP/2 connection; returns status, body and trailers.
+pub async fn h2_send(
+    tx: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String, Option<http::HeaderMap>) {
+    tx.ready().await.unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    (parts.status, parts.headers, body, trailers)
+}
+
+/// A GET of `path` for an HTTP/2 connection (`:authority` test).
+pub fn h2_get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://test{path}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A backend speaking h2c only (HTTP/2 with prior knowledge), answering
+/// every request with its name and, when `trailers`, the trailer
+/// `grpc-status: 0`. Records each request's headers.
+pub struct H2cBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2cBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2cBackend {
+    pub async fn start(name: &str, trailers: bool) -> H2cBackend {
+        Self::start_with(name, trailers, None).await
+    }
+
+    /// Same; with `hang`, requests to that path never get an answer.
+    pub async fn start_with(name: &str, trailers: bool, hang: Option<&'static str>) -> H2cBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, s, n) = (hits.clone(), seen.clone(), name.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (h, s, n) = (h.clone(), s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (h, s, n) = (h.clone(), s.clone(), n.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::Relaxed);
+                            s.lock().unwrap().push(req.headers().clone());
+                            if Some(req.uri().path()) == hang {
+                                std::future::pending::<()>().await;
+                            }
+                            let _ = req.into_body().collect().await;
+                            let mut frames = vec![Ok::<_, Infallible>(hyper::body::Frame::data(
+                                Bytes::from(format!("{n}\n")),
+                            ))];
+                            if trailers {
+                                let mut t = http::HeaderMap::new();
+                                t.insert("grpc-status", "0".parse().unwrap());
+                                frames.push(Ok(hyper::body::Frame::trailers(t)));
+                            }
+                            let body =
+                                http_body_util::StreamBody::new(futures::stream::iter(frames));
+                            Ok::<_, Infallible>(Response::new(body))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(Exec)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        H2cBackend {
+            addr,
+            name: name.to_owned(),
+            hits,
+            seen,
+            task,
+        }
+    }
+
+    pub fn spec(&self) -> EndpointSpec {
+        EndpointSpec::new(self.addr).named(self.name.as_str())
+    }
+}
+
+/// Routing to `specs` over h2c.
+pub fn h2c_routing(specs: Vec<EndpointSpec>) -> RoutingConfig {
+    let mut upstream = UpstreamConfig::catch_all("default", specs);
+    upstream.protocol = lb::discovery::Protocol::H2c;
+    RoutingConfig {
+        upstreams: vec![upstream],
+    }
+}
+
+/// A self-signed certificate (ECDSA P-256) for `names`, as a cert pair and
+/// the DER of the certificate (for a client's root store).
+pub fn cert(name: &str, names: &[&str]) -> (lb::discovery::CertPair, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (
+        lb::discovery::CertPair {
+            name: name.to_owned(),
+            chain_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        },
+        cert.der().to_vec(),
+    )
+}
+
+/// A TLS client trusting `roots` (DER certificates), offering `alpn`.
+pub fn tls_client(roots: &[Vec<u8>], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    tls_client_with(roots, alpn, true)
+}
+
+/// The same; `resume: false` makes every handshake a full one.
+pub fn tls_client_with(
+    roots: &[Vec<u8>],
+    alpn: &[&[u8]],
+    resume: bool,
+) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A TLS connection to `addr` for the name `sni`.
+pub async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    connector.connect(name, tcp).await
 }

@@ -486,6 +486,7 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
             route: route_match(spec),
             endpoints,
             policy: policy(spec),
+            protocol: crate::discovery::Protocol::Http1,
         }),
         status: status_for(reason, message, &found, ready.len() as u32),
         reason,

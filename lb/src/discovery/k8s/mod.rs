@@ -17,6 +17,7 @@
 //! Lease is needed (see docs/kubernetes.md).
 
 pub mod index;
+pub mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -108,12 +109,14 @@ impl DefaultUpstream {
     }
 }
 
-/// Watches Upstreams and EndpointSlices in one namespace.
+/// Watches Upstreams and EndpointSlices in one namespace (and the TLS
+/// Secrets named in the configuration).
 #[derive(Clone)]
 pub struct KubernetesDiscovery {
     client: Client,
     namespace: String,
     default_upstream: Option<DefaultUpstream>,
+    tls_secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for KubernetesDiscovery {
@@ -140,6 +143,18 @@ impl KubernetesDiscovery {
         Ok(Self::new(client, namespace, default_upstream))
     }
 
+    /// Also serves the certificates of these `kubernetes.io/tls` Secrets.
+    pub fn with_tls_secrets(mut self, names: Vec<String>) -> Self {
+        self.tls_secrets = names;
+        self
+    }
+
+    /// Reads the TLS Secrets once (none configured: none read).
+    pub async fn read_tls_secrets(&self) -> Result<Vec<crate::discovery::CertPair>, SourceError> {
+        let api = Api::namespaced(self.client.clone(), &self.namespace);
+        secrets::read(&api, &self.tls_secrets).await
+    }
+
     /// A source for `namespace` using `client`.
     pub fn new(
         client: Client,
@@ -150,6 +165,7 @@ impl KubernetesDiscovery {
             client,
             namespace: namespace.into(),
             default_upstream,
+            tls_secrets: Vec::new(),
         }
     }
 }
@@ -254,6 +270,14 @@ impl Discovery for KubernetesDiscovery {
                 Api::namespaced(self.client.clone(), &self.namespace);
             if let Some(d) = self.default_upstream.clone() {
                 tokio::spawn(ensure_default(upstreams_api.clone(), d, shutdown.clone()));
+            }
+            if !self.tls_secrets.is_empty() {
+                tokio::spawn(secrets::follow(
+                    Api::namespaced(self.client.clone(), &self.namespace),
+                    self.tls_secrets.clone(),
+                    publisher.clone(),
+                    shutdown.clone(),
+                ));
             }
             let (status_tx, status_rx) = mpsc::unbounded_channel();
             let writer = tokio::spawn(status_writer(

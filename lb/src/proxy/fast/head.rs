@@ -14,9 +14,7 @@ use std::ops::Range;
 use http::Method;
 
 use crate::proxy::attempt::is_idempotent;
-use crate::proxy::headers::{
-    FORWARDED_PROTO, Rule, VIA_NAME, connection_tokens, is_hop_by_hop, rule,
-};
+use crate::proxy::headers::{ClientIp, Rule, VIA_NAME, connection_tokens, is_hop_by_hop, rule};
 
 /// Most headers the fast path parses in one head (more → fallback for
 /// requests, 502 for responses).
@@ -134,7 +132,7 @@ fn via(out: &mut Vec<u8>) {
 pub fn parse_request(
     buf: &[u8],
     limits: Limits,
-    client_ip: &[u8],
+    client: &ClientIp,
     host_override: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Request {
@@ -205,9 +203,9 @@ pub fn parse_request(
             }
         }
     }
-    out.extend_from_slice(client_ip);
+    out.extend_from_slice(client.as_bytes());
     out.extend_from_slice(b"\r\n");
-    header(out, b"x-forwarded-proto", FORWARDED_PROTO.as_bytes());
+    header(out, b"x-forwarded-proto", client.proto.as_bytes());
     header(out, b"x-forwarded-host", host_bytes);
     via(out);
     out.extend_from_slice(b"\r\n");
@@ -409,7 +407,8 @@ mod tests {
 
     fn req(raw: &str) -> (Request, String) {
         let mut out = Vec::new();
-        let r = parse_request(raw.as_bytes(), LIMITS, b"10.1.2.3", None, &mut out);
+        let client = ClientIp::new("10.1.2.3".parse().unwrap());
+        let r = parse_request(raw.as_bytes(), LIMITS, &client, None, &mut out);
         (r, String::from_utf8(out).unwrap())
     }
 
@@ -436,7 +435,8 @@ mod tests {
     fn host_override_and_close() {
         let raw = "HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Close\r\ncontent-length: 0\r\n\r\n";
         let mut out = Vec::new();
-        let r = parse_request(raw.as_bytes(), LIMITS, b"::1", Some(b"b"), &mut out);
+        let client = ClientIp::new("::1".parse().unwrap());
+        let r = parse_request(raw.as_bytes(), LIMITS, &client, Some(b"b"), &mut out);
         let Request::Ready(head) = r else {
             panic!("{r:?}")
         };

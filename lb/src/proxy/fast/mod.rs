@@ -26,9 +26,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -40,16 +38,16 @@ use super::attempt::{Failure, FailureKind, SendFailure, Transport, body_failed};
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF};
 use super::headers::ClientIp;
 use super::local::Local;
+use super::stream::{ClientStream, h2_preface};
 use super::upstream::{Pool, UpConn};
+use crate::discovery::Protocol;
 use crate::selection::{Policy, Upstream};
 
 /// Reads into the spare capacity of `buf` (at least `reserve` bytes). A
-/// read that does not fill it has emptied the socket's receive queue, so the
-/// socket's readiness is cleared: the next read then waits for the next
-/// readiness event instead of first making a `recv` that returns `EAGAIN`
-/// (one syscall less per read; new data always brings a new event).
-async fn read_some(
-    stream: &mut TcpStream,
+/// read that does not fill it has emptied the socket's receive queue
+/// ([`ClientStream::drained`]).
+async fn read_some<S: ClientStream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     reserve: usize,
 ) -> io::Result<usize> {
@@ -57,19 +55,21 @@ async fn read_some(
     let spare = buf.capacity() - buf.len();
     let n = stream.read_buf(buf).await?;
     if n > 0 && n < spare {
-        let _ = stream.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
+        stream.drained();
     }
     Ok(n)
 }
 
 /// How the fast path left a client connection.
-pub(crate) enum Outcome {
+pub(crate) enum Outcome<S> {
     /// Finished (closed by either side, timed out, drained or failed).
     Closed,
     /// To be served by the general path, starting with these bytes.
-    Fallback(TcpStream, BytesMut),
+    Fallback(S, BytesMut),
+    /// The connection opened with the HTTP/2 preface (h2c with prior
+    /// knowledge): to be served by the HTTP/2 server, starting with these
+    /// bytes.
+    Http2(S, BytesMut),
 }
 
 /// A timer armed once per connection and only moved when it fires: waiting
@@ -210,13 +210,15 @@ impl<'a> Transport for RawH1<'a> {
 
 impl Worker {
     /// Serves a client connection on the fast path until it closes or a
-    /// request needs the general path.
-    pub(crate) async fn serve_fast(
+    /// request needs the general path. With `h2c`, a connection that
+    /// opens with the HTTP/2 preface is handed to the HTTP/2 server.
+    pub(crate) async fn serve_fast<S: ClientStream>(
         &self,
-        mut stream: TcpStream,
+        mut stream: S,
         client: &ClientIp,
         drain: &CancellationToken,
-    ) -> Outcome {
+        mut h2c: bool,
+    ) -> Outcome<S> {
         let config = &self.shared.config;
         let limits = Limits {
             max_header_bytes: config.max_header_bytes,
@@ -232,14 +234,15 @@ impl Worker {
         loop {
             let due = Instant::now() + config.header_read_timeout;
             let req = loop {
-                if !inb.is_empty() {
-                    match head::parse_request(
-                        inb,
-                        limits,
-                        client.as_bytes(),
-                        host_override,
-                        up_head,
-                    ) {
+                if h2c && !inb.is_empty() {
+                    match h2_preface(inb) {
+                        Some(true) => return Outcome::Http2(stream, std::mem::take(inb)),
+                        Some(false) => h2c = false,
+                        None => {}
+                    }
+                }
+                if !h2c && !inb.is_empty() {
+                    match head::parse_request(inb, limits, client, host_override, up_head) {
                         Request::Ready(req) => break req,
                         Request::Fallback => {
                             // The general path takes the bytes read so far.
@@ -264,6 +267,11 @@ impl Worker {
             let close = req.close || drain.is_cancelled();
             let table = self.table();
             let routed = self.route(&table, Some(req.host(inb)), req.path(inb));
+            if routed.is_ok_and(|u| u.protocol != Protocol::Http1) {
+                // An HTTP/2 upstream: the general path speaks it. It
+                // starts with this request, which it parses again.
+                return Outcome::Fallback(stream, std::mem::take(inb));
+            }
             inb.advance(req.len);
             let keep = match routed {
                 Err(local) => self.local_fast(&mut stream, out, local, close).await,
@@ -290,9 +298,9 @@ impl Worker {
 
     /// Writes a response of the LB's own; returns whether the connection
     /// stays open.
-    async fn local_fast(
+    async fn local_fast<S: ClientStream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         out: &mut Vec<u8>,
         local: Local,
         close: bool,
@@ -304,9 +312,9 @@ impl Worker {
 
     /// Forwards one request through the attempt core and relays the
     /// response; returns whether the client connection stays open.
-    async fn forward_fast(
+    async fn forward_fast<S: ClientStream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         upstream: &Upstream,
         mut transport: RawH1<'_>,
         close: bool,
@@ -335,8 +343,8 @@ impl Worker {
 }
 
 /// Sends the rewritten head in `out` and the body from `conn` to the client.
-async fn relay(
-    client: &mut TcpStream,
+async fn relay<S: ClientStream>(
+    client: &mut S,
     conn: &mut UpConn,
     resp: ResponseHead,
     out: &mut Vec<u8>,
@@ -390,8 +398,8 @@ async fn relay(
 }
 
 /// Writes the head in `out` and the first `n` body bytes of `conn.buf`.
-async fn send_first(
-    client: &mut TcpStream,
+async fn send_first<S: ClientStream>(
+    client: &mut S,
     conn: &mut UpConn,
     out: &mut Vec<u8>,
     n: usize,
@@ -410,8 +418,8 @@ async fn send_first(
 }
 
 /// Passes the rest of a chunked body through until its end.
-async fn relay_chunked(
-    client: &mut TcpStream,
+async fn relay_chunked<S: ClientStream>(
+    client: &mut S,
     conn: &mut UpConn,
     mut scanner: ChunkedScanner,
 ) -> Relay {

@@ -1,0 +1,331 @@
+//! A client connection from accept to close: the connection limit, TLS,
+//! and which transport serves it — the HTTP/1.1 fast path, hyper's
+//! HTTP/1.1 server, or hyper's HTTP/2 server (ALPN `h2` on the TLS
+//! listener, or h2c with prior knowledge on the plain one). Every request,
+//! whichever of them carried it, goes through the same attempt core.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::headers::ClientIp;
+use super::local::Local;
+use super::rewind::Rewind;
+use super::stream::{ClientStream, LocalExec};
+use super::{Worker, fast};
+
+/// The servers a worker runs on its connections.
+pub(crate) struct Servers {
+    pub(crate) h1: hyper::server::conn::http1::Builder,
+    pub(crate) h2: hyper::server::conn::http2::Builder<LocalExec>,
+    /// The TLS listener's acceptor and handshake timeout.
+    pub(crate) tls: Option<(TlsAcceptor, Duration)>,
+    /// An HTTP/2 connection without streams for this long is closed.
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Servers {
+    /// Servers configured from the worker's settings.
+    pub(crate) fn new(worker: &Worker, tls: Option<TlsAcceptor>) -> Rc<Self> {
+        let config = &worker.shared.config;
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .keep_alive(true)
+            .half_close(false)
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192) + 8192)
+            .max_header_size(config.max_header_bytes)
+            .max_headers(config.max_headers);
+        let mut h2 = hyper::server::conn::http2::Builder::new(LocalExec);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(config.h2_max_streams)
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            // Rapid reset (CVE-2023-44487) and error-reset floods: h2's
+            // defaults, stated here so they are not lost in an upgrade.
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(1024))
+            .max_send_buf_size(256 * 1024)
+            .auto_date_header(false);
+        Rc::new(Self {
+            h1,
+            h2,
+            tls: tls.map(|a| (a, config.tls_handshake_timeout)),
+            idle_timeout: config.header_read_timeout,
+        })
+    }
+}
+
+/// Takes an accepted connection (`tls`: from the TLS listener) under the
+/// connection limit and serves it on the worker until it closes.
+pub(crate) fn accept(
+    worker: &Rc<Worker>,
+    servers: &Rc<Servers>,
+    tracker: &TaskTracker,
+    drain: &CancellationToken,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+) {
+    let shared = &worker.shared;
+    let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    if open > shared.config.max_connections {
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        Local::TooManyConnections.count(&shared.metrics);
+        debug!(client = %peer, "connection limit reached; refusing");
+        if tls {
+            // Nothing can be said before a handshake: just close.
+            return;
+        }
+        tokio::task::spawn_local(async move {
+            let mut out = Vec::new();
+            Local::TooManyConnections.write_h1(&mut out, true);
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+        });
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    shared.metrics.active_connections.inc();
+    let w = worker.clone();
+    let servers = servers.clone();
+    let drain = drain.clone();
+    let shared = shared.clone();
+    tracker.spawn_local(async move {
+        if tls {
+            serve_tls(w, &servers, &drain, stream, peer).await;
+        } else {
+            let client = Rc::new(ClientIp::new(peer.ip()));
+            serve(w, &servers, client, &drain, stream, peer, true).await;
+        }
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.active_connections.dec();
+    });
+}
+
+/// The TLS handshake (within the handshake timeout), then the protocol
+/// ALPN chose.
+async fn serve_tls(
+    w: Rc<Worker>,
+    servers: &Servers,
+    drain: &CancellationToken,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some((acceptor, timeout)) = &servers.tls else {
+        return;
+    };
+    let stream = match tokio::time::timeout(*timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            w.shared.metrics.tls_handshake_errors.inc();
+            debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            w.shared.metrics.tls_handshake_errors.inc();
+            debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client = Rc::new(ClientIp::tls(peer.ip()));
+    if h2 {
+        serve_h2(w, servers, client, drain, stream, peer).await;
+    } else {
+        serve(w, servers, client, drain, stream, peer, false).await;
+    }
+}
+
+/// An HTTP/1.1 connection (or, on the plain listener, one that opens with
+/// the HTTP/2 preface): the fast path first when it is on, then whatever
+/// it hands over.
+async fn serve<S: ClientStream>(
+    w: Rc<Worker>,
+    servers: &Servers,
+    client: Rc<ClientIp>,
+    drain: &CancellationToken,
+    stream: S,
+    peer: SocketAddr,
+    h2c: bool,
+) {
+    let (stream, prefix) = if w.shared.config.fast_path {
+        match w.serve_fast(stream, &client, drain, h2c).await {
+            fast::Outcome::Closed => return,
+            fast::Outcome::Http2(stream, prefix) => {
+                let stream = Rewind::new(prefix.freeze(), stream);
+                return serve_h2(w, servers, client, drain, stream, peer).await;
+            }
+            fast::Outcome::Fallback(stream, prefix) => (stream, prefix.freeze()),
+        }
+    } else {
+        (stream, Bytes::new())
+    };
+    serve_h1(w, servers, client, drain, Rewind::new(prefix, stream), peer).await;
+}
+
+/// Serves the rest of a client connection with hyper's HTTP/1.1 server,
+/// shutting it down gracefully when `drain` is cancelled.
+async fn serve_h1<S: ClientStream>(
+    w: Rc<Worker>,
+    servers: &Servers,
+    client: Rc<ClientIp>,
+    drain: &CancellationToken,
+    stream: Rewind<S>,
+    peer: SocketAddr,
+) {
+    let service = service_fn(move |req| {
+        let w = w.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(w.handle(client, req).await) }
+    });
+    let conn = servers
+        .h1
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Serves an HTTP/2 connection with hyper's server: every stream is one
+/// request through the attempt core, balanced on its own. The connection
+/// is closed gracefully (GOAWAY) when `drain` is cancelled, or when it has
+/// had no stream for the header-read timeout (as an idle HTTP/1.1
+/// keep-alive connection is).
+async fn serve_h2<S>(
+    w: Rc<Worker>,
+    servers: &Servers,
+    client: Rc<ClientIp>,
+    drain: &CancellationToken,
+    stream: S,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let idle = Rc::new(Activity::new());
+    let activity = idle.clone();
+    let service = service_fn(move |req| {
+        let w = w.clone();
+        let client = client.clone();
+        let guard = activity.start();
+        async move {
+            let resp = w.handle(client, req).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let timeout = servers.idle_timeout;
+    let conn = servers.h2.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = idle.idle_for(timeout) => {
+            debug!(client = %peer, "HTTP/2 connection idle; closing");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(client = %peer, error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// Streams in flight on one HTTP/2 connection, and since when none is.
+struct Activity {
+    streams: Cell<usize>,
+    since: Cell<Instant>,
+}
+
+/// One stream in flight (until dropped).
+struct Stream(Rc<Activity>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.streams.set(a.streams.get() - 1);
+        a.since.set(Instant::now());
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            streams: Cell::new(0),
+            since: Cell::new(Instant::now()),
+        }
+    }
+
+    fn start(self: &Rc<Self>) -> Stream {
+        self.streams.set(self.streams.get() + 1);
+        Stream(self.clone())
+    }
+
+    /// Completes once no stream has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let due = self.since.get() + timeout;
+            tokio::time::sleep_until(due).await;
+            if self.streams.get() == 0 && self.since.get() + timeout <= Instant::now() {
+                return;
+            }
+            if self.streams.get() > 0 {
+                // Busy: look again one timeout from now.
+                self.since.set(Instant::now());
+            }
+        }
+    }
+}
+
+/// The TLS acceptor for a server configuration.
+pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
+    TlsAcceptor::from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_without_streams() {
+        let a = Rc::new(Activity::new());
+        let stream = a.start();
+        tokio::select! {
+            () = a.idle_for(Duration::from_secs(30)) => panic!("idle with a stream in flight"),
+            () = tokio::time::sleep(Duration::from_secs(100)) => {}
+        }
+        drop(stream);
+        let t = Instant::now();
+        a.idle_for(Duration::from_secs(30)).await;
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(30) && took <= Duration::from_millis(30_001),
+            "30 s after the last stream ended: {took:?}"
+        );
+    }
+}
