@@ -316,6 +316,12 @@ fn scale_slice(i: usize, generation: u64) -> Value {
     )
 }
 
+/// Upstream `svc-i` over Service `svc-i`, under path prefix `/svc-i`
+/// (distinct matches: Upstreams with the same match are a `Conflict`).
+fn scale_upstream(i: usize) -> Value {
+    json!({"service": format!("svc-{i}"), "match": {"pathPrefix": format!("/svc-{i}")}})
+}
+
 fn start_lb_in_process(api: &FakeApi) -> TestLb {
     let kubeconfig = api.kubeconfig();
     TestLb::start_source(
@@ -382,10 +388,10 @@ async fn run_propagation(extra: bool) {
     let api = FakeApi::start();
     api.put_upstream("backend", json!({"service": "backend"}));
     if extra {
-        // Named after "backend" so that "backend" stays the catch-all
-        // chosen for the requests (ties go to the first name).
+        // Each under its own path prefix: two catch-alls would be a
+        // Conflict (the older one serves), and `backend` must serve.
         for i in 0..100 {
-            api.put_upstream(&format!("svc-{i}"), json!({"service": format!("svc-{i}")}));
+            api.put_upstream(&format!("svc-{i}"), scale_upstream(i));
             api.put_slice(scale_slice(i, 0));
         }
     }
@@ -529,7 +535,7 @@ async fn scale() {
     let tck = clk_tck() as f64;
     let api = FakeApi::start();
     for i in 0..100 {
-        api.put_upstream(&format!("svc-{i}"), json!({"service": format!("svc-{i}")}));
+        api.put_upstream(&format!("svc-{i}"), scale_upstream(i));
         api.put_slice(scale_slice(i, 0));
     }
     note("scale: starting lb serve --kubernetes (100 Upstreams, 1,000 endpoints)");
