@@ -51,8 +51,7 @@ use super::SourceError;
 use super::{Discovery, Publisher};
 use crate::crd::{SpecError, Strategy, Upstream, UpstreamSpec};
 
-/// The field manager of status writes.
-pub const FIELD_MANAGER: &str = "roundhouse-lb";
+pub use self::status::FIELD_MANAGER;
 
 /// The `resource` label of the EndpointSlice watch's errors.
 pub const SLICES: &str = "endpointslices";

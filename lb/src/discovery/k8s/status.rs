@@ -31,11 +31,12 @@ use kube::api::{Patch, PatchParams};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::FIELD_MANAGER;
 use super::backoff::{self, Backoff};
 use crate::crd::{Upstream, UpstreamStatus};
 use crate::metrics::{DiscoveryMetrics, ResultLabels};
 
+/// The field manager of status writes (one for every replica).
+pub const FIELD_MANAGER: &str = "roundhouse-lb";
 /// How often a persisting retryable failure of one Upstream is logged at WARN.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
 /// How long one status write may take before it counts as a (retryable)
