@@ -115,7 +115,7 @@ pub async fn run(
 
     // Discovery → routing table. The table changes only when a complete
     // snapshot arrives; readiness flips once the source says it is synced.
-    let (publisher, mut rx) = discovery::channel_counting(metrics.discovery_errors.clone());
+    let (publisher, mut rx) = discovery::channel_with_metrics(metrics.discovery.clone());
     let certs_rx = publisher.subscribe_certs();
     let discovery_task = tokio::spawn(source.run(publisher, stop_discovery.clone()));
     let applier = {

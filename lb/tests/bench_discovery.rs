@@ -17,10 +17,14 @@
 //!    propagation through that binary at that scale.
 //! 3. `hot_path`: wrk through the real binary with 1 Upstream vs 100
 //!    Upstreams (99 that do not match the requests), alternating rounds.
+//! 4. `reconnect`: the fake API server down for `OUTAGE_SECONDS`, then
+//!    back; time from the first change written after the restart to the
+//!    first request through the proxy answered by the new backend.
 //!
 //! Knobs (environment): `CHANGES` (100), `GAP_MS` (50), `SCALE_SECONDS` (60),
 //! `SCALE_PROBE_CHANGES` (50), `ROUNDS` (3), `DURATION` (10), `CONNECTIONS`
-//! (32), `THREADS` (2), `WORKERS` (2), `WARMUP` (2), `LB_BIN` (default: the
+//! (32), `THREADS` (2), `WORKERS` (2), `WARMUP` (2), `OUTAGE_SECONDS` (10),
+//! `RECONNECT_ROUNDS` (5), `LB_BIN` (default: the
 //! `lb` binary cargo built with this test), `BENCH_REPORT` (append the
 //! Markdown results to this file as well as printing them).
 
@@ -316,6 +320,12 @@ fn scale_slice(i: usize, generation: u64) -> Value {
     )
 }
 
+/// Upstream `svc-i` over Service `svc-i`, under path prefix `/svc-i`
+/// (distinct matches: Upstreams with the same match are a `Conflict`).
+fn scale_upstream(i: usize) -> Value {
+    json!({"service": format!("svc-{i}"), "match": {"pathPrefix": format!("/svc-{i}")}})
+}
+
 fn start_lb_in_process(api: &FakeApi) -> TestLb {
     let kubeconfig = api.kubeconfig();
     TestLb::start_source(
@@ -382,10 +392,10 @@ async fn run_propagation(extra: bool) {
     let api = FakeApi::start();
     api.put_upstream("backend", json!({"service": "backend"}));
     if extra {
-        // Named after "backend" so that "backend" stays the catch-all
-        // chosen for the requests (ties go to the first name).
+        // Each under its own path prefix: two catch-alls would be a
+        // Conflict (the older one serves), and `backend` must serve.
         for i in 0..100 {
-            api.put_upstream(&format!("svc-{i}"), json!({"service": format!("svc-{i}")}));
+            api.put_upstream(&format!("svc-{i}"), scale_upstream(i));
             api.put_slice(scale_slice(i, 0));
         }
     }
@@ -529,7 +539,7 @@ async fn scale() {
     let tck = clk_tck() as f64;
     let api = FakeApi::start();
     for i in 0..100 {
-        api.put_upstream(&format!("svc-{i}"), json!({"service": format!("svc-{i}")}));
+        api.put_upstream(&format!("svc-{i}"), scale_upstream(i));
         api.put_slice(scale_slice(i, 0));
     }
     note("scale: starting lb serve --kubernetes (100 Upstreams, 1,000 endpoints)");
@@ -973,6 +983,102 @@ async fn hot_path() {
             .flat_map(|v| v.iter().map(|r| r.2.split(' ').next().unwrap_or("").to_owned()))
             .collect::<Vec<_>>()
             .join(", ")
+    )
+    .unwrap();
+    report(&out);
+}
+
+// ----------------------------------------------------------- 4. reconnect
+
+/// Reconnect-to-routed after an API server outage: the LB in-process with
+/// one Upstream over a slice that alternates between two backends. Each
+/// round kills the fake API server (listener and connections), waits
+/// `OUTAGE_SECONDS`, starts it again on the same port with its state, writes
+/// the slice change right away, and measures from that write to the first
+/// request through the proxy answered by the new backend (one request per
+/// millisecond on one keep-alive connection). What it measures is how long
+/// the watches take to notice that the server is back: their back-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test -p lb --test bench_discovery -- --ignored --nocapture reconnect"]
+async fn reconnect() {
+    let _serial = serial().await;
+    let outage = Duration::from_secs(knob("OUTAGE_SECONDS", 10));
+    let rounds = knob("RECONNECT_ROUNDS", 5) as usize;
+    let b = backends_on_one_port(&["pod-a", "pod-b"]);
+    let port = b[0].addr.port();
+    let ips = ["127.0.0.11", "127.0.0.12"];
+    let names = ["pod-a", "pod-b"];
+    let mut api = FakeApi::start();
+    api.put_upstream("backend", json!({"service": "backend"}));
+    let put = |api: &FakeApi, k: usize| {
+        api.put_slice(slice(
+            "backend-abcde",
+            "backend",
+            "http",
+            port,
+            &[(ips[k], true, true, false, names[k])],
+        ));
+    };
+    put(&api, 0);
+    let lb = start_lb_in_process(&api);
+    wait_until("readiness", || lb.running.ready.get()).await;
+    let mut conn = Conn::open(lb.addr).await.unwrap();
+    until_answer(&mut conn, "pod-a", get_host("test")).await;
+
+    let load_before = load_avg();
+    let mut samples = Vec::new();
+    let mut relists = Vec::new();
+    for round in 0..rounds {
+        let k = (round + 1) % 2;
+        note(&format!(
+            "reconnect: round {}/{rounds}: API server down for {outage:?}",
+            round + 1
+        ));
+        api.kill();
+        tokio::time::sleep(outage).await;
+        let (lists, watches) = (api.list_requests(), api.watch_requests());
+        api.restart();
+        put(&api, k);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(120);
+        loop {
+            let (status, body) = conn.get("/host").await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body.trim() == names[k] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never answered", names[k]);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        samples.push(t0.elapsed());
+        relists.push((api.list_requests() - lists, api.watch_requests() - watches));
+        // Back to a steady state before the next outage.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let load_after = load_avg();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "##### Reconnect after a {}-second API server outage ({rounds} rounds)\n\n\
+         | measured at | outages | min | p50 | p90 | p99 | max | mean |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{}\n\n\
+         Per round: {}. Lists / watches served per round until routed: {}. \
+         Load average {load_before} before, {load_after} after.\n",
+        outage.as_secs(),
+        summary_row(
+            "change written after restart → first request answered by the new backend",
+            &samples
+        ),
+        samples
+            .iter()
+            .map(|d| ms(*d))
+            .collect::<Vec<_>>()
+            .join(", "),
+        relists
+            .iter()
+            .map(|(l, w)| format!("{l}/{w}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     )
     .unwrap();
     report(&out);

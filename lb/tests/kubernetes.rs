@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::fake_api::{FakeApi, slice};
+use common::fake_api::{FakeApi, Fault, crd_schema, slice};
 use common::*;
 use futures::FutureExt;
 use http::StatusCode;
@@ -18,6 +18,12 @@ use lb::selection::Policy;
 use serde_json::json;
 
 fn start_lb(api: &FakeApi, default: bool) -> TestLb {
+    start_lb_with(api, default, None)
+}
+
+/// The LB over `api`; with `default`, it creates Upstream `backend`;
+/// `status_timeout` overrides the status-write deadline.
+fn start_lb_with(api: &FakeApi, default: bool, status_timeout: Option<Duration>) -> TestLb {
     let kubeconfig = api.kubeconfig();
     TestLb::start_source(
         move || {
@@ -25,13 +31,122 @@ fn start_lb(api: &FakeApi, default: bool) -> TestLb {
                 let client = FakeApi::client(&kubeconfig).await;
                 let d = default
                     .then(|| DefaultUpstream::new("backend", "backend", Some("http")).unwrap());
-                Box::new(KubernetesDiscovery::new(client, "roundhouse", d)) as Box<dyn Discovery>
+                let mut k = KubernetesDiscovery::new(client, "roundhouse", d);
+                if let Some(t) = status_timeout {
+                    k = k.with_status_timeout(t);
+                }
+                Box::new(k) as Box<dyn Discovery>
             }
             .boxed()
         },
         test_proxy_config(),
         Policy::default(),
     )
+}
+
+/// The sum of every series of metric `name` (any labels).
+fn metric_sum(lb: &TestLb, name: &str) -> f64 {
+    lb.running
+        .balancer
+        .metrics()
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// One series, e.g. `roundhouse_status_writes_total{result="ok"}` (0 if absent).
+fn metric(lb: &TestLb, series: &str) -> f64 {
+    lb.running
+        .balancer
+        .metrics()
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Log capture: INFO and above from the `lb` crate, in every test of this
+/// binary (events carry the Upstream name, so tests use their own names).
+mod logs {
+    use std::fmt::Write as _;
+    use std::sync::{Mutex, OnceLock};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    /// One captured event: level and `message k=v …`.
+    #[derive(Debug, Clone)]
+    pub struct Line {
+        pub level: tracing::Level,
+        pub text: String,
+    }
+
+    static LINES: OnceLock<Mutex<Vec<Line>>> = OnceLock::new();
+
+    struct Capture;
+
+    struct Fields(String);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                let _ = write!(self.0, "{value:?}");
+            } else {
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "message" {
+                self.0.push_str(value);
+            } else {
+                let _ = write!(self.0, " {}={value}", field.name());
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut f = Fields(String::new());
+            event.record(&mut f);
+            LINES.get().unwrap().lock().unwrap().push(Line {
+                level: *event.metadata().level(),
+                text: f.0,
+            });
+        }
+    }
+
+    /// Starts capturing (once per process).
+    pub fn init() {
+        LINES.get_or_init(|| {
+            let filter =
+                tracing_subscriber::filter::Targets::new().with_target("lb", tracing::Level::INFO);
+            let _ = tracing_subscriber::registry()
+                .with(Capture.with_filter(filter))
+                .try_init();
+            Mutex::new(Vec::new())
+        });
+    }
+
+    /// Captured WARN lines containing every one of `needles`.
+    pub fn warnings(needles: &[&str]) -> Vec<Line> {
+        LINES
+            .get()
+            .expect("logs::init() first")
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l.level == tracing::Level::WARN && needles.iter().all(|n| l.text.contains(n))
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 fn ready_ips(lb: &TestLb, upstream: &str) -> Vec<String> {
@@ -491,14 +606,18 @@ async fn api_server_restart_and_410_relist_never_empty_routing() {
     load.more(300).await;
     let (ok, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
-    let metrics = lb.running.balancer.metrics().encode();
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("roundhouse_discovery_errors_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(errors >= 1.0, "watch errors are counted:\n{metrics}");
+    let errors = metric_sum(&lb, "roundhouse_discovery_errors_total");
+    assert!(errors >= 1.0, "watch errors are counted");
+    // In sync again: the last-sync time is recent.
+    wait_until("last sync advances after the re-list", || {
+        let last = metric_sum(&lb, "roundhouse_discovery_last_sync_timestamp_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        now - last < 3.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,4 +696,385 @@ async fn invalid_upstreams_get_reasons_and_do_not_affect_others() {
         api.upstream("badport").unwrap()["status"]["observedGeneration"],
         2
     );
+}
+
+fn reason_of(api: &FakeApi, name: &str) -> Option<serde_json::Value> {
+    api.upstream(name)
+        .map(|u| u["status"]["conditions"][0]["reason"].clone())
+        .filter(|r| !r.is_null())
+}
+
+/// Issue 17, defects 1-3: one Upstream whose status the API server rejects
+/// (422, e.g. an admission webhook) forever. The other three get their
+/// status at once; the rejected one is tried once, logged once, and tried
+/// again only when its inputs change; status failures are not counted as
+/// discovery errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_status_blocks_no_other_and_is_logged_once() {
+    logs::init();
+    let b = backends_on_one_port(&["a", "b"]);
+    let port = b[0].addr.port();
+    let api = FakeApi::start();
+    let denial = "admission webhook \"quota.example\" denied the request: status quota exceeded";
+    api.fail_status("backend", Fault::invalid(denial), None);
+    api.put_slice(slice(
+        "backend-1",
+        "backend",
+        "http",
+        port,
+        &[("127.0.0.11", true, true, false, "a")],
+    ));
+    // "backend" sorts first, as in the report.
+    api.put_upstream("backend", json!({"service": "backend", "port": "http"}));
+    api.put_upstream(
+        "bad-port",
+        json!({"service": "backend", "port": "grpc", "match": {"pathPrefix": "/bad"}}),
+    );
+    api.put_upstream(
+        "date",
+        json!({"service": "date", "match": {"pathPrefix": "/date"}}),
+    );
+    api.put_upstream(
+        "fourth",
+        json!({"service": "backend", "port": "http", "match": {"pathPrefix": "/4"}}),
+    );
+    let lb = start_lb(&api, false);
+    for (name, reason) in [
+        ("bad-port", "InvalidSpec"),
+        ("date", "ServiceNotFound"),
+        ("fourth", "EndpointsAvailable"),
+    ] {
+        wait_until(&format!("status of {name}"), || {
+            reason_of(&api, name) == Some(json!(reason))
+        })
+        .await;
+    }
+    wait_until("stale gauge", || {
+        metric(&lb, "roundhouse_upstream_status_stale") == 1.0
+    })
+    .await;
+    assert_eq!(api.status_attempts("backend"), 1, "a 422 is not retried");
+    assert!(api.upstream("backend").unwrap()["status"].is_null());
+    assert_eq!(
+        metric(
+            &lb,
+            r#"roundhouse_status_writes_total{result="permanent_error"}"#
+        ),
+        1.0
+    );
+    assert!(metric(&lb, r#"roundhouse_status_writes_total{result="ok"}"#) >= 3.0);
+    assert_eq!(
+        metric_sum(&lb, "roundhouse_discovery_errors_total"),
+        0.0,
+        "a failed status write is not a discovery error"
+    );
+    assert_eq!(
+        metric(
+            &lb,
+            r#"roundhouse_discovery_errors_total{resource="endpointslices"}"#
+        ),
+        0.0
+    );
+    let logged = logs::warnings(&["upstream=backend", "quota exceeded"]);
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+    assert!(logged[0].text.contains("422"), "{logged:#?}");
+
+    // backend's inputs change (a second endpoint): one new attempt, same
+    // error, not logged again.
+    api.put_slice(slice(
+        "backend-1",
+        "backend",
+        "http",
+        port,
+        &[
+            ("127.0.0.11", true, true, false, "a"),
+            ("127.0.0.12", true, true, false, "b"),
+        ],
+    ));
+    wait_until("retry after the change", || {
+        api.status_attempts("backend") == 2
+    })
+    .await;
+    wait_until("fourth sees the change too", || {
+        api.upstream("fourth").unwrap()["status"]["ready"] == "2/2"
+    })
+    .await;
+    // Something unrelated to backend: date's Service appears.
+    api.put_slice(slice(
+        "date-1",
+        "date",
+        "http",
+        port,
+        &[("127.0.0.11", true, true, false, "a")],
+    ));
+    wait_until("date routed", || {
+        reason_of(&api, "date") == Some(json!("EndpointsAvailable"))
+    })
+    .await;
+    assert_eq!(
+        api.status_attempts("backend"),
+        2,
+        "no retry without a change"
+    );
+    assert_eq!(
+        logs::warnings(&["upstream=backend", "quota exceeded"]).len(),
+        1
+    );
+
+    // The webhook relents; the next change of the object gets through.
+    api.clear_fault("backend");
+    api.put_upstream("backend", json!({"service": "backend", "port": "http"}));
+    wait_until("backend status", || {
+        reason_of(&api, "backend") == Some(json!("EndpointsAvailable"))
+    })
+    .await;
+    wait_until("nothing stale", || {
+        metric(&lb, "roundhouse_upstream_status_stale") == 0.0
+    })
+    .await;
+}
+
+/// Retryable failures (409, 500, a write that never answers) are retried
+/// with back-off, and the others are written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_status_failures_are_retried_and_a_hang_times_out() {
+    let api = FakeApi::start();
+    api.fail_status("conflicted", Fault::conflict(), Some(2));
+    api.fail_status("erroring", Fault::internal(), Some(1));
+    api.fail_status("hanging", Fault::Hang, Some(1));
+    for (i, name) in ["conflicted", "erroring", "hanging", "plain"]
+        .iter()
+        .enumerate()
+    {
+        api.put_upstream(
+            name,
+            json!({"service": format!("svc-{i}"), "match": {"pathPrefix": format!("/{name}")}}),
+        );
+    }
+    let lb = start_lb_with(&api, false, Some(Duration::from_millis(300)));
+    for name in ["plain", "conflicted", "erroring", "hanging"] {
+        wait_until(&format!("status of {name}"), || {
+            reason_of(&api, name) == Some(json!("ServiceNotFound"))
+        })
+        .await;
+    }
+    assert_eq!(api.status_attempts("conflicted"), 3);
+    assert_eq!(api.status_attempts("erroring"), 2);
+    assert_eq!(api.status_attempts("hanging"), 2);
+    assert_eq!(api.status_attempts("plain"), 1);
+    wait_until("counters", || {
+        metric(&lb, r#"roundhouse_status_writes_total{result="ok"}"#) == 4.0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &lb,
+            r#"roundhouse_status_writes_total{result="retryable_error"}"#
+        ),
+        4.0
+    );
+    assert_eq!(metric_sum(&lb, "roundhouse_discovery_errors_total"), 0.0);
+}
+
+/// An API server without server-side apply on the status subresource
+/// (415): statuses are written as merge patches instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_when_server_side_apply_is_rejected() {
+    let api = FakeApi::start();
+    api.reject_status_apply(true);
+    api.put_upstream("merge-only", json!({"service": "nothing-here"}));
+    let _lb = start_lb(&api, false);
+    wait_until("status written", || {
+        reason_of(&api, "merge-only") == Some(json!("ServiceNotFound"))
+    })
+    .await;
+    let writes = api.status_writes("merge-only");
+    assert_eq!(writes.len(), 1);
+    assert!(
+        writes[0].get("apiVersion").is_none(),
+        "a merge patch: {}",
+        writes[0]
+    );
+}
+
+/// The server prunes what its (older) CRD does not know: the status it
+/// returns never equals the computed one. It is written once per change,
+/// not again after every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_status_is_not_rewritten() {
+    let b = backends_on_one_port(&["a"]);
+    let port = b[0].addr.port();
+    let api = FakeApi::start();
+    let mut old_crd = crd_schema();
+    old_crd["properties"]["status"]["properties"]["endpoints"]["items"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pod")
+        .expect("the CRD has status.endpoints[].pod");
+    api.set_upstream_schema(old_crd);
+    api.put_slice(slice(
+        "backend-1",
+        "backend",
+        "http",
+        port,
+        &[("127.0.0.11", true, true, false, "a")],
+    ));
+    api.put_upstream(
+        "pruned",
+        json!({"service": "backend", "port": "http", "unknown": 1}),
+    );
+    assert!(
+        api.upstream("pruned").unwrap()["spec"]
+            .get("unknown")
+            .is_none(),
+        "pruned"
+    );
+    let lb = start_lb(&api, false);
+    wait_until("status", || {
+        reason_of(&api, "pruned") == Some(json!("EndpointsAvailable"))
+    })
+    .await;
+    let stored = api.upstream("pruned").unwrap();
+    assert!(
+        stored["status"]["endpoints"][0].get("pod").is_none(),
+        "{stored}"
+    );
+    assert_eq!(stored["status"]["endpoints"][0]["address"], "127.0.0.11");
+    // Other Upstreams come and go, get statuses; `pruned` is left alone.
+    for i in 0..3 {
+        let name = format!("other-{i}");
+        api.put_upstream(
+            &name,
+            json!({"service": "backend", "match": {"pathPrefix": format!("/{i}")}}),
+        );
+        wait_until("other status", || !api.status_writes(&name).is_empty()).await;
+    }
+    wait_until("nothing stale", || {
+        metric(&lb, "roundhouse_upstream_status_stale") == 0.0
+    })
+    .await;
+    assert_eq!(api.status_writes("pruned").len(), 1);
+}
+
+/// Issue 17, defect 4: with `--default-upstream`, `/readyz` stays 503 until
+/// that Upstream exists and is resolved, even when creating it is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_200_only_once_the_default_route_exists() {
+    let b = backends_on_one_port(&["a"]);
+    let api = FakeApi::start();
+    api.put_slice(slice(
+        "backend-1",
+        "backend",
+        "http",
+        b[0].addr.port(),
+        &[("127.0.0.11", true, true, false, "a")],
+    ));
+    api.set_create_delay(Duration::from_millis(500));
+    let lb = start_lb(&api, true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut not_ready = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "never ready ({not_ready} probes said not ready)"
+        );
+        let (status, _) = get_once(lb.admin, "/readyz").await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            not_ready += 1;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        assert_eq!(status, StatusCode::OK);
+        // Ready: the route must be there already (the table is applied
+        // before readiness flips, and routes only grow here).
+        assert_eq!(
+            ready_ips(&lb, "backend"),
+            ["127.0.0.11"],
+            "/readyz said 200 before Upstream backend was routed (after {not_ready} 503s)"
+        );
+        assert_eq!(
+            get_once(lb.addr, "/host").await.unwrap(),
+            (StatusCode::OK, "a\n".into())
+        );
+        break;
+    }
+    assert!(not_ready > 0, "the slow create was observed as not ready");
+    assert_eq!(api.creates(), ["backend"]);
+}
+
+/// Issue 17, defect 5: two Upstreams with the same match. The older one
+/// routes; the other is `Ready=False`, reason `Conflict`, naming it, with a
+/// log line and a metric; deleting the older one ends the conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_match_conflict_is_reported_and_recovers() {
+    logs::init();
+    let old = TestBackend::start_on("127.0.0.21:0".parse().unwrap(), "old");
+    let new = TestBackend::start_on("127.0.0.22:0".parse().unwrap(), "new");
+    let api = FakeApi::start();
+    api.put_slice(slice(
+        "old-1",
+        "old",
+        "http",
+        old.addr.port(),
+        &[("127.0.0.21", true, true, false, "old")],
+    ));
+    api.put_slice(slice(
+        "new-1",
+        "new",
+        "http",
+        new.addr.port(),
+        &[("127.0.0.22", true, true, false, "new")],
+    ));
+    // Created first, but sorts last by name: age decides, not the name.
+    api.put_upstream("zz-older", json!({"service": "old"}));
+    api.put_upstream(
+        "aa-newer",
+        json!({"service": "new", "match": {"pathPrefix": "/"}}),
+    );
+    // A different prefix overlaps only partly: legal.
+    api.put_upstream(
+        "aa-newer-api",
+        json!({"service": "new", "match": {"pathPrefix": "/api"}}),
+    );
+    let lb = start_lb(&api, false);
+    wait_until("conflict status", || {
+        reason_of(&api, "aa-newer") == Some(json!("Conflict"))
+    })
+    .await;
+    let cond = api.upstream("aa-newer").unwrap()["status"]["conditions"][0].clone();
+    assert_eq!(cond["status"], "False");
+    assert!(
+        cond["message"].as_str().unwrap().contains("zz-older"),
+        "{cond}"
+    );
+    wait_until("older status", || {
+        reason_of(&api, "zz-older") == Some(json!("EndpointsAvailable"))
+    })
+    .await;
+    wait_until("api status", || {
+        reason_of(&api, "aa-newer-api") == Some(json!("EndpointsAvailable"))
+    })
+    .await;
+    assert_eq!(metric(&lb, "roundhouse_upstream_conflicts"), 1.0);
+    let logged = logs::warnings(&["upstream=aa-newer ", "conflicts_with=zz-older"]);
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+    assert_eq!(get_once(lb.addr, "/host").await.unwrap().1, "old\n");
+    assert_eq!(
+        get_once(lb.addr, "/api/host").await.unwrap().0,
+        StatusCode::NOT_FOUND,
+        "served by `new`"
+    );
+    assert_eq!(new.hits(), 1);
+
+    api.delete_upstream("zz-older");
+    wait_until("conflict over", || {
+        reason_of(&api, "aa-newer") == Some(json!("EndpointsAvailable"))
+    })
+    .await;
+    lb.wait_table("aa-newer routed", |t| {
+        t.upstreams.iter().any(|u| &*u.name == "aa-newer")
+    })
+    .await;
+    assert_eq!(get_once(lb.addr, "/host").await.unwrap().1, "new\n");
+    assert_eq!(metric(&lb, "roundhouse_upstream_conflicts"), 0.0);
 }

@@ -109,8 +109,8 @@ def test_no_cluster_scoped_rbac(manifests, rendered_default, rendered_custom):
 
 
 def test_role_is_narrow(manifests):
-    # That the rules equal exactly what the code calls is checked against the
-    # code itself (REQUIRED_RBAC) by lb/tests/manifests.rs.
+    # That the rules equal exactly what the code calls is checked against what
+    # the lb called in the fake API server by lb/tests/manifests.rs.
     roles = [o for o in manifests if o["kind"] == "Role"]
     assert len(roles) == 1 and roles[0]["metadata"]["name"] == "lb"
     got = {}

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DiscoveryMetrics, ResourceLabels};
 
 pub use file::StaticSource;
 pub use k8s::DefaultUpstream;
@@ -164,7 +165,7 @@ impl fmt::Debug for CertPair {
 pub struct Publisher {
     tx: watch::Sender<Snapshot>,
     certs: watch::Sender<Arc<Vec<CertPair>>>,
-    errors: Counter,
+    metrics: DiscoveryMetrics,
 }
 
 /// What a [`Subscriber`] sees: the latest routing snapshot and whether the
@@ -173,24 +174,25 @@ pub struct Publisher {
 pub struct Snapshot {
     /// The latest routing, `None` before the first publication.
     pub routing: Option<Arc<RoutingConfig>>,
-    /// True once the source has produced a complete set (e.g. every static
-    /// name resolved once, or the Kubernetes watchers' first `InitDone`).
+    /// True once the source can route: it has produced a complete set (e.g.
+    /// every static name resolved once, or the Kubernetes watchers' first
+    /// `InitDone` with the default Upstream, if any, among the routes).
     pub synced: bool,
 }
 
 /// The receiving half read by the data plane and the admin server.
 pub type Subscriber = watch::Receiver<Snapshot>;
 
-/// Creates a publisher and its subscriber.
+/// Creates a publisher and its subscriber (metrics not exported).
 pub fn channel() -> (Publisher, Subscriber) {
-    channel_counting(Counter::default())
+    channel_with_metrics(DiscoveryMetrics::default())
 }
 
-/// Same, counting the source's errors in `errors`.
-pub fn channel_counting(errors: Counter) -> (Publisher, Subscriber) {
+/// Same, reporting the source's errors and state in `metrics`.
+pub fn channel_with_metrics(metrics: DiscoveryMetrics) -> (Publisher, Subscriber) {
     let (tx, rx) = watch::channel(Snapshot::default());
     let (certs, _) = watch::channel(Arc::new(Vec::new()));
-    (Publisher { tx, certs, errors }, rx)
+    (Publisher { tx, certs, metrics }, rx)
 }
 
 impl Publisher {
@@ -228,9 +230,18 @@ impl Publisher {
         self.certs.subscribe()
     }
 
-    /// Counts an error of the source (a failed watch, a failed write).
-    pub fn record_error(&self) {
-        self.errors.inc();
+    /// Counts a failed watch or list of `resource` (not a failed write:
+    /// those are the source's own business, see [`DiscoveryMetrics`]).
+    pub fn record_error(&self, resource: &'static str) {
+        self.metrics
+            .errors
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
+    }
+
+    /// The source's metrics.
+    pub fn metrics(&self) -> &DiscoveryMetrics {
+        &self.metrics
     }
 
     /// A new subscriber.

@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use self::histogram::ShardedHistogram;
 
@@ -51,11 +52,36 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
-/// Labels of a certificate reload.
+/// Labels of a discovery (watch or list) error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// The watched resource: `endpointslices`, `upstreams`.
+    pub resource: &'static str,
+}
+
+/// Labels of a status write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// `success` or `failure`.
+    /// Status writes: `ok`, `retryable_error`, `permanent_error`,
+    /// `not_found`; certificate reloads: `success`, `failure`.
     pub result: &'static str,
+}
+
+/// What a discovery source reports. Cheap to clone: every field is a handle
+/// to shared atomics, so the source owns a copy.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryMetrics {
+    /// Failed watches and lists, by resource (never status writes).
+    pub errors: Family<ResourceLabels, Counter>,
+    /// Status writes by result.
+    pub status_writes: Family<ResultLabels, Counter>,
+    /// Upstreams whose status on the API server is not the computed one
+    /// (write pending, backing off, or rejected).
+    pub status_stale: Gauge,
+    /// Upstreams not routed because an older one has the same match.
+    pub conflicts: Gauge,
+    /// Unix time at which every watch was last known to be in sync.
+    pub last_sync: Gauge<f64, AtomicU64>,
 }
 
 /// Every metric the LB exports.
@@ -83,8 +109,8 @@ pub struct Metrics {
     pub upstream_errors: Family<ErrorLabels, Counter>,
     /// Routing snapshots applied.
     pub discovery_updates: Counter,
-    /// Discovery errors (e.g. Kubernetes watch errors).
-    pub discovery_errors: Counter,
+    /// The discovery source's metrics.
+    pub discovery: DiscoveryMetrics,
     /// Open WebSocket/upgrade tunnels.
     pub tunnels: Gauge,
     /// TLS handshakes that failed or timed out.
@@ -114,7 +140,7 @@ impl Metrics {
         let ejections = Counter::default();
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let discovery_updates = Counter::default();
-        let discovery_errors = Counter::default();
+        let discovery = DiscoveryMetrics::default();
         let tunnels = Gauge::default();
         let tls_handshake_errors = Counter::default();
         let tls_certificate_reloads = Family::<ResultLabels, Counter>::default();
@@ -170,8 +196,28 @@ impl Metrics {
         );
         registry.register(
             "discovery_errors",
-            "Discovery errors (watch failures, DNS failures)",
-            discovery_errors.clone(),
+            "Failed watches and lists of the discovery source, by resource",
+            discovery.errors.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Upstream status writes by result (ok, retryable_error, permanent_error, not_found)",
+            discovery.status_writes.clone(),
+        );
+        registry.register(
+            "upstream_status_stale",
+            "Upstreams whose status on the API server is not the computed one (pending, retrying or rejected write)",
+            discovery.status_stale.clone(),
+        );
+        registry.register(
+            "upstream_conflicts",
+            "Upstreams not routed because an older Upstream has the same host and path prefix",
+            discovery.conflicts.clone(),
+        );
+        registry.register(
+            "discovery_last_sync_timestamp_seconds",
+            "Unix time at which every watch of the discovery source was last known to be in sync",
+            discovery.last_sync.clone(),
         );
         registry.register(
             "tunnels",
@@ -200,7 +246,7 @@ impl Metrics {
             ejections,
             upstream_errors,
             discovery_updates,
-            discovery_errors,
+            discovery,
             tunnels,
             tls_handshake_errors,
             tls_certificate_reloads,

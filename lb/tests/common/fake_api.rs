@@ -1,14 +1,30 @@
 //! An in-process fake Kubernetes API server: enough of list/watch for kube's
 //! watcher (resourceVersion, label selectors, chunked watch events,
 //! bookmarks, `410 Gone` for compacted versions, dropped connections) plus
-//! get/create of Upstreams and the status subresource PATCH, recording what
-//! was written. It runs on its own thread so it can be killed outright and
-//! restarted on the same port with its state intact (like an API server
-//! restart in front of etcd).
+//! get/create/delete of Upstreams and the status subresource PATCH
+//! (server-side apply and JSON merge patch), recording what was written. It
+//! runs on its own thread so it can be killed outright and restarted on the
+//! same port with its state intact (like an API server restart in front of
+//! etcd).
+//!
+//! Like a real API server it prunes Upstream fields that the CRD's schema
+//! does not know (the schema is `lb crd`'s, replaceable to play an older
+//! CRD), does not bump the resourceVersion or send an event for a write that
+//! changes nothing, and gives each new object a later `creationTimestamp`.
+//! It can also be told to say no: fail status writes of chosen objects with
+//! an API error or by never answering ([`Fault`]), reject server-side apply
+//! on the status subresource (415, as a server without it does), or answer
+//! creates slowly.
+//!
+//! Every request is recorded as an [`Access`] (verb, API group, resource,
+//! subresource). When a `FakeApi` is dropped it checks that the Role in
+//! `manifests/10-rbac.yaml` grants everything it served, so every scenario
+//! that uses it is also an RBAC test.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -16,11 +32,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot};
 
@@ -48,6 +66,170 @@ impl Kind {
     }
 }
 
+/// One kind of API request, as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Access {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, …
+    pub verb: String,
+    /// API group (`""` for the core group).
+    pub group: String,
+    /// Plural resource name (or the path of a non-resource URL).
+    pub resource: String,
+    /// Subresource (`status`), if any.
+    pub subresource: Option<String>,
+}
+
+impl Access {
+    pub fn new(verb: &str, group: &str, resource: &str, subresource: Option<&str>) -> Self {
+        Self {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: subresource.map(str::to_owned),
+        }
+    }
+
+    /// The access a request is, by Kubernetes' rules for resource URLs:
+    /// `/api/v1/…` (core) or `/apis/GROUP/VERSION/…`, optionally
+    /// `namespaces/NS/`, then `RESOURCE[/NAME[/SUBRESOURCE]]`.
+    fn of(method: &Method, uri: &Uri) -> Self {
+        let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+        let rest: Option<(&str, &[&str])> = match segs.as_slice() {
+            ["api", _version, rest @ ..] => Some(("", rest)),
+            ["apis", group, _version, rest @ ..] => Some((group, rest)),
+            _ => None,
+        };
+        let watching = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+        let Some((group, rest)) = rest else {
+            return Self::new(&method.as_str().to_lowercase(), "", uri.path(), None);
+        };
+        let rest = match rest {
+            ["namespaces", _ns, more @ ..] if !more.is_empty() => more,
+            other => other,
+        };
+        let (resource, name, sub) = match rest {
+            [r] => (*r, None, None),
+            [r, n] => (*r, Some(*n), None),
+            [r, n, s, ..] => (*r, Some(*n), Some(*s)),
+            [] => ("", None, None),
+        };
+        let verb = match (method.as_str(), name.is_some()) {
+            ("GET", _) if watching => "watch",
+            ("GET", true) => "get",
+            ("GET", false) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            (m, _) => return Self::new(&m.to_lowercase(), group, resource, sub),
+        };
+        Self::new(verb, group, resource, sub)
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        write!(f, "{} {group} {}", self.verb, self.resource)?;
+        if let Some(s) = &self.subresource {
+            write!(f, "/{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything a Role document grants, one [`Access`] per verb and resource.
+pub fn granted_by_role(role: &serde_yaml::Value) -> BTreeSet<Access> {
+    let mut out = BTreeSet::new();
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| {
+                s.iter()
+                    .map(|x| x.as_str().expect("RBAC lists hold strings").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for rule in role["rules"].as_sequence().expect("a Role has rules") {
+        for group in strings(&rule["apiGroups"]) {
+            for res in strings(&rule["resources"]) {
+                let (resource, sub) = match res.split_once('/') {
+                    Some((r, s)) => (r.to_owned(), Some(s)),
+                    None => (res.clone(), None),
+                };
+                for verb in strings(&rule["verbs"]) {
+                    out.insert(Access::new(&verb, &group, &resource, sub));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Role documents of a YAML stream (several `---` documents).
+pub fn roles_in(yaml: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| v["kind"] == "Role" || v["kind"] == "ClusterRole")
+        .collect()
+}
+
+/// What `manifests/10-rbac.yaml` grants the lb.
+pub fn manifest_grants() -> BTreeSet<Access> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/10-rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let roles = roles_in(&text);
+    assert_eq!(roles.len(), 1, "one Role in {path}");
+    granted_by_role(&roles[0])
+}
+
+/// How the fake answers the status writes of one Upstream.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// An API error (`Status` object) with this code, reason and message.
+    Api {
+        code: u16,
+        reason: &'static str,
+        message: String,
+    },
+    /// No answer at all: the request hangs until the client gives up.
+    Hang,
+}
+
+impl Fault {
+    /// 422 Invalid, as a validating admission webhook or schema check says it.
+    pub fn invalid(message: &str) -> Fault {
+        Fault::Api {
+            code: 422,
+            reason: "Invalid",
+            message: message.to_owned(),
+        }
+    }
+    /// 409 Conflict.
+    pub fn conflict() -> Fault {
+        Fault::Api {
+            code: 409,
+            reason: "Conflict",
+            message: "Operation cannot be fulfilled: the object has been modified".to_owned(),
+        }
+    }
+    /// 500 InternalError.
+    pub fn internal() -> Fault {
+        Fault::Api {
+            code: 500,
+            reason: "InternalError",
+            message: "Internal error occurred: etcdserver: request timed out".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Change {
     rv: u64,
@@ -57,20 +239,34 @@ struct Change {
 }
 
 #[derive(Debug, Default)]
-pub struct Inner {
+struct Inner {
     rv: u64,
     /// Watches asking for an older version get 410 Gone.
     compacted: u64,
+    /// Objects created so far (each gets a later creationTimestamp).
+    created: u64,
     objects: BTreeMap<(Kind, String), Value>,
     history: Vec<Change>,
-    /// Every status PATCH body, by Upstream name, in order.
-    pub status_writes: Vec<(String, Value)>,
+    /// Every status PATCH body that was accepted, by Upstream name, in order.
+    status_writes: Vec<(String, Value)>,
+    /// Every status PATCH received (accepted or not), by Upstream name.
+    status_attempts: Vec<String>,
+    /// Faults for status writes: (fault, remaining times; `None` = forever).
+    faults: HashMap<String, (Fault, Option<usize>)>,
+    /// Answer 415 to server-side apply on the status subresource.
+    reject_status_apply: bool,
+    /// Delay before answering an Upstream create.
+    create_delay: Duration,
+    /// The Upstream schema used for pruning (`openAPIV3Schema`).
+    upstream_schema: Value,
     /// Upstreams created through the API (POST).
-    pub creates: Vec<String>,
-    /// Watch requests served (method path?query).
-    pub watch_requests: usize,
+    creates: Vec<String>,
+    /// Watch requests served.
+    watch_requests: usize,
     /// List requests served.
-    pub list_requests: usize,
+    list_requests: usize,
+    /// Every kind of request served.
+    served: BTreeSet<Access>,
 }
 
 #[derive(Clone)]
@@ -99,16 +295,106 @@ fn selector_matches(selector: Option<&str>, obj: &Value) -> bool {
     })
 }
 
+/// Drops the fields `schema` does not declare, as the API server prunes a
+/// custom resource against its structural schema.
+fn prune(value: &mut Value, schema: &Value) {
+    let preserve = schema["x-kubernetes-preserve-unknown-fields"] == json!(true);
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema["properties"].as_object() {
+                if !preserve {
+                    map.retain(|k, _| props.contains_key(k));
+                }
+                for (k, v) in map.iter_mut() {
+                    if let Some(s) = props.get(k) {
+                        prune(v, s);
+                    }
+                }
+            } else if schema["additionalProperties"].is_object() {
+                for v in map.values_mut() {
+                    prune(v, &schema["additionalProperties"]);
+                }
+            } else if schema["type"] == "object" && !preserve {
+                map.clear();
+            }
+        }
+        Value::Array(items) if schema["items"].is_object() => {
+            for v in items {
+                prune(v, &schema["items"]);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// The `openAPIV3Schema` of the CRD that `lb crd` prints.
+pub fn crd_schema() -> Value {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(lb::crd::Upstream::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
 impl Shared {
+    /// Stores a write, unless it changes nothing (then, like the API server,
+    /// no new resourceVersion and no event). Returns the stored object.
     fn commit(&self, kind: Kind, type_: &'static str, mut object: Value) -> Value {
         let mut inner = self.inner.lock().unwrap();
-        inner.rv += 1;
-        let rv = inner.rv;
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
         object["apiVersion"] = json!(kind.api_version());
         object["kind"] = json!(kind.kind());
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
         object["metadata"]["namespace"] = json!(NS);
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        if kind == Kind::Upstream && type_ != "DELETED" {
+            let keep = (
+                object["apiVersion"].take(),
+                object["kind"].take(),
+                object["metadata"].take(),
+            );
+            prune(&mut object, &inner.upstream_schema);
+            object["apiVersion"] = keep.0;
+            object["kind"] = keep.1;
+            object["metadata"] = keep.2;
+        }
+        let current = inner.objects.get(&(kind, name.clone()));
+        if type_ == "MODIFIED"
+            && let Some(current) = current
+        {
+            let mut same = object.clone();
+            same["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            if &same == current {
+                return current.clone();
+            }
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if type_ == "ADDED" {
+            inner.created += 1;
+            let t = k8s_openapi::jiff::Timestamp::from_second(
+                1_767_225_600 + i64::try_from(inner.created).unwrap(),
+            )
+            .unwrap();
+            object["metadata"]["creationTimestamp"] = json!(t.to_string());
+        }
         if type_ == "DELETED" {
             inner.objects.remove(&(kind, name));
         } else {
@@ -124,6 +410,15 @@ impl Shared {
         // Send under the lock so watchers see changes in order.
         let _ = self.changes.send(change);
         object
+    }
+
+    fn object(&self, kind: Kind, name: &str) -> Option<Value> {
+        self.inner
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(kind, name.to_owned()))
+            .cloned()
     }
 }
 
@@ -149,6 +444,13 @@ fn json_response(status: StatusCode, v: Value) -> Response {
 fn status_error(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
+}
+
+fn error_response(code: u16, reason: &str, message: &str) -> Response {
+    json_response(
+        StatusCode::from_u16(code).unwrap(),
+        status_error(code, reason, message),
+    )
 }
 
 async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
@@ -250,6 +552,105 @@ async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
         .unwrap()
 }
 
+async fn create_upstream(s: Shared, body: Bytes) -> Response {
+    let obj: Value = serde_json::from_slice(&body).unwrap();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let delay = s.inner.lock().unwrap().create_delay;
+    tokio::time::sleep(delay).await;
+    if s.object(Kind::Upstream, &name).is_some() {
+        return error_response(409, "AlreadyExists", "already exists");
+    }
+    let mut obj = obj;
+    obj["metadata"]["generation"] = json!(1);
+    s.inner.lock().unwrap().creates.push(name);
+    let created = s.commit(Kind::Upstream, "ADDED", obj);
+    json_response(StatusCode::CREATED, created)
+}
+
+async fn patch_status(s: Shared, name: String, headers: HeaderMap, body: Bytes) -> Response {
+    let fault = {
+        let inner = &mut *s.inner.lock().unwrap();
+        inner.status_attempts.push(name.clone());
+        match inner.faults.get_mut(&name) {
+            Some((fault, times)) => {
+                let fault = fault.clone();
+                match times {
+                    Some(0) => None,
+                    Some(n) => {
+                        *n -= 1;
+                        Some(fault)
+                    }
+                    None => Some(fault),
+                }
+            }
+            None => None,
+        }
+    };
+    match fault {
+        Some(Fault::Api {
+            code,
+            reason,
+            message,
+        }) => return error_response(code, reason, &message),
+        Some(Fault::Hang) => std::future::pending::<()>().await,
+        None => {}
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error_response(400, "BadRequest", &e.to_string()),
+    };
+    let Some(mut obj) = s.object(Kind::Upstream, &name) else {
+        return error_response(404, "NotFound", &format!("upstreams \"{name}\" not found"));
+    };
+    let unsupported = || {
+        error_response(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types \
+                 include: application/json-patch+json, application/merge-patch+json \
+                 (got {content_type})"
+            ),
+        )
+    };
+    match content_type.as_str() {
+        "application/apply-patch+yaml" => {
+            if s.inner.lock().unwrap().reject_status_apply {
+                return unsupported();
+            }
+            // One field manager owns the whole status: apply replaces it.
+            obj["status"] = patch["status"].clone();
+        }
+        "application/merge-patch+json" => {
+            if let Some(status) = patch.get("status") {
+                merge_patch(&mut obj["status"], status);
+            }
+        }
+        _ => return unsupported(),
+    }
+    s.inner
+        .lock()
+        .unwrap()
+        .status_writes
+        .push((name, patch.clone()));
+    let updated = s.commit(Kind::Upstream, "MODIFIED", obj);
+    json_response(StatusCode::OK, updated)
+}
+
+async fn record_access(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let access = Access::of(req.method(), req.uri());
+    s.inner.lock().unwrap().served.insert(access);
+    next.run(req).await
+}
+
 fn router(shared: Shared) -> Router {
     Router::new()
         .route(
@@ -267,47 +668,18 @@ fn router(shared: Shared) -> Router {
                     list_or_watch(s, Kind::Upstream, q).await
                 },
             )
-            .post(|State(s): State<Shared>, body: Bytes| async move {
-                let obj: Value = serde_json::from_slice(&body).unwrap();
-                let name = obj["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if s.inner
-                    .lock()
-                    .unwrap()
-                    .objects
-                    .contains_key(&(Kind::Upstream, name.clone()))
-                {
-                    return json_response(
-                        StatusCode::CONFLICT,
-                        status_error(409, "AlreadyExists", "already exists"),
-                    );
-                }
-                let mut obj = obj;
-                obj["metadata"]["generation"] = json!(1);
-                obj["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-                s.inner.lock().unwrap().creates.push(name);
-                let created = s.commit(Kind::Upstream, "ADDED", obj);
-                json_response(StatusCode::CREATED, created)
-            }),
+            .post(|State(s): State<Shared>, body: Bytes| create_upstream(s, body)),
         )
         .route(
             "/apis/roundhouse.dev/v1alpha1/namespaces/{ns}/upstreams/{name}",
             get(
                 |State(s): State<Shared>, Path((_ns, name)): Path<(String, String)>| async move {
-                    let obj = s
-                        .inner
-                        .lock()
-                        .unwrap()
-                        .objects
-                        .get(&(Kind::Upstream, name))
-                        .cloned();
-                    match obj {
+                    match s.object(Kind::Upstream, &name) {
                         Some(o) => json_response(StatusCode::OK, o),
-                        None => json_response(
-                            StatusCode::NOT_FOUND,
-                            status_error(404, "NotFound", "not found"),
+                        None => error_response(
+                            404,
+                            "NotFound",
+                            &format!("upstreams \"{name}\" not found"),
                         ),
                     }
                 },
@@ -318,32 +690,21 @@ fn router(shared: Shared) -> Router {
             patch(
                 |State(s): State<Shared>,
                  Path((_ns, name)): Path<(String, String)>,
-                 body: Bytes| async move {
-                    let patch: Value = serde_json::from_slice(&body).unwrap();
-                    let current = s
-                        .inner
-                        .lock()
-                        .unwrap()
-                        .objects
-                        .get(&(Kind::Upstream, name.clone()))
-                        .cloned();
-                    let Some(mut obj) = current else {
-                        return json_response(
-                            StatusCode::NOT_FOUND,
-                            status_error(404, "NotFound", "not found"),
-                        );
-                    };
-                    s.inner
-                        .lock()
-                        .unwrap()
-                        .status_writes
-                        .push((name, patch.clone()));
-                    obj["status"] = patch["status"].clone();
-                    let updated = s.commit(Kind::Upstream, "MODIFIED", obj);
-                    json_response(StatusCode::OK, updated)
-                },
+                 headers: HeaderMap,
+                 body: Bytes| patch_status(s, name, headers, body),
             ),
         )
+        .fallback(|| async {
+            error_response(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            record_access,
+        ))
         .with_state(shared)
 }
 
@@ -384,7 +745,10 @@ impl FakeApi {
         let (changes, _) = broadcast::channel(4096);
         let (drop_watches, _) = broadcast::channel(16);
         let shared = Shared {
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                upstream_schema: crd_schema(),
+                ..Inner::default()
+            })),
             changes,
             drop_watches,
             bookmark_every: Duration::from_millis(200),
@@ -429,15 +793,40 @@ impl FakeApi {
         inner.history.clear();
     }
 
-    pub fn put_slice(&self, slice: Value) {
-        let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
-        let exists = self
-            .shared
+    /// Status writes of `name` fail with `fault`, `times` times (`None`:
+    /// until [`FakeApi::clear_fault`]).
+    pub fn fail_status(&self, name: &str, fault: Fault, times: Option<usize>) {
+        self.shared
             .inner
             .lock()
             .unwrap()
-            .objects
-            .contains_key(&(Kind::Slice, name));
+            .faults
+            .insert(name.to_owned(), (fault, times));
+    }
+
+    /// Status writes of `name` succeed again.
+    pub fn clear_fault(&self, name: &str) {
+        self.shared.inner.lock().unwrap().faults.remove(name);
+    }
+
+    /// Answer server-side apply on the status subresource with 415.
+    pub fn reject_status_apply(&self, reject: bool) {
+        self.shared.inner.lock().unwrap().reject_status_apply = reject;
+    }
+
+    /// Upstream creates wait this long before they are stored and answered.
+    pub fn set_create_delay(&self, delay: Duration) {
+        self.shared.inner.lock().unwrap().create_delay = delay;
+    }
+
+    /// The schema Upstreams are pruned against (default: [`crd_schema`]).
+    pub fn set_upstream_schema(&self, schema: Value) {
+        self.shared.inner.lock().unwrap().upstream_schema = schema;
+    }
+
+    pub fn put_slice(&self, slice: Value) {
+        let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
+        let exists = self.shared.object(Kind::Slice, &name).is_some();
         self.shared.commit(
             Kind::Slice,
             if exists { "MODIFIED" } else { "ADDED" },
@@ -446,55 +835,45 @@ impl FakeApi {
     }
 
     pub fn delete_slice(&self, name: &str) {
-        let obj = self
-            .shared
-            .inner
-            .lock()
-            .unwrap()
-            .objects
-            .get(&(Kind::Slice, name.to_owned()))
-            .cloned();
-        if let Some(obj) = obj {
+        if let Some(obj) = self.shared.object(Kind::Slice, name) {
             self.shared.commit(Kind::Slice, "DELETED", obj);
         }
     }
 
     /// Creates or replaces an Upstream (bumping its generation).
     pub fn put_upstream(&self, name: &str, spec: Value) {
-        let old = self
-            .shared
-            .inner
-            .lock()
-            .unwrap()
-            .objects
-            .get(&(Kind::Upstream, name.to_owned()))
-            .cloned();
-        let (type_, generation, status) = match &old {
-            Some(o) => (
-                "MODIFIED",
-                o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
-                o["status"].clone(),
-            ),
-            None => ("ADDED", 1, Value::Null),
+        let old = self.shared.object(Kind::Upstream, name);
+        let mut obj = json!({"metadata": {"name": name}, "spec": spec});
+        let type_ = match &old {
+            Some(o) => {
+                obj["metadata"] = o["metadata"].clone();
+                obj["metadata"]["generation"] =
+                    json!(o["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+                if !o["status"].is_null() {
+                    obj["status"] = o["status"].clone();
+                }
+                "MODIFIED"
+            }
+            None => {
+                obj["metadata"]["generation"] = json!(1);
+                "ADDED"
+            }
         };
-        let mut obj = json!({"metadata": {"name": name, "generation": generation,
-                             "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec});
-        if !status.is_null() {
-            obj["status"] = status;
-        }
         self.shared.commit(Kind::Upstream, type_, obj);
     }
 
-    pub fn upstream(&self, name: &str) -> Option<Value> {
-        self.shared
-            .inner
-            .lock()
-            .unwrap()
-            .objects
-            .get(&(Kind::Upstream, name.to_owned()))
-            .cloned()
+    /// Deletes an Upstream.
+    pub fn delete_upstream(&self, name: &str) {
+        if let Some(obj) = self.shared.object(Kind::Upstream, name) {
+            self.shared.commit(Kind::Upstream, "DELETED", obj);
+        }
     }
 
+    pub fn upstream(&self, name: &str) -> Option<Value> {
+        self.shared.object(Kind::Upstream, name)
+    }
+
+    /// The accepted status PATCH bodies of `name`, in order.
     pub fn status_writes(&self, name: &str) -> Vec<Value> {
         self.shared
             .inner
@@ -507,6 +886,18 @@ impl FakeApi {
             .collect()
     }
 
+    /// How many status PATCHes of `name` arrived, accepted or not.
+    pub fn status_attempts(&self, name: &str) -> usize {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .status_attempts
+            .iter()
+            .filter(|n| *n == name)
+            .count()
+    }
+
     pub fn creates(&self) -> Vec<String> {
         self.shared.inner.lock().unwrap().creates.clone()
     }
@@ -517,6 +908,11 @@ impl FakeApi {
 
     pub fn watch_requests(&self) -> usize {
         self.shared.inner.lock().unwrap().watch_requests
+    }
+
+    /// Every kind of request served so far.
+    pub fn served(&self) -> BTreeSet<Access> {
+        self.shared.inner.lock().unwrap().served.clone()
     }
 
     /// A kubeconfig pointing at this server, namespace `roundhouse`.
@@ -543,6 +939,20 @@ impl FakeApi {
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.kill();
+        // Every scenario is an RBAC check: the code called nothing that the
+        // Role does not grant.
+        if !thread::panicking() {
+            let granted = manifest_grants();
+            let missing: Vec<String> = self
+                .served()
+                .difference(&granted)
+                .map(ToString::to_string)
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "the lb made API calls that manifests/10-rbac.yaml does not grant: {missing:?}"
+            );
+        }
     }
 }
 

@@ -1,8 +1,18 @@
 //! Pure translation from Kubernetes objects to routing and status: which
-//! endpoints of which EndpointSlices serve which Upstream. No I/O here, so
-//! every rule is unit-tested with plain objects.
+//! endpoints of which EndpointSlices serve which Upstream, and which
+//! Upstreams conflict. No I/O here, so every rule is unit-tested with plain
+//! objects.
+//!
+//! Conflicts: Upstreams whose matches are the same (same host, compared in
+//! lower case, and same path prefix, `/api` and `/api/` being the same, no
+//! prefix and `/` too) cannot both serve. As in the Gateway API, the oldest
+//! (`creationTimestamp`, then name) wins; each other one gets `Ready=False`
+//! with reason `Conflict` naming the winner and is not routed. Different
+//! prefixes overlapping (`/api` and `/api/v1`) are not conflicts: the most
+//! specific match wins in the data plane.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,12 +117,138 @@ impl<K: kube::Resource> Buffered<K> {
 /// Both stores and what they resolve to, kept up to date incrementally: a
 /// slice change re-resolves only the Upstreams of that slice's Service, and
 /// a change of an Upstream's status alone (our own write coming back)
-/// re-resolves nothing.
+/// re-resolves nothing. Conflicts are settled again only among the
+/// Upstreams whose match the change touched.
 #[derive(Debug, Default)]
 pub struct Index {
     slices: Buffered<EndpointSlice>,
     upstreams: Buffered<Upstream>,
+    /// Each Upstream resolved on its own.
+    base: BTreeMap<String, Resolved>,
+    /// After conflicts: what is routed and what the statuses say.
     resolved: BTreeMap<String, Resolved>,
+}
+
+/// A match as the data plane compares them: host (already lower case) and
+/// path prefix without one trailing `/` (so no prefix is `""`, like `/`).
+type Claim<'a> = (Option<&'a str>, &'a str);
+
+fn claim(route: &RouteMatch) -> Claim<'_> {
+    let prefix = route.path_prefix.as_deref().unwrap_or("");
+    (
+        route.host.as_deref(),
+        prefix.strip_suffix('/').unwrap_or(prefix),
+    )
+}
+
+fn owned_claim(r: &Resolved) -> Option<(Option<String>, String)> {
+    r.upstream.as_ref().map(|u| {
+        let (h, p) = claim(&u.route);
+        (h.map(str::to_owned), p.to_owned())
+    })
+}
+
+/// Oldest `creationTimestamp` first (objects without one last), then name.
+fn seniority(live: &BTreeMap<String, Upstream>, a: &str, b: &str) -> Ordering {
+    let created = |n: &str| {
+        live.get(n)
+            .and_then(|u| u.metadata.creation_timestamp.as_ref())
+    };
+    match (created(a), created(b)) {
+        (Some(x), Some(y)) => x.cmp(y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+    .then_with(|| a.cmp(b))
+}
+
+/// Recomputes `resolved` for `names` and for every Upstream that shares a
+/// match with one of them (or with `old`, the match one of them had).
+fn settle(
+    base: &BTreeMap<String, Resolved>,
+    live: &BTreeMap<String, Upstream>,
+    resolved: &mut BTreeMap<String, Resolved>,
+    names: &[String],
+    old: Option<(Option<String>, String)>,
+    now: &Time,
+) {
+    let mut affected: HashSet<Claim<'_>> = HashSet::new();
+    if let Some((h, p)) = &old {
+        affected.insert((h.as_deref(), p.as_str()));
+    }
+    for n in names {
+        if let Some(u) = base.get(n).and_then(|r| r.upstream.as_ref()) {
+            affected.insert(claim(&u.route));
+        }
+    }
+    let mut groups: HashMap<Claim<'_>, Vec<&str>> = HashMap::new();
+    if !affected.is_empty() {
+        for (n, r) in base {
+            if let Some(u) = &r.upstream {
+                let c = claim(&u.route);
+                if affected.contains(&c) {
+                    groups.entry(c).or_default().push(n);
+                }
+            }
+        }
+    }
+    let mut winner_of: HashMap<&str, &str> = HashMap::new();
+    let mut todo: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    for members in groups.values_mut() {
+        members.sort_by(|a, b| seniority(live, a, b));
+        for loser in &members[1..] {
+            winner_of.insert(loser, members[0]);
+        }
+        todo.extend(members.iter().copied());
+    }
+    for n in todo {
+        let Some(b) = base.get(n) else {
+            resolved.remove(n);
+            continue;
+        };
+        let r = match winner_of.get(n) {
+            Some(winner) => conflicted(b, winner, live.get(n), now),
+            None => b.clone(),
+        };
+        if resolved.get(n) != Some(&r) {
+            resolved.insert(n.to_owned(), r);
+        }
+    }
+}
+
+/// `base` when `winner` has the same match: not routed, `Ready=False`
+/// (`Conflict`), no endpoint taking requests through it.
+fn conflicted(base: &Resolved, winner: &str, upstream: Option<&Upstream>, now: &Time) -> Resolved {
+    let route = base
+        .upstream
+        .as_ref()
+        .map(|u| {
+            let host = u.route.host.as_deref().unwrap_or("any host");
+            let path = u.route.path_prefix.as_deref().unwrap_or("any path");
+            format!("{host}, {path}")
+        })
+        .unwrap_or_default();
+    let mut status = base.status.clone();
+    status.ready_endpoints = 0;
+    status.ready = Some(format!("0/{}", status.endpoints.len()));
+    status.conditions = vec![ready_condition(
+        Reason::Conflict,
+        format!(
+            "Upstream {winner} has the same match ({route}) and wins (the oldest \
+             creationTimestamp, then the name, wins); this Upstream is not routed \
+             while the conflict lasts"
+        ),
+        upstream.and_then(|u| u.metadata.generation),
+        upstream.and_then(|u| u.status.as_ref()),
+        now,
+    )];
+    Resolved {
+        upstream: None,
+        status,
+        reason: Reason::Conflict,
+        conflict: Some(winner.to_owned()),
+    }
 }
 
 fn service_of(slice: &EndpointSlice) -> Option<&str> {
@@ -153,6 +289,14 @@ impl Index {
         for name in &names {
             self.resolve_one(name, now);
         }
+        settle(
+            &self.base,
+            self.upstreams.live(),
+            &mut self.resolved,
+            &names,
+            None,
+            now,
+        );
         !names.is_empty()
     }
 
@@ -174,10 +318,34 @@ impl Index {
                 false
             }
             (_, Some(_)) => {
+                let old = self.base.get(&name).and_then(owned_claim);
                 self.resolve_one(&name, now);
+                let names = [name];
+                settle(
+                    &self.base,
+                    self.upstreams.live(),
+                    &mut self.resolved,
+                    &names,
+                    old,
+                    now,
+                );
                 true
             }
-            (_, None) => self.resolved.remove(&name).is_some(),
+            (_, None) => {
+                let Some(gone) = self.base.remove(&name) else {
+                    return false;
+                };
+                let names = [name];
+                settle(
+                    &self.base,
+                    self.upstreams.live(),
+                    &mut self.resolved,
+                    &names,
+                    owned_claim(&gone),
+                    now,
+                );
+                true
+            }
         }
     }
 
@@ -185,8 +353,26 @@ impl Index {
         if !self.synced() {
             return false;
         }
-        let (_, resolved) = resolve_all(self.upstreams.live(), self.slices.live(), now);
-        self.resolved = resolved;
+        let (_, base) = resolve_all(self.upstreams.live(), self.slices.live(), now);
+        self.base = base;
+        let gone: Vec<String> = self
+            .resolved
+            .keys()
+            .filter(|n| !self.base.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.resolved.remove(&n);
+        }
+        let names: Vec<String> = self.base.keys().cloned().collect();
+        settle(
+            &self.base,
+            self.upstreams.live(),
+            &mut self.resolved,
+            &names,
+            None,
+            now,
+        );
         true
     }
 
@@ -201,7 +387,7 @@ impl Index {
             .filter(|s| service_of(s) == Some(u.spec.service.as_str()))
             .collect();
         let r = resolve(u, &slices, now);
-        self.resolved.insert(name.to_owned(), r);
+        self.base.insert(name.to_owned(), r);
     }
 
     /// The routing snapshot of the current resolutions.
@@ -215,7 +401,7 @@ impl Index {
         }
     }
 
-    /// Each Upstream's resolution, by name.
+    /// Each Upstream's resolution (conflicts settled), by name.
     pub fn resolved(&self) -> &BTreeMap<String, Resolved> {
         &self.resolved
     }
@@ -249,6 +435,8 @@ pub enum Reason {
     ServiceNotFound,
     /// The spec cannot be used.
     InvalidSpec,
+    /// An older Upstream has the same match.
+    Conflict,
 }
 
 impl Reason {
@@ -260,6 +448,7 @@ impl Reason {
             Reason::NoReadyEndpoints => "NoReadyEndpoints",
             Reason::ServiceNotFound => "ServiceNotFound",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::Conflict => "Conflict",
         }
     }
 }
@@ -273,6 +462,8 @@ pub struct Resolved {
     pub status: UpstreamStatus,
     /// Why.
     pub reason: Reason,
+    /// With [`Reason::Conflict`]: the Upstream that wins.
+    pub conflict: Option<String>,
 }
 
 /// The port of `slice` that `wanted` names; with `wanted` unset, the only port.
@@ -413,6 +604,7 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
         upstream: None,
         status: status_for(Reason::InvalidSpec, e.to_string(), &[], 0),
         reason: Reason::InvalidSpec,
+        conflict: None,
     };
     if let Err(e) = spec.validate() {
         return invalid(e);
@@ -490,6 +682,7 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
         }),
         status: status_for(reason, message, &found, ready.len() as u32),
         reason,
+        conflict: None,
     }
 }
 
@@ -820,7 +1013,10 @@ mod tests {
         );
         index.apply_upstream(Event::Init, &now);
         index.apply_upstream(Event::InitApply(upstream("a", "service: one\n")), &now);
-        index.apply_upstream(Event::InitApply(upstream("b", "service: two\n")), &now);
+        index.apply_upstream(
+            Event::InitApply(upstream("b", "service: two\nmatch: {pathPrefix: /b}\n")),
+            &now,
+        );
         assert!(index.apply_upstream(Event::InitDone, &now));
         assert_eq!(index.resolved()["a"].reason, Reason::EndpointsAvailable);
         assert_eq!(index.resolved()["b"].reason, Reason::ServiceNotFound);
@@ -892,6 +1088,154 @@ mod tests {
         );
         assert_eq!(resolved["c"].reason, Reason::InvalidSpec);
         assert_eq!(resolved["a"].reason, Reason::EndpointsAvailable);
+    }
+
+    fn created(mut u: Upstream, second: i64) -> Upstream {
+        u.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_767_225_600 + second).unwrap(),
+        ));
+        u
+    }
+
+    fn synced_index(slices: Vec<EndpointSlice>, ups: Vec<Upstream>, now: &Time) -> Index {
+        let mut index = Index::default();
+        index.apply_slice(Event::Init, now);
+        for s in slices {
+            index.apply_slice(Event::InitApply(s), now);
+        }
+        index.apply_slice(Event::InitDone, now);
+        index.apply_upstream(Event::Init, now);
+        for u in ups {
+            index.apply_upstream(Event::InitApply(u), now);
+        }
+        assert!(index.apply_upstream(Event::InitDone, now));
+        index
+    }
+
+    fn routed(index: &Index) -> Vec<String> {
+        index
+            .routing()
+            .upstreams
+            .iter()
+            .map(|u| u.name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn exact_match_conflicts_go_to_the_oldest_then_the_name() {
+        let now = now();
+        let s = slice(
+            "s-a",
+            "s",
+            &[("http", 80)],
+            vec![ep("10.0.0.1", None, None, None, "p")],
+        );
+        let mut index = synced_index(
+            vec![s],
+            vec![
+                // `zed` is the oldest catch-all: it beats `alpha` and `beta`.
+                created(upstream("alpha", "service: s\n"), 20),
+                created(upstream("zed", "service: s\nmatch: {pathPrefix: /}\n"), 10),
+                created(upstream("beta", "service: s\n"), 20),
+                // Same host (any case) and prefix (`/api` = `/api/`); same age: by name.
+                created(
+                    upstream(
+                        "api-b",
+                        "service: s\nmatch: {host: A.example, pathPrefix: /api/}\n",
+                    ),
+                    5,
+                ),
+                created(
+                    upstream(
+                        "api-a",
+                        "service: s\nmatch: {host: a.example, pathPrefix: /api}\n",
+                    ),
+                    5,
+                ),
+                // Partial overlaps are legal.
+                created(
+                    upstream(
+                        "api-v1",
+                        "service: s\nmatch: {host: a.example, pathPrefix: /api/v1}\n",
+                    ),
+                    1,
+                ),
+                created(
+                    upstream(
+                        "other-host",
+                        "service: s\nmatch: {host: b.example, pathPrefix: /api}\n",
+                    ),
+                    1,
+                ),
+                // An invalid spec takes no part.
+                created(upstream("broken", "service: s\nport: 0\n"), 0),
+            ],
+            &now,
+        );
+        assert_eq!(routed(&index), ["api-a", "api-v1", "other-host", "zed"]);
+        let r = &index.resolved()["alpha"];
+        assert_eq!(
+            (r.reason, r.conflict.as_deref()),
+            (Reason::Conflict, Some("zed"))
+        );
+        assert_eq!(r.status.conditions[0].status, "False");
+        assert_eq!(r.status.conditions[0].reason, "Conflict");
+        assert!(
+            r.status.conditions[0].message.contains("Upstream zed"),
+            "{:?}",
+            r.status.conditions
+        );
+        assert_eq!(
+            (r.status.ready_endpoints, r.status.ready.as_deref()),
+            (0, Some("0/1"))
+        );
+        assert_eq!(index.resolved()["beta"].conflict.as_deref(), Some("zed"));
+        assert_eq!(index.resolved()["api-b"].conflict.as_deref(), Some("api-a"));
+        assert_eq!(index.resolved()["zed"].reason, Reason::EndpointsAvailable);
+        assert_eq!(index.resolved()["broken"].reason, Reason::InvalidSpec);
+
+        // The winner goes: the next oldest (`alpha`, by name) takes over.
+        assert!(index.apply_upstream(Event::Delete(upstream("zed", "service: s\n")), &now));
+        assert_eq!(index.resolved()["alpha"].reason, Reason::EndpointsAvailable);
+        assert_eq!(index.resolved()["beta"].conflict.as_deref(), Some("alpha"));
+        assert!(routed(&index).contains(&"alpha".to_owned()));
+        // A loser moves to its own prefix: both route.
+        let mut moved = created(
+            upstream("beta", "service: s\nmatch: {pathPrefix: /beta}\n"),
+            20,
+        );
+        moved.metadata.generation = Some(4);
+        assert!(index.apply_upstream(Event::Apply(moved), &now));
+        assert_eq!(index.resolved()["beta"].reason, Reason::EndpointsAvailable);
+        assert_eq!(index.resolved()["alpha"].reason, Reason::EndpointsAvailable);
+        // A slice change keeps the conflict (and updates both sides).
+        index.apply_slice(
+            Event::Apply(slice(
+                "s-a",
+                "s",
+                &[("http", 80)],
+                vec![
+                    ep("10.0.0.1", None, None, None, "p"),
+                    ep("10.0.0.2", None, None, None, "q"),
+                ],
+            )),
+            &now,
+        );
+        let b = &index.resolved()["api-b"];
+        assert_eq!((b.reason, b.status.endpoints.len()), (Reason::Conflict, 2));
+        assert_eq!(index.resolved()["api-a"].status.ready_endpoints, 2);
+        assert_eq!(
+            routed(&index),
+            ["alpha", "api-a", "api-v1", "beta", "other-host"]
+        );
+        // A re-list settles everything again, the same way.
+        let before = index.resolved().clone();
+        index.apply_upstream(Event::Init, &now);
+        for (_, u) in index.upstreams().clone() {
+            index.apply_upstream(Event::InitApply(u), &now);
+        }
+        index.apply_upstream(Event::InitDone, &now);
+        assert_eq!(index.resolved(), &before);
     }
 
     #[test]

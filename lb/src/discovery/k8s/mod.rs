@@ -4,22 +4,34 @@
 //!
 //! Rules (see [`index`]): slices of one Service are merged and
 //! de-duplicated; endpoints with `ready` true or unset take traffic;
-//! serving-but-terminating endpoints only when nothing is ready. A re-list
-//! never empties routing: the old objects stay until `InitDone`. After the
-//! first complete sync the data plane no longer depends on the API server:
-//! watch errors are logged, counted and retried with back-off while the last
-//! routing stays in service.
+//! serving-but-terminating endpoints only when nothing is ready; of two
+//! Upstreams with the same match, the older one serves and the other is
+//! reported as a `Conflict`. A re-list never empties routing: the old
+//! objects stay until `InitDone`. After the first complete sync the data
+//! plane no longer depends on the API server: a failed watch is logged
+//! (rate-limited), counted by resource and started over with a short
+//! back-off while the last routing stays in service (see [`watch`]).
 //!
-//! Status writes are idempotent server-side applies with one field manager
+//! The source reports itself synced (so `/readyz` turns 200) once both
+//! watches have listed and, with a default Upstream, once that Upstream is
+//! among the resolved routes: a new LB pod is ready only when it can route.
+//!
+//! Status writes go through a per-Upstream work queue with back-off
+//! ([`status`]): idempotent server-side applies with one field manager
 //! (`roundhouse-lb`) from every replica, sent only when the computed status
-//! differs from the object's: replicas that see the same EndpointSlices
-//! compute the same status, so they converge instead of fighting, and no
-//! Lease is needed (see docs/kubernetes.md).
+//! changes: replicas that see the same EndpointSlices compute the same
+//! status, so they converge instead of fighting, and no Lease is needed (see
+//! docs/kubernetes.md). The API calls are exactly those `manifests/10-rbac.yaml`
+//! grants; `lb/tests/manifests.rs` checks that against what the fake API
+//! server of the tests served.
 
+pub mod backoff;
 pub mod index;
 pub mod secrets;
+pub mod status;
+pub mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -27,36 +39,25 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
+use kube::api::PostParams;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client};
-use tokio::sync::mpsc;
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::index::{Index, SERVICE_LABEL};
+use self::index::{Index, Reason, Resolved, SERVICE_LABEL};
+use self::status::StatusWriter;
 use super::SourceError;
 use super::{Discovery, Publisher};
-use crate::crd::{SpecError, Strategy, Upstream, UpstreamSpec, UpstreamStatus};
+use crate::crd::{SpecError, Strategy, Upstream, UpstreamSpec};
 
-/// The field manager of status writes.
-pub const FIELD_MANAGER: &str = "roundhouse-lb";
+pub use self::status::FIELD_MANAGER;
 
-/// Every API call the controller makes, as (API group, resource, verbs).
-/// `manifests/10-rbac.yaml` must grant exactly this (a test checks).
-pub const REQUIRED_RBAC: &[(&str, &str, &[&str])] = &[
-    // the watcher lists and watches; nothing reads a single slice
-    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
-    // watcher list/watch; `get` + `create` for the default Upstream
-    (
-        "roundhouse.dev",
-        "upstreams",
-        &["get", "list", "watch", "create"],
-    ),
-    // server-side apply of the status subresource
-    ("roundhouse.dev", "upstreams/status", &["patch"]),
-];
+/// The `resource` label of the EndpointSlice watch's errors.
+pub const SLICES: &str = "endpointslices";
+/// The `resource` label of the Upstream watch's errors.
+pub const UPSTREAMS: &str = "upstreams";
 
 /// The Upstream the LB creates at start if absent, so `manifests/` needs no
 /// instance of the CRD it installs.
@@ -117,6 +118,7 @@ pub struct KubernetesDiscovery {
     namespace: String,
     default_upstream: Option<DefaultUpstream>,
     tls_secrets: Vec<String>,
+    status_timeout: Duration,
 }
 
 impl std::fmt::Debug for KubernetesDiscovery {
@@ -166,8 +168,61 @@ impl KubernetesDiscovery {
             namespace: namespace.into(),
             default_upstream,
             tls_secrets: Vec::new(),
+            status_timeout: status::WRITE_TIMEOUT,
         }
     }
+
+    /// How long one status write may take before it is retried
+    /// (default [`status::WRITE_TIMEOUT`]).
+    pub fn with_status_timeout(mut self, timeout: Duration) -> Self {
+        self.status_timeout = timeout;
+        self
+    }
+}
+
+/// True when the index can route: both watches listed and, if there is a
+/// default Upstream, it is resolved with a usable spec (zero endpoints is a
+/// valid answer: the Service has none).
+fn can_route(index: &Index, default: Option<&str>) -> bool {
+    index.synced()
+        && default.is_none_or(|name| {
+            index
+                .resolved()
+                .get(name)
+                .is_some_and(|r| r.reason != Reason::InvalidSpec)
+        })
+}
+
+/// Logs conflicts that start or end and sets the conflict gauge.
+fn report_conflicts(
+    known: &mut BTreeMap<String, String>,
+    resolved: &BTreeMap<String, Resolved>,
+    gauge: &Gauge,
+) {
+    let current: BTreeMap<&str, &str> = resolved
+        .iter()
+        .filter_map(|(n, r)| r.conflict.as_deref().map(|w| (n.as_str(), w)))
+        .collect();
+    for (name, winner) in &current {
+        if known.get(*name).map(String::as_str) != Some(*winner) {
+            warn!(
+                upstream = %name,
+                conflicts_with = %winner,
+                "Upstream has the same host and path prefix as an older one; not routed \
+                 (status Ready=False, reason Conflict)"
+            );
+        }
+    }
+    for (name, winner) in known.iter() {
+        if !current.contains_key(name.as_str()) {
+            info!(upstream = %name, conflicted_with = %winner, "Upstream conflict over");
+        }
+    }
+    *known = current
+        .into_iter()
+        .map(|(n, w)| (n.to_owned(), w.to_owned()))
+        .collect();
+    gauge.set(known.len() as i64);
 }
 
 /// Creates the default Upstream if it does not exist; retries until it
@@ -205,53 +260,6 @@ async fn ensure_default(api: Api<Upstream>, d: DefaultUpstream, shutdown: Cancel
     }
 }
 
-/// Writes statuses, latest first-come per Upstream, retrying failures.
-async fn status_writer(
-    api: Api<Upstream>,
-    mut rx: mpsc::UnboundedReceiver<(String, UpstreamStatus)>,
-    publisher: Publisher,
-) {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut queue: BTreeMap<String, UpstreamStatus> = BTreeMap::new();
-    loop {
-        if queue.is_empty() {
-            match rx.recv().await {
-                Some((name, status)) => {
-                    queue.insert(name, status);
-                }
-                None => return,
-            }
-        }
-        // Coalesce whatever else is waiting: only the latest status counts.
-        while let Ok((name, status)) = rx.try_recv() {
-            queue.insert(name, status);
-        }
-        let Some((name, status)) = queue.pop_first() else {
-            continue;
-        };
-        let patch = serde_json::json!({
-            "apiVersion": "roundhouse.dev/v1alpha1",
-            "kind": "Upstream",
-            "status": status,
-        });
-        match api
-            .patch_status(&name, &params, &Patch::Apply(&patch))
-            .await
-        {
-            Ok(_) => debug!(upstream = %name, "status written"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                debug!(upstream = %name, "Upstream gone; status dropped")
-            }
-            Err(e) => {
-                publisher.record_error();
-                warn!(upstream = %name, error = %e, "cannot write status; retrying");
-                queue.entry(name).or_insert(status);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
 enum Watched {
     Slice(Result<Event<EndpointSlice>, watcher::Error>),
     Upstream(Result<Event<Upstream>, watcher::Error>),
@@ -279,59 +287,98 @@ impl Discovery for KubernetesDiscovery {
                     shutdown.clone(),
                 ));
             }
-            let (status_tx, status_rx) = mpsc::unbounded_channel();
-            let writer = tokio::spawn(status_writer(
-                upstreams_api.clone(),
-                status_rx,
-                publisher.clone(),
-            ));
+            let metrics = publisher.metrics().clone();
+            let mut writer = StatusWriter::new(upstreams_api.clone(), metrics.clone())
+                .with_timeout(self.status_timeout);
 
-            let slices =
-                watcher::watcher(slices_api, watcher::Config::default().labels(SERVICE_LABEL))
-                    .default_backoff()
-                    .map(Watched::Slice);
-            let ups = watcher::watcher(upstreams_api, watcher::Config::default())
-                .default_backoff()
-                .map(Watched::Upstream);
+            let slices = watch::restarting(
+                move || {
+                    let config = watcher::Config::default().labels(SERVICE_LABEL);
+                    watcher::watcher(slices_api.clone(), config).boxed()
+                },
+                backoff::WATCH,
+            )
+            .map(Watched::Slice);
+            let ups = watch::restarting(
+                move || watcher::watcher(upstreams_api.clone(), watcher::Config::default()).boxed(),
+                backoff::WATCH,
+            )
+            .map(Watched::Upstream);
             let mut events = std::pin::pin!(stream::select(slices, ups));
 
             let mut index = Index::default();
-            let mut written: HashMap<String, UpstreamStatus> = HashMap::new();
+            let mut health = watch::Health::new(&[SLICES, UPSTREAMS], publisher.clone());
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut conflicts: BTreeMap<String, String> = BTreeMap::new();
+            let default = self.default_upstream.as_ref().map(|d| d.name().to_owned());
             info!(namespace = %self.namespace, "watching Upstreams and EndpointSlices");
             loop {
                 let event = tokio::select! {
                     () = shutdown.cancelled() => break,
+                    () = writer.step() => continue,
+                    _ = tick.tick() => {
+                        health.tick();
+                        continue;
+                    }
                     e = events.next() => match e { Some(e) => e, None => break },
                 };
                 let now = Time(k8s_openapi::jiff::Timestamp::now());
-                let changed = match event {
-                    Watched::Slice(Ok(e)) => index.apply_slice(e, &now),
-                    Watched::Upstream(Ok(e)) => index.apply_upstream(e, &now),
-                    Watched::Slice(Err(e)) | Watched::Upstream(Err(e)) => {
-                        publisher.record_error();
-                        warn!(error = %e, "watch failed; keeping the last known endpoints and retrying");
-                        false
+                let (changed, touched) = match event {
+                    Watched::Slice(Ok(e)) => {
+                        health.event(SLICES, &e);
+                        (index.apply_slice(e, &now), None)
+                    }
+                    Watched::Upstream(Ok(e)) => {
+                        health.event(UPSTREAMS, &e);
+                        let name = match &e {
+                            Event::Apply(u) | Event::Delete(u) => Some(u.name_any()),
+                            _ => None,
+                        };
+                        (index.apply_upstream(e, &now), name)
+                    }
+                    Watched::Slice(Err(e)) => {
+                        health.failed(SLICES, &e);
+                        (false, None)
+                    }
+                    Watched::Upstream(Err(e)) => {
+                        health.failed(UPSTREAMS, &e);
+                        (false, None)
                     }
                 };
-                if !changed {
-                    continue;
-                }
-                publisher.publish(index.routing(), true);
-                let resolved = index.resolved();
-                written.retain(|name, _| resolved.contains_key(name));
-                for (name, r) in resolved {
-                    let current = index.upstreams().get(name).and_then(|u| u.status.as_ref());
-                    let already =
-                        current == Some(&r.status) || written.get(name) == Some(&r.status);
-                    if !already {
-                        debug!(upstream = %name, reason = r.reason.as_str(), "status changed");
-                        written.insert(name.clone(), r.status.clone());
-                        let _ = status_tx.send((name.clone(), r.status.clone()));
+                if changed {
+                    let ready = can_route(&index, default.as_deref());
+                    publisher.publish(index.routing(), ready);
+                    let resolved = index.resolved();
+                    writer.retain(|name| resolved.contains_key(name));
+                    for (name, r) in resolved {
+                        let obj = index.upstreams().get(name);
+                        writer.observe(
+                            name,
+                            &r.status,
+                            obj.and_then(|u| u.status.as_ref()),
+                            obj.and_then(|u| u.metadata.resource_version.as_deref()),
+                        );
                     }
+                    report_conflicts(&mut conflicts, resolved, &metrics.conflicts);
+                } else if let Some(name) = touched
+                    && let (Some(r), Some(u)) =
+                        (index.resolved().get(&name), index.upstreams().get(&name))
+                {
+                    // Only the object's status or metadata moved (e.g. our
+                    // own write coming back, or an edit of its labels): a
+                    // rejected status may pass now.
+                    writer.observe(
+                        &name,
+                        &r.status,
+                        u.status.as_ref(),
+                        u.metadata.resource_version.as_deref(),
+                    );
                 }
+                writer.dispatch();
             }
-            drop(status_tx);
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            debug!("discovery stopping; flushing status writes");
+            writer.flush(Duration::from_secs(2)).await;
         })
     }
 }

@@ -94,7 +94,7 @@ pub async fn follow(
             }
             Ok(Event::Init | Event::InitDone) => continue,
             Err(e) => {
-                publisher.record_error();
+                publisher.record_error("secrets");
                 warn!(error = %e, "watching the TLS Secrets failed; retrying");
                 continue;
             }
