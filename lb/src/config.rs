@@ -258,6 +258,16 @@ pub struct TlsArgs {
     /// Time a client has to complete the TLS handshake.
     #[arg(long, env = "LB_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
+
+    /// Answer every request on the plain listener with a 308 redirect to
+    /// HTTPS (needs TLS).
+    #[arg(long, env = "LB_HTTPS_REDIRECT")]
+    pub https_redirect: bool,
+
+    /// The HTTPS port the redirect points to (the one clients reach, e.g.
+    /// the Service's 443, not necessarily --tls-listen's).
+    #[arg(long, env = "LB_HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
 }
 
 /// `lb demo`.

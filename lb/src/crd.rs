@@ -62,6 +62,22 @@ pub struct UpstreamSpec {
     /// Passive health checking overriding the LB's flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+
+    /// What the endpoints speak: `http1`, or `h2c` (HTTP/2 without TLS,
+    /// needed for gRPC). Unset: `h2c` if the Service port says
+    /// `appProtocol: kubernetes.io/h2c`, else `http1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
+}
+
+/// The protocol spoken to an Upstream's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge, without TLS.
+    H2c,
 }
 
 /// Request match.

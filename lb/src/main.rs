@@ -88,6 +88,15 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
     )?;
     let source = args.source()?;
     settings.proxy.tls_handshake_timeout = args.tls.tls_handshake_timeout;
+    if args.tls.https_redirect {
+        if !source.has_tls() {
+            return Err(ConfigError::Invalid(
+                "--https-redirect needs TLS: --tls-cert/--tls-key or --tls-secret".into(),
+            )
+            .into());
+        }
+        settings.proxy.https_redirect = Some(args.tls.https_port);
+    }
     if source.has_tls() {
         let certs = CertStore::empty();
         // Certificate files are checked before anything is bound; Secrets

@@ -262,3 +262,22 @@ async fn more_streams_than_allowed_are_refused_not_queued_without_bound() {
         h.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_http11_share_the_plain_port_with_the_fast_path_off() {
+    let b1 = TestBackend::start("b1");
+    let b2 = TestBackend::start("b2");
+    let lb = TestLb::start_with(
+        routing(vec![b1.spec(), b2.spec()]),
+        lb::proxy::ProxyConfig {
+            fast_path: false,
+            ..test_proxy_config()
+        },
+        lb::selection::Policy::default(),
+    );
+    let mut tx = h2c_client(lb.addr).await;
+    let counts = streams(&mut tx, 10, || h2_get("/host")).await;
+    assert_eq!(counts, BTreeMap::from([("b1".into(), 5), ("b2".into(), 5)]));
+    let (status, body) = get_once(lb.addr, "/host").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -262,3 +262,38 @@ async fn garbage_and_slow_handshakes_are_closed_and_counted() {
     let mut s = tls_connect(&client, tls_addr, "a.example").await.unwrap();
     assert!(h1_over(&mut s, "/host").await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_answers_the_plain_port_with_308() {
+    let b = proto_backend("b");
+    let (pair, der) = cert("a", &["a.example"]);
+    let lb = TestLb::start_tls(
+        routing(vec![b.spec()]),
+        ProxyConfig {
+            https_redirect: Some(8443),
+            ..test_proxy_config()
+        },
+        CertStore::new(&[pair]).unwrap(),
+    );
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let resp = h1_over(&mut s, "/x?y=1").await;
+    assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("location: https://a.example:8443/x?y=1\r\n"),
+        "{resp}"
+    );
+    assert_eq!(b.hits(), 0, "nothing proxied from the plain port");
+    // HTTP/2 with prior knowledge on the plain port: redirected too.
+    let mut tx = h2c_client(lb.addr).await;
+    let (status, headers, _, _) = h2_send(&mut tx, h2_get("/z")).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], "https://test:8443/z");
+    // The TLS listener proxies.
+    let client = tls_client(std::slice::from_ref(&der), &[b"http/1.1"]);
+    let mut s = tls_connect(&client, lb.tls_addr.unwrap(), "a.example")
+        .await
+        .unwrap();
+    let resp = h1_over(&mut s, "/host").await;
+    assert!(resp.ends_with("b https\n"), "{resp}");
+}

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -26,7 +26,7 @@ use tracing::debug;
 use super::headers::ClientIp;
 use super::local::Local;
 use super::rewind::Rewind;
-use super::stream::{ClientStream, LocalExec};
+use super::stream::{ClientStream, LocalExec, h2_preface};
 use super::{Worker, fast};
 
 /// The servers a worker runs on its connections.
@@ -162,7 +162,7 @@ async fn serve<S: ClientStream>(
     peer: SocketAddr,
     h2c: bool,
 ) {
-    let (stream, prefix) = if w.shared.config.fast_path {
+    let (stream, prefix) = if w.shared.config.fast_path && !redirecting(&client, &w) {
         match w.serve_fast(stream, &client, drain, h2c).await {
             fast::Outcome::Closed => return,
             fast::Outcome::Http2(stream, prefix) => {
@@ -171,10 +171,43 @@ async fn serve<S: ClientStream>(
             }
             fast::Outcome::Fallback(stream, prefix) => (stream, prefix.freeze()),
         }
+    } else if h2c {
+        let mut stream = stream;
+        let Some((prefix, is_h2)) = sniff(&mut stream, servers.idle_timeout).await else {
+            return;
+        };
+        let stream = Rewind::new(prefix.freeze(), stream);
+        if is_h2 {
+            return serve_h2(w, servers, client, drain, stream, peer).await;
+        }
+        return serve_h1(w, servers, client, drain, stream, peer).await;
     } else {
         (stream, Bytes::new())
     };
     serve_h1(w, servers, client, drain, Rewind::new(prefix, stream), peer).await;
+}
+
+/// Reads the first bytes of a plain connection until they show whether it
+/// opens with the HTTP/2 preface (usually the first byte tells); `None`
+/// when the client sends nothing in time or goes away.
+async fn sniff<S: ClientStream>(stream: &mut S, timeout: Duration) -> Option<(BytesMut, bool)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let due = Instant::now() + timeout;
+    loop {
+        if let Some(is_h2) = h2_preface(&buf) {
+            return Some((buf, is_h2));
+        }
+        match tokio::time::timeout_at(due, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Whether requests on this connection are answered with a redirect to
+/// HTTPS instead of being proxied.
+fn redirecting(client: &ClientIp, w: &Worker) -> bool {
+    client.proto == "http" && w.shared.config.https_redirect.is_some()
 }
 
 /// Serves the rest of a client connection with hyper's HTTP/1.1 server,

@@ -335,6 +335,37 @@ impl Worker {
         }
     }
 
+    /// `308 Permanent Redirect` to the same host and target on HTTPS (on
+    /// `port`, left out when it is 443).
+    fn redirect<B>(&self, req: &Request<B>, port: u16) -> Response<RespBody> {
+        self.shared.metrics.local("https_redirect");
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .and_then(|h| http::uri::Authority::try_from(h).ok());
+        let Some(host) = host else {
+            return Local::BadRequest(BadRequest::MissingHost).response();
+        };
+        let name = host.host();
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = if port == 443 {
+            format!("https://{name}{target}")
+        } else {
+            format!("https://{name}:{port}{target}")
+        };
+        let mut resp = Response::new(RespBody::from("redirecting to HTTPS\n"));
+        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        resp
+    }
+
     /// Handles one client request.
     pub(crate) async fn handle(
         self: Rc<Self>,
@@ -343,6 +374,11 @@ impl Worker {
     ) -> Response<RespBody> {
         let shared = &self.shared;
         let grpc = is_grpc(req.headers());
+        if let Some(port) = shared.config.https_redirect
+            && client.proto == "http"
+        {
+            return self.redirect(&req, port);
+        }
         if req.method() == Method::CONNECT {
             debug!(client = %client.ip, "CONNECT refused");
             return self.local(Local::ConnectRefused, grpc);

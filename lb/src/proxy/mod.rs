@@ -89,6 +89,9 @@ pub struct ProxyConfig {
     pub h2_max_streams: u32,
     /// Time a client has to complete a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Answer every request on the plain listener with a redirect to
+    /// HTTPS on this port (`--https-redirect`); `None`: proxy it.
+    pub https_redirect: Option<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -107,6 +110,7 @@ impl Default for ProxyConfig {
             fast_path: true,
             h2_max_streams: 100,
             tls_handshake_timeout: Duration::from_secs(10),
+            https_redirect: None,
         }
     }
 }

@@ -24,7 +24,9 @@ use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
 use crate::crd::{EndpointStatus, SpecError, Upstream, UpstreamSpec, UpstreamStatus};
-use crate::discovery::{EndpointSpec, RouteMatch, RoutingConfig, UpstreamConfig, UpstreamPolicy};
+use crate::discovery::{
+    EndpointSpec, Protocol, RouteMatch, RoutingConfig, UpstreamConfig, UpstreamPolicy,
+};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
@@ -467,15 +469,18 @@ pub struct Resolved {
 }
 
 /// The port of `slice` that `wanted` names; with `wanted` unset, the only port.
+/// The port of `slice` that `wanted` names (with `wanted` unset, the only
+/// port) and whether the Service declares it `appProtocol:
+/// kubernetes.io/h2c`.
 fn slice_port(
     slice: &EndpointSlice,
     wanted: Option<&IntOrString>,
-) -> Result<Option<u16>, SpecError> {
+) -> Result<Option<(u16, bool)>, SpecError> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let port = match wanted {
         None => match ports {
             [] => return Ok(None),
-            [only] => only.port,
+            [only] => Some(only),
             _ => {
                 return Err(SpecError::AmbiguousPort {
                     count: ports.len(),
@@ -487,32 +492,42 @@ fn slice_port(
                 });
             }
         },
-        Some(IntOrString::Int(n)) => ports
-            .iter()
-            .find(|p| p.port == Some(*n))
-            .and_then(|p| p.port),
+        Some(IntOrString::Int(n)) => ports.iter().find(|p| p.port == Some(*n)),
         Some(IntOrString::String(name)) => ports
             .iter()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| p.port),
+            .find(|p| p.name.as_deref() == Some(name.as_str())),
     };
-    Ok(port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0))
+    Ok(port.and_then(|p| {
+        let number = p
+            .port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0)?;
+        Some((number, p.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL)))
+    }))
 }
 
+/// The `appProtocol` of a Service port that speaks HTTP/2 without TLS
+/// (Kubernetes' well-known value).
+pub const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
+
+/// The endpoints of `slices` on the wanted port; whether any slice had the
+/// port; whether the port is declared h2c.
 fn endpoints_of(
     slices: &[&EndpointSlice],
     wanted: Option<&IntOrString>,
-) -> Result<(Vec<Found>, bool), SpecError> {
+) -> Result<(Vec<Found>, bool, bool), SpecError> {
     let mut by_addr: BTreeMap<SocketAddr, Found> = BTreeMap::new();
     let mut any_port = false;
+    let mut h2c = false;
     for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
-        let Some(port) = slice_port(slice, wanted)? else {
+        let Some((port, port_h2c)) = slice_port(slice, wanted)? else {
             continue;
         };
         any_port = true;
+        h2c |= port_h2c;
         for ep in &slice.endpoints {
             let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
                 continue;
@@ -542,7 +557,7 @@ fn endpoints_of(
             }
         }
     }
-    Ok((by_addr.into_values().collect(), any_port))
+    Ok((by_addr.into_values().collect(), any_port, h2c))
 }
 
 fn ready_condition(
@@ -609,7 +624,7 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
     if let Err(e) = spec.validate() {
         return invalid(e);
     }
-    let (found, any_port) = match endpoints_of(slices, spec.port.as_ref()) {
+    let (found, any_port, h2c) = match endpoints_of(slices, spec.port.as_ref()) {
         Ok(x) => x,
         Err(e) => return invalid(e),
     };
@@ -678,7 +693,12 @@ pub fn resolve(upstream: &Upstream, slices: &[&EndpointSlice], now: &Time) -> Re
             route: route_match(spec),
             endpoints,
             policy: policy(spec),
-            protocol: crate::discovery::Protocol::Http1,
+            protocol: match spec.protocol {
+                Some(crate::crd::UpstreamProtocol::H2c) => Protocol::H2c,
+                Some(crate::crd::UpstreamProtocol::Http1) => Protocol::Http1,
+                None if h2c => Protocol::H2c,
+                None => Protocol::Http1,
+            },
         }),
         status: status_for(reason, message, &found, ready.len() as u32),
         reason,
@@ -849,6 +869,31 @@ mod tests {
             .map(|e| e.name.clone().unwrap().to_string())
             .collect();
         assert_eq!(names, ["p1", "p2"]);
+    }
+
+    #[test]
+    fn the_protocol_comes_from_the_spec_else_the_ports_app_protocol() {
+        let mut grpc = slice(
+            "a",
+            "s",
+            &[("grpc", 5000)],
+            vec![ep("10.0.0.1", None, None, None, "p")],
+        );
+        let protocol =
+            |u: &Upstream, s: &EndpointSlice| resolve(u, &[s], &now()).upstream.unwrap().protocol;
+        let plain = upstream("u", "service: s\n");
+        assert_eq!(protocol(&plain, &grpc), Protocol::Http1);
+        grpc.ports.as_mut().unwrap()[0].app_protocol = Some(H2C_APP_PROTOCOL.into());
+        assert_eq!(
+            protocol(&plain, &grpc),
+            Protocol::H2c,
+            "appProtocol: kubernetes.io/h2c"
+        );
+        let forced = upstream("u", "service: s\nprotocol: http1\n");
+        assert_eq!(protocol(&forced, &grpc), Protocol::Http1, "the spec wins");
+        let h2c = upstream("u", "service: s\nprotocol: h2c\n");
+        grpc.ports.as_mut().unwrap()[0].app_protocol = None;
+        assert_eq!(protocol(&h2c, &grpc), Protocol::H2c);
     }
 
     #[test]

@@ -84,6 +84,7 @@ impl DefaultUpstream {
             timeouts: None,
             retries: None,
             outlier_detection: None,
+            protocol: None,
         };
         spec.validate()?;
         Ok(Self {
