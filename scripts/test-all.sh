@@ -47,7 +47,8 @@ rust_tests() {
 # The CI-sized soak (docs/soak.md) on the static release binaries the Docker
 # suite built; without them, soak.sh builds target/release itself.
 soak_60() {
-    local bins=target/x86_64-unknown-linux-gnu/release
+    local bins
+    bins=target/$(uname -m | sed 's/^arm64$/aarch64/')-unknown-linux-gnu/release
     if [[ -x $bins/lb && -x $bins/backend ]]; then
         SOAK_NO_BUILD=1 LB_BIN=$bins/lb BACKEND_BIN=$bins/backend scripts/soak.sh 60
     else
