@@ -166,6 +166,11 @@ report_sizes() {
     return "$status"
 }
 
+if [ "$from_source" -eq 0 ] && [ "$(uname -s)" != Linux ]; then
+    echo "build-images.sh: the images need static Linux binaries, which cargo does not build on $(uname -s);" \
+        "use: scripts/build-images.sh --from-source (compiles inside Docker, natively for this CPU)" >&2
+    exit 1
+fi
 pick_builder
 if [ "$from_source" -eq 1 ]; then
     build_images builder

@@ -9,7 +9,10 @@
 # a shellcheck pass over every script, test.sh's own tests, the quick start
 # (lb demo + test.sh), a short bounded fuzzing run,
 # the Kubernetes manifest/chart validators, the Docker end-to-end test
-# (skipped only where no Docker engine answers) and a 60 s soak. The last line is
+# (skipped only where no Docker engine answers), the kind path of
+# docs/kubernetes.md and Vagrant's own run of the Vagrantfile (both with
+# stand-ins for kind/kubectl, see tests/standins/), actionlint on the
+# workflows, and a 60 s soak. The last line is
 # "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
 # suite failed.
 set -uo pipefail
@@ -57,7 +60,11 @@ soak_60() {
 }
 
 shell_scripts() {
-    shellcheck test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run
+    shellcheck -x test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run tests/standins/*
+}
+
+workflows() {
+    actionlint -shellcheck shellcheck .github/workflows/*.yml && zizmor --offline .github/workflows/
 }
 
 suite "rust tests" rust_tests
@@ -68,6 +75,9 @@ suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-
 suite "fuzzing (20 s per target, seed corpus)" env FUZZ_INSTALL=1 scripts/fuzz.sh 20
 suite "kubernetes manifests and chart" scripts/k8s/validate.sh
 suite "docker images and compose topology" scripts/docker-test.sh
+suite "kind path of docs/kubernetes.md (real images, kind/kubectl stand-ins)" scripts/kind-path-test.sh
+suite "vagrant up/provision/reload/destroy of the Vagrantfile (docker provider)" scripts/vagrant-test.sh
+suite "workflows (actionlint, zizmor)" workflows
 suite "soak (60 s: load, endpoint churn, slow clients)" soak_60
 
 printf '\n'

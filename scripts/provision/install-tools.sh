@@ -31,17 +31,23 @@ buildkit_client() {
 # and every package's sha256. Since Docker 23 the client's BuildKit support is
 # the separate buildx plugin: Ubuntu 24.04 and Debian 13 ship it as
 # docker-buildx, which --no-install-recommends would otherwise leave out.
+# (That was the VM's "no BuildKit-capable docker client".)
 if buildkit_client && command -v curl >/dev/null 2>&1; then
   log "docker (with BuildKit) and curl already installed"
 else
   pkgs=(docker.io curl ca-certificates)
   log "apt-get update"
   apt-get update -q
-  if [[ -n "$(apt-cache policy docker-buildx 2>/dev/null | awk '/Candidate:/ && $2 != "(none)" { print $2 }')" ]]; then
-    pkgs+=(docker-buildx)
-  fi
+  # Debian 13 also moved the client into docker-cli, which docker.io only
+  # recommends; Ubuntu 24.04 still ships it inside docker.io.
+  for p in docker-cli docker-buildx; do
+    if [[ -n "$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ && $2 != "(none)" { print $2 }')" ]]; then
+      pkgs+=("$p")
+    fi
+  done
   log "apt-get install ${pkgs[*]}"
   apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+  command -v docker >/dev/null 2>&1 || die "apt installed ${pkgs[*]} but there is no docker command"
   buildkit_client || die "docker $(docker version --format '{{.Client.Version}}' 2>/dev/null) has no BuildKit client and this release has no docker-buildx package; install the buildx plugin (https://docs.docker.com/go/buildx/)"
 fi
 # The engine: started by the package on a VM. Where one already answers
