@@ -137,6 +137,16 @@ check "./test.sh (default http://localhost:8080) gave the exact split" \
 check "the lb listens on 127.0.0.1:8080, not on all interfaces" \
     bash -c "ss -ltnH | awk '{ print \$4 }' | grep -qx '127.0.0.1:8080' && ! ss -ltnH | awk '{ print \$4 }' | grep -qE '^(0\\.0\\.0\\.0|\\*|\\[::\\]):8080$'"
 
+# The workflow's restart-under-load counter, against the stand-in (whose
+# restart is a hard container replacement: failures are expected here, the
+# count and the MAX_FAILED verdict are what is checked).
+MAX_FAILED=-1 TIMEOUT=30 scripts/ci/rollout-under-load.sh >"$work/rollout-load.log" 2>&1
+rc=$?
+check "scripts/ci/rollout-under-load.sh counts requests during kubectl rollout restart and enforces MAX_FAILED" \
+    bash -c "[[ $rc -eq 1 ]] && grep -qE '^requests: [1-9][0-9]*, failed: [0-9]+ \(during kubectl rollout restart deployment/backend deployment/lb\)' '$work/rollout-load.log'" ||
+    show "$work/rollout-load.log"
+check "after the restart the split is exact again" bash -c "./test.sh >/dev/null 2>&1"
+
 # --- a cluster that missed kind load ------------------------------------------
 kind delete cluster --name roundhouse >"$work/delete.log" 2>&1
 check "kind delete cluster --name roundhouse removes every node and pod container" \

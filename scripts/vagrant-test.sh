@@ -18,7 +18,9 @@
 # kind's cluster (tests/standins/, which record every call); the box's Docker
 # engine (a container cannot run one: the box uses the HOST engine through its
 # socket, so the images are built for real by the box's own docker client,
-# installed by apt in the box, and land in the host's image store). The
+# installed by apt in the box, and land in the host's image store; that
+# socket is root on the host, which is acceptable for a throw-away test box
+# and nothing else). The
 # in-VM compile in the Rust image (--from-source) cannot run either, since no
 # image can be pulled here: the test passes ROUNDHOUSE_BUILD=binaries, so the
 # box builds the images from the static binaries the host built
@@ -305,6 +307,22 @@ arch_ok() {
 }
 check "an unsupported host CPU (riscv64): vagrant up refuses in the Vagrantfile, before any box is looked up" arch_ok ||
     show "$work/arch.log"
+arm_ok() { # Vagrant < 2.4 cannot pick a box's arm64 build: refused, naming the version needed
+    if vagrant --version | grep -qE 'Vagrant 2\.[0-3]\.'; then
+        ! ROUNDHOUSE_HOST_ARCH=arm64 VAGRANT_DOTFILE_PATH=$work/dot-arch vagrant status >"$work/arm.log" 2>&1 &&
+            grep -q 'Vagrant >= 2.4.0 is needed to pick the arm64 build' "$work/arm.log"
+    else
+        ROUNDHOUSE_HOST_ARCH=arm64 vagrant validate --ignore-provider >"$work/arm.log" 2>&1
+    fi
+}
+libvirt_arm_ok() {
+    ! ROUNDHOUSE_HOST_ARCH=arm64 VAGRANT_DOTFILE_PATH=$work/dot-arch vagrant up --provider=libvirt >"$work/arm-libvirt.log" 2>&1 &&
+        grep -q 'exists for amd64 only' "$work/arm-libvirt.log" && ! grep -qiE 'downloading|adding box|loading metadata' "$work/arm-libvirt.log"
+}
+check "an arm64 host with --provider=libvirt: refused (the libvirt box is amd64 only) before any box is looked up" libvirt_arm_ok ||
+    show "$work/arm-libvirt.log"
+check "an arm64 host: with Vagrant < 2.4 refused before any download, naming the version needed (>= 2.4: accepted)" arm_ok ||
+    show "$work/arm.log"
 
 # --- 10. destroy --------------------------------------------------------------------
 if [[ ${KEEP:-0} != 1 ]]; then
