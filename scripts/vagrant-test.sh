@@ -79,7 +79,8 @@ cleanup() {
     fi
     vagrant destroy -f >/dev/null 2>&1 || true
     local ids
-    mapfile -t ids < <(docker ps -aq --filter "label=dev.roundhouse.standin=$run_id-" --filter "name=$box_name")
+    # (two queries: docker ANDs filters of different kinds)
+    mapfile -t ids < <(docker ps -aq --filter "label=dev.roundhouse.standin=$run_id-"; docker ps -aq --filter "name=^$box_name\$")
     ((${#ids[@]} == 0)) || docker rm -f "${ids[@]}" >/dev/null 2>&1
     rm -rf "$work"
 }
@@ -328,6 +329,9 @@ check "an arm64 host: with Vagrant < 2.4 refused before any download, naming the
 if [[ ${KEEP:-0} != 1 ]]; then
     vagrant destroy -f >"$work/destroy.log" 2>&1
     check "vagrant destroy -f removes the box" bash -c "[[ -z \$(docker ps -aq --filter name=$box_name) ]]"
+    # What a real `vagrant destroy` takes with the VM: the kind nodes and pods.
+    mapfile -t leftovers < <(docker ps -aq --filter "label=dev.roundhouse.standin=$run_id-")
+    ((${#leftovers[@]} == 0)) || docker rm -f "${leftovers[@]}" >/dev/null
 fi
 printf 'vagrant up %ss; whole test %ss\n' "$up_secs" "$(($(date +%s) - started))"
 printf '%d passed, %d failed\n' "$passed" "$failed"
