@@ -10,8 +10,9 @@
 #                       official Rust image (RUST_IMAGE).
 #   BIN_SOURCE=prebuilt copies static binaries that were already built on the
 #                       host (scripts/build-images.sh does this) from
-#                       target/x86_64-unknown-linux-gnu/release/ in the build
-#                       context. Needs BuildKit (DOCKER_BUILDKIT=1 or
+#                       target/$TARGET_TRIPLE/release/ in the build context
+#                       (build-images.sh passes the triple of the machine:
+#                       x86_64- or aarch64-unknown-linux-gnu). Needs BuildKit (DOCKER_BUILDKIT=1 or
 #                       `docker buildx build`): BuildKit only resolves the
 #                       stages a target really uses, so the Rust base image is
 #                       then never pulled and the build works offline.
@@ -23,25 +24,34 @@
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG BIN_SOURCE=builder
 ARG VERSION=0.1.0
+ARG TARGET_TRIPLE=x86_64-unknown-linux-gnu
 
 # ---------------------------------------------------------------------------
 # builder: compile the static binaries from source, with the same commands as
 # scripts/build-images.sh. The lb is compiled in a layer on top of the
 # backend's, so it reuses the dependencies compiled there, while a backend-only
 # build never compiles the lb. The lb is built without the `demo` feature, so
-# the production binary carries no in-process backends.
+# the production binary carries no in-process backends. The target triple
+# follows the platform being built (Docker's TARGETARCH): the Rust image of
+# that platform compiles natively, on amd64 and on arm64 hosts alike.
 FROM ${RUST_IMAGE} AS build-backend
+ARG TARGETARCH
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     RUSTFLAGS="-C target-feature=+crt-static"
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-gnu -p backend \
+RUN case "${TARGETARCH:-$(uname -m)}" in \
+      amd64 | x86_64) echo x86_64-unknown-linux-gnu ;; \
+      arm64 | aarch64) echo aarch64-unknown-linux-gnu ;; \
+      *) echo "unsupported TARGETARCH ${TARGETARCH}: amd64 and arm64 only" >&2; exit 1 ;; \
+    esac >/triple \
+ && cargo build --release --locked --target "$(cat /triple)" -p backend \
  && mkdir -p /out \
- && cp target/x86_64-unknown-linux-gnu/release/backend /out/
+ && cp "target/$(cat /triple)/release/backend" /out/
 
 FROM build-backend AS build-lb
-RUN cargo build --release --locked --target x86_64-unknown-linux-gnu -p lb --no-default-features \
- && cp target/x86_64-unknown-linux-gnu/release/lb /out/
+RUN cargo build --release --locked --target "$(cat /triple)" -p lb --no-default-features \
+ && cp "target/$(cat /triple)/release/lb" /out/
 
 FROM scratch AS builder-backend
 COPY --from=build-backend /out/backend /backend
@@ -52,10 +62,12 @@ COPY --from=build-lb /out/lb /lb
 # ---------------------------------------------------------------------------
 # prebuilt: take static binaries from the build context (see .dockerignore).
 FROM scratch AS prebuilt-backend
-COPY target/x86_64-unknown-linux-gnu/release/backend /backend
+ARG TARGET_TRIPLE
+COPY target/${TARGET_TRIPLE}/release/backend /backend
 
 FROM scratch AS prebuilt-lb
-COPY target/x86_64-unknown-linux-gnu/release/lb /lb
+ARG TARGET_TRIPLE
+COPY target/${TARGET_TRIPLE}/release/lb /lb
 
 # ---------------------------------------------------------------------------
 # The binary source selected by BIN_SOURCE.

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 prog=${0##*/}
-lb_url=${LB_URL:-http://localhost}
+lb_url=${LB_URL:-http://localhost:8080}
 requests=${REQUESTS:-100}
 expect=2
 max_time=${MAX_TIME:-5}
@@ -36,15 +36,18 @@ Options:
   -h, --help              show this help and exit
 
 Environment:
-  LB_URL     base URL of the load balancer (default: http://localhost)
+  LB_URL     base URL of the load balancer (default: http://localhost:8080,
+             where the quick start, Compose, kind-config.yaml and the
+             Vagrant VM all put it)
   REQUESTS   default for -n (default: 100)
   MAX_TIME   per-request curl --max-time in seconds (default: 5)
 
 Exit status: 0 balanced, 1 check failed or balancer unreachable, 2 usage error.
 
-Example:
+Examples:
   cargo run --release -p lb -- demo          # in another terminal
-  LB_URL=http://127.0.0.1:8080 ./$prog
+  ./$prog                                    # http://localhost:8080
+  LB_URL=http://localhost:9000 ./$prog       # vagrant up with ROUNDHOUSE_HOST_PORT=9000
 EOF
 }
 
@@ -124,9 +127,12 @@ unreachable() {
     {
         printf '%s: FAIL: cannot reach the load balancer at %s\n' "$prog" "$url"
         [[ -n $err ]] && printf '  curl said: %s\n' "$err"
-        printf '  Is it running? Start a local demo with:\n'
-        printf '    cargo run --release -p lb -- demo\n'
-        printf '  and point this script at it:\n'
+        printf '  Is it running? Every way of running it here listens on http://localhost:8080:\n'
+        printf '    cargo run --release -p lb -- demo      the quick start, on this machine\n'
+        printf '    vagrant up                             the VM (port: ROUNDHOUSE_HOST_PORT, default 8080)\n'
+        printf '    kind + manifests/ or Helm              docs/kubernetes.md (kind-config.yaml maps 127.0.0.1:8080)\n'
+        printf '    docker compose up -d                   docs/docker.md (port: LB_PORT, default 8080)\n'
+        printf '  and point this script at it if it is elsewhere:\n'
         printf '    LB_URL=http://127.0.0.1:8080 ./%s\n' "$prog"
     } >&2
     exit 1

@@ -5,8 +5,15 @@
 #                                            # then images from them (no pull)
 #   scripts/build-images.sh --from-source    # normal multi-stage build in the
 #                                            # Rust image (needs a registry)
+#   scripts/build-images.sh --from-binaries  # images from the static binaries
+#                                            # already in target/<triple>/release
+#                                            # (no cargo; e.g. in the Vagrant VM)
 #   scripts/build-images.sh backend          # only some components
 #
+# The target triple follows the machine (uname -m): x86_64 or aarch64
+# -unknown-linux-gnu, so the images are native on amd64 and arm64 hosts
+# (TARGET_TRIPLE=... overrides; the Dockerfile's from-source stages derive it
+# from Docker's TARGETARCH).
 # RUST_IMAGE=<image> overrides the builder stage's base image (--from-source).
 # Tags: roundhouse/<component>:<workspace version> and :latest.
 # Both paths need BuildKit: `docker buildx` if installed, otherwise a Docker
@@ -15,18 +22,29 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET_TRIPLE=x86_64-unknown-linux-gnu
+if [ -z "${TARGET_TRIPLE:-}" ]; then
+    case "$(uname -m)" in
+        x86_64 | amd64) TARGET_TRIPLE=x86_64-unknown-linux-gnu ;;
+        aarch64 | arm64) TARGET_TRIPLE=aarch64-unknown-linux-gnu ;;
+        *)
+            echo "build-images.sh: unsupported CPU $(uname -m): images are built for x86_64 and aarch64" >&2
+            exit 1
+            ;;
+    esac
+fi
 MAX_IMAGE_BYTES=$((15 * 1024 * 1024))
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 from_source=0
+from_binaries=0
 components=()
 for arg in "$@"; do
     case "$arg" in
         --from-source) from_source=1 ;;
+        --from-binaries) from_binaries=1 ;;
         backend | lb) components+=("$arg") ;;
         -h | --help) usage; exit 0 ;;
         *) echo "build-images.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
@@ -58,6 +76,7 @@ pick_builder() {
     for d in "${candidates[@]}"; do
         if "$d" buildx version >/dev/null 2>&1; then
             BUILD=("$d" buildx build --load)
+            echo "==> builder: $d buildx build --load"
             return 0
         fi
     done
@@ -66,12 +85,35 @@ pick_builder() {
         major=${v%%.*}
         if [[ "$major" =~ ^[0-9]+$ ]] && [ "$major" -lt 23 ]; then
             BUILD=(env DOCKER_BUILDKIT=1 "$d" build)
+            echo "==> builder: DOCKER_BUILDKIT=1 $d build (client $v)"
             return 0
         fi
     done
     echo "build-images.sh: no BuildKit-capable docker client: install the buildx plugin" \
         "(or use a Docker CLI < 23 with DOCKER_BUILDKIT=1)" >&2
     return 1
+}
+
+# check_static BIN: a scratch image needs a static binary.
+check_static() {
+    if command -v readelf >/dev/null 2>&1 && readelf -l "$1" | grep -q 'INTERP'; then
+        echo "build-images.sh: $1 is dynamically linked; a scratch image needs a static binary" >&2
+        return 1
+    fi
+}
+
+# use_binaries: --from-binaries takes what is already built, and says so.
+use_binaries() {
+    local c bin
+    for c in "${components[@]}"; do
+        bin="$ROOT/target/$TARGET_TRIPLE/release/$c"
+        if [ ! -x "$bin" ]; then
+            echo "build-images.sh: --from-binaries: $bin is missing; build it first (scripts/build-images.sh on a machine with Rust)" >&2
+            return 1
+        fi
+        check_static "$bin"
+        echo "==> using $bin (built $(date -u -r "$bin" +%Y-%m-%dT%H:%M:%SZ))"
+    done
 }
 
 build_binaries() {
@@ -85,11 +127,7 @@ build_binaries() {
         (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' \
             cargo build --release --locked --target "$TARGET_TRIPLE" \
             --target-dir "$ROOT/target" "${args[@]}")
-        local bin="$ROOT/target/$TARGET_TRIPLE/release/$c"
-        if command -v readelf >/dev/null 2>&1 && readelf -l "$bin" | grep -q 'INTERP'; then
-            echo "build-images.sh: $bin is dynamically linked; a scratch image needs a static binary" >&2
-            return 1
-        fi
+        check_static "$ROOT/target/$TARGET_TRIPLE/release/$c"
     done
 }
 
@@ -104,6 +142,7 @@ build_images() {
             --file "$ROOT/Dockerfile" \
             --target "$c" \
             --build-arg "BIN_SOURCE=$source" \
+            --build-arg "TARGET_TRIPLE=$TARGET_TRIPLE" \
             --build-arg "VERSION=$VERSION" \
             "${extra[@]}" \
             --tag "roundhouse/$c:$VERSION" \
@@ -127,9 +166,17 @@ report_sizes() {
     return "$status"
 }
 
+if [ "$from_source" -eq 0 ] && [ "$(uname -s)" != Linux ]; then
+    echo "build-images.sh: the images need static Linux binaries, which cargo does not build on $(uname -s);" \
+        "use: scripts/build-images.sh --from-source (compiles inside Docker, natively for this CPU)" >&2
+    exit 1
+fi
 pick_builder
 if [ "$from_source" -eq 1 ]; then
     build_images builder
+elif [ "$from_binaries" -eq 1 ]; then
+    use_binaries
+    build_images prebuilt
 else
     build_binaries
     build_images prebuilt

@@ -10,7 +10,10 @@
 # a shellcheck pass over every script, test.sh's own tests, the quick start
 # (lb demo + test.sh), a short bounded fuzzing run,
 # the Kubernetes manifest/chart validators, the Docker end-to-end test
-# (skipped only where no Docker engine answers) and a 60 s soak. The last line is
+# (skipped only where no Docker engine answers), the kind path of
+# docs/kubernetes.md and Vagrant's own run of the Vagrantfile (both with
+# stand-ins for kind/kubectl, see tests/standins/), actionlint on the
+# workflows, and a 60 s soak. The last line is
 # "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
 # suite failed.
 set -uo pipefail
@@ -48,7 +51,8 @@ rust_tests() {
 # The CI-sized soak (docs/soak.md) on the static release binaries the Docker
 # suite built; without them, soak.sh builds target/release itself.
 soak_60() {
-    local bins=target/x86_64-unknown-linux-gnu/release
+    local bins
+    bins=target/$(uname -m | sed 's/^arm64$/aarch64/')-unknown-linux-gnu/release
     if [[ -x $bins/lb && -x $bins/backend ]]; then
         SOAK_NO_BUILD=1 LB_BIN=$bins/lb BACKEND_BIN=$bins/backend scripts/soak.sh 60
     else
@@ -61,7 +65,11 @@ module_graph() {
 }
 
 shell_scripts() {
-    shellcheck test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run
+    shellcheck -x test.sh scripts/*.sh scripts/*/*.sh bench/*.sh .ci/run tests/standins/*
+}
+
+workflows() {
+    actionlint -shellcheck shellcheck .github/workflows/*.yml && zizmor --offline .github/workflows/
 }
 
 suite "rust tests" rust_tests
@@ -73,6 +81,9 @@ suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-
 suite "fuzzing (20 s per target, seed corpus)" env FUZZ_INSTALL=1 scripts/fuzz.sh 20
 suite "kubernetes manifests and chart" scripts/k8s/validate.sh
 suite "docker images and compose topology" scripts/docker-test.sh
+suite "kind path of docs/kubernetes.md (real images, kind/kubectl stand-ins)" scripts/kind-path-test.sh
+suite "vagrant up/provision/reload/destroy of the Vagrantfile (docker provider)" scripts/vagrant-test.sh
+suite "workflows (actionlint, zizmor)" workflows
 suite "soak (60 s: load, endpoint churn, slow clients)" soak_60
 
 printf '\n'

