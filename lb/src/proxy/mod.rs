@@ -28,7 +28,7 @@ mod h2;
 pub mod headers;
 pub mod local;
 mod rewind;
-mod stream;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 

@@ -49,7 +49,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether `buf` starts with the HTTP/2 preface (`Some(true)`), cannot
 /// (`Some(false)`), or is a prefix of it (`None`: read more).
-pub(crate) fn h2_preface(buf: &[u8]) -> Option<bool> {
+pub fn h2_preface(buf: &[u8]) -> Option<bool> {
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] != H2_PREFACE[..n] {
         Some(false)

@@ -107,6 +107,49 @@ impl TestBackend {
         )
     }
 
+    /// A backend whose answer to a path is `chunk` sent `times` times, as a
+    /// stream (the chunk is shared, so the body costs no memory).
+    pub fn with_streaming(name: &str, answer: fn(&str) -> (Bytes, usize)) -> TestBackend {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        Self::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            name,
+            hits,
+            move |listener, stop| {
+                async move {
+                    tokio::pin!(stop);
+                    loop {
+                        let (stream, _) = tokio::select! {
+                            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                            () = &mut stop => return,
+                        };
+                        let h = h.clone();
+                        tokio::spawn(async move {
+                            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                h.fetch_add(1, Ordering::Relaxed);
+                                let (chunk, times) = answer(req.uri().path());
+                                let frames = futures::stream::iter(
+                                    std::iter::repeat_n(chunk, times)
+                                        .map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(c))),
+                                );
+                                async move {
+                                    Ok::<_, Infallible>(Response::new(
+                                        http_body_util::StreamBody::new(frames),
+                                    ))
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                }
+                .boxed()
+            },
+        )
+    }
+
     fn spawn(
         addr: SocketAddr,
         name: &str,
