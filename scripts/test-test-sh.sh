@@ -8,6 +8,10 @@
 # need a balancer: --help, a bad option, an impossible split, an unreachable
 # URL, curl missing, and LB_URL pointing at ONE backend directly (which must
 # fail with "expected 2 backends, saw 1" — and pass with --expect-backends 1).
+# The same for --grpc (one gRPC channel straight to one backend, which speaks
+# h2c and gRPC on its port), plus grpcio or Python missing and a LB_URL that
+# is not a bare server; the cases that need grpcio are skipped, and said so,
+# when the Python in use has none (scripts/ci/install.sh installs it).
 #
 # Environment:
 #   BACKEND_BIN  backend binary (default: target/release/backend, else
@@ -248,5 +252,64 @@ expect_err "returned HTTP 404"
 expect_err "got HTTP 404"
 verdict "non-2xx answers fail clearly"
 
-echo "$passed passed, $failed failed"
+# --- --grpc -------------------------------------------------------------------------
+run -- --help
+expect_out "--grpc"
+expect_out "grpcio"
+verdict "--help documents --grpc"
+
+run "LB_URL=http://$alpha/host" -- --grpc
+expect_rc 2
+expect_err "names the server only"
+verdict "--grpc with a path in LB_URL exits 2"
+
+run "LB_URL=ftp://$alpha" -- --grpc
+expect_rc 2
+expect_err "must start with http:// or https://"
+verdict "--grpc with a non-HTTP LB_URL exits 2"
+
+run "LB_URL=http://$alpha" "GRPC_PYTHON=$work/no-such-python" -- --grpc
+expect_rc 1
+expect_err "no-such-python is not installed"
+expect_err "pip install grpcio"
+verdict "--grpc without Python is reported"
+
+# A grpc package that fails to import, first on the path: grpcio "missing".
+mkdir -p "$work/no-grpcio/grpc"
+echo 'raise ImportError("No module named grpc")' >"$work/no-grpcio/grpc/__init__.py"
+run "LB_URL=http://$alpha" "PYTHONPATH=$work/no-grpcio" -- --grpc
+expect_rc 1
+expect_err "grpcio is not installed"
+expect_err "pip install grpcio"
+verdict "--grpc without grpcio exits 1 with the install hint"
+
+skipped=0
+if "${GRPC_PYTHON:-python3}" -c 'import grpc' 2>/dev/null; then
+    run "LB_URL=http://$alpha" -- --grpc
+    expect_rc 1
+    expect_err "expected 2 backends, saw 1"
+    expect_out "calls: 100 to $alpha /roundhouse.v1.Hosts/Get over 1 gRPC channel"
+    expect_out "alpha 100"
+    expect_last_line 100
+    verdict "--grpc at one backend exits 1: expected 2 backends, saw 1"
+
+    run "LB_URL=http://$beta/" -- --grpc --expect-backends 1 -n 20
+    expect_rc 0
+    expect_out "beta 20"
+    expect_last_line 20
+    expect_err "OK: 1 backends, 20 calls each"
+    verdict "--grpc --expect-backends 1 against one backend passes"
+
+    run "LB_URL=http://127.0.0.1:$port" "MAX_TIME=1" -- --grpc -n 2 --expect-backends 1
+    expect_rc 1
+    expect_err "cannot reach the load balancer at http://127.0.0.1:$port"
+    expect_err "grpcio said: no HTTP/2 connection"
+    expect_err "./test.sh --grpc"
+    verdict "--grpc at an unreachable URL exits 1 naming the URL and how to start the LB"
+else
+    skipped=3
+    echo "skip 3 --grpc cases that need grpcio: ${GRPC_PYTHON:-python3} cannot import grpc (python3 -m pip install grpcio)"
+fi
+
+echo "$passed passed, $failed failed, $skipped skipped"
 ((failed == 0))

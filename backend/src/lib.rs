@@ -2,9 +2,13 @@
 //!
 //! It replaces the Flask app of the original exercise: `GET /host` answers the
 //! host name (the pod name in Kubernetes), `GET /date` the current UTC time, and
-//! `/healthz` / `/readyz` serve the probes. On SIGTERM it first reports
-//! not-ready, keeps serving for a drain period so that endpoint controllers can
-//! take it out of rotation, then shuts down gracefully.
+//! `/healthz` / `/readyz` serve the probes, and the gRPC method
+//! `roundhouse.v1.Hosts/Get` ([`grpc`]) answers the same name as `/host`. One
+//! port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by
+//! the connection's first bytes. On SIGTERM it first reports not-ready, keeps
+//! serving (both protocols) for a drain period so that endpoint controllers
+//! can take it out of rotation, then shuts down gracefully: HTTP/2
+//! connections get a GOAWAY and their open streams finish.
 //!
 //! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything
 //! else lives here so tests (and `lb demo`) can use it in-process.
@@ -26,6 +30,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, info};
+
+pub mod grpc;
 
 /// Command-line configuration; every flag has an environment fallback.
 #[derive(Debug, Clone, Parser)]
@@ -223,12 +229,18 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-/// The service's router. Probes are added after the trace layer so they are
-/// never traced; request spans and response events are at DEBUG level.
+/// The service's router: the HTTP routes and the gRPC service
+/// (`/roundhouse.v1.Hosts/*`, any other method of it answers gRPC status
+/// UNIMPLEMENTED). Probes are added after the trace layer so they are never
+/// traced; request spans and response events are at DEBUG level.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/host", get(host))
         .route("/date", get(date))
+        .route_service(
+            "/roundhouse.v1.Hosts/{*method}",
+            grpc::Hosts::new(state.clone()).into_server(),
+        )
         .layer(
             TraceLayer::new_for_http().on_response(
                 DefaultOnResponse::new()
@@ -243,9 +255,16 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long connections still open when the listener closes get to finish
+/// (HTTP/1.1 requests in flight; HTTP/2 streams after the GOAWAY) before they
+/// are dropped. Without a bound, an HTTP/2 client that never answers the
+/// GOAWAY's PING would hold the shutdown open forever.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then drains:
-/// `/readyz` turns 503 while requests are still served for `drain`, after
-/// which the listener closes and in-flight requests finish.
+/// `/readyz` turns 503 while requests (HTTP/1.1, h2c and gRPC) are still
+/// served for `drain`, after which the listener closes, HTTP/2 connections
+/// get a GOAWAY, and in-flight requests get [`FINISH_TIMEOUT`] to finish.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -253,6 +272,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = app(state.clone());
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
         shutdown.await;
         state.set_ready(false);
@@ -262,11 +282,31 @@ pub async fn run(
         );
         tokio::time::sleep(drain).await;
         info!("drain finished; closing the listener");
+        let _ = closed_tx.send(());
     };
-    axum::serve(listener, router)
+    let serve = axum::serve(listener, router)
         .with_graceful_shutdown(graceful)
-        .await?;
-    info!("shut down cleanly");
+        .into_future();
+    let deadline = async {
+        // Only once the listener has closed (a dropped sender: serve ended).
+        if closed_rx.await.is_ok() {
+            tokio::time::sleep(FINISH_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => {
+            served?;
+            info!("shut down cleanly");
+        }
+        () = deadline => {
+            tracing::warn!(
+                finish_timeout_seconds = FINISH_TIMEOUT.as_secs_f64(),
+                "connections still open after the finish timeout; closing them"
+            );
+        }
+    }
     Ok(())
 }
 

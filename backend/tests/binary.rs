@@ -1,5 +1,7 @@
-//! Starts the real `backend` binary, calls every endpoint over HTTP, then
-//! sends SIGTERM and checks the readiness flip, the drain and the clean exit.
+//! Starts the real `backend` binary, calls every endpoint over HTTP/1.1, over
+//! HTTP/2 with prior knowledge (h2c) and over gRPC (a tonic client), then
+//! sends SIGTERM and checks the readiness flip, the drain (for both
+//! protocols) and the clean exit.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -191,4 +193,155 @@ fn bad_flags_exit_non_zero_with_one_clear_line() {
         err.contains(&format!("error: cannot listen on {addr}")),
         "{err}"
     );
+}
+
+// --- HTTP/2 (h2c) and gRPC on the same port -----------------------------------
+
+use backend::grpc::{GetRequest, GetResponse, HostsClient};
+use tonic::transport::{Channel, Endpoint};
+
+/// A runtime whose worker keeps driving the client connections while the
+/// test thread blocks (waiting for the child, reading its log).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("gRPC channel connects over h2c")
+}
+
+async fn grpc_host(ch: &Channel) -> Result<String, tonic::Status> {
+    let resp = HostsClient::new(ch.clone()).get(GetRequest {}).await?;
+    Ok(resp.into_inner().host)
+}
+
+/// GET `path` over a new HTTP/2 prior-knowledge connection.
+async fn h2c_get(addr: SocketAddr, path: &str) -> (http::StatusCode, http::Version, String) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (status, version) = (resp.status(), resp.version());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, version, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[test]
+fn one_port_serves_http1_h2c_and_grpc() {
+    let b = Backend::start("replica-g", 0);
+    let rt = runtime();
+    rt.block_on(async {
+        // Three calls on one channel (one HTTP/2 connection).
+        let ch = channel(b.addr).await;
+        for _ in 0..3 {
+            assert_eq!(grpc_host(&ch).await.unwrap(), "replica-g");
+        }
+        // Another method of the service: UNIMPLEMENTED, as gRPC expects.
+        let mut raw = tonic::client::Grpc::new(ch.clone());
+        raw.ready().await.unwrap();
+        let err = raw
+            .unary::<GetRequest, GetResponse, _>(
+                tonic::Request::new(GetRequest {}),
+                http::uri::PathAndQuery::from_static("/roundhouse.v1.Hosts/Nope"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+
+        // The HTTP routes over h2c too.
+        let (status, version, body) = h2c_get(b.addr, "/host").await;
+        assert_eq!(
+            (status.as_u16(), version, body.as_str()),
+            (200, http::Version::HTTP_2, "replica-g\n")
+        );
+        assert_eq!(h2c_get(b.addr, "/readyz").await.0, 200);
+        assert_eq!(h2c_get(b.addr, "/missing").await.0, 404);
+    });
+    // HTTP/1.1 on the same port, unchanged.
+    assert_eq!(
+        http(b.addr, "GET", "/host", None).unwrap(),
+        (200, "replica-g\n".into())
+    );
+}
+
+#[test]
+fn sigterm_drain_keeps_serving_grpc_then_exits_zero() {
+    let mut b = Backend::start("grpc-drainer", 2);
+    let rt = runtime();
+    let ch = rt.block_on(async {
+        let ch = channel(b.addr).await;
+        assert_eq!(grpc_host(&ch).await.unwrap(), "grpc-drainer");
+        ch
+    });
+    let sent = Instant::now();
+    b.sigterm();
+    b.wait_for("draining");
+    rt.block_on(async {
+        // During the drain: the open channel and a new one are both served.
+        assert_eq!(grpc_host(&ch).await.unwrap(), "grpc-drainer");
+        let fresh = channel(b.addr).await;
+        assert_eq!(grpc_host(&fresh).await.unwrap(), "grpc-drainer");
+        assert_eq!(h2c_get(b.addr, "/readyz").await.0, 503);
+    });
+    // The open HTTP/2 connections do not hold the exit back: GOAWAY, the
+    // client answers it, the connections close at once.
+    b.wait_for("shut down cleanly");
+    let status = b.child.wait().unwrap();
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took >= Duration::from_secs(2), "exited after {took:?}");
+    assert!(
+        took < Duration::from_secs(2) + backend::FINISH_TIMEOUT,
+        "shutdown took {took:?}: it waited for the finish timeout"
+    );
+    rt.block_on(async {
+        assert!(grpc_host(&ch).await.is_err(), "served after exit");
+    });
+}
+
+#[test]
+fn an_http2_client_that_never_answers_cannot_hold_the_shutdown() {
+    let mut b = Backend::start("stuck", 0);
+    // Preface and SETTINGS, then silence: never reads, never acks the
+    // GOAWAY's PING.
+    let mut s = TcpStream::connect(b.addr).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    // The connection is open and served (the server's SETTINGS arrive).
+    let mut first = [0u8; 9];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(first[3], 0x04, "a SETTINGS frame first: {first:?}");
+    let sent = Instant::now();
+    b.sigterm();
+    b.wait_for("finish timeout");
+    let status = b.child.wait().unwrap();
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took >= backend::FINISH_TIMEOUT, "exited after {took:?}");
+    assert!(
+        took < backend::FINISH_TIMEOUT + Duration::from_secs(4),
+        "shutdown took {took:?}"
+    );
+    drop(s);
 }

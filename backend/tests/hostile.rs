@@ -1,7 +1,8 @@
 //! Hostile clients against the real `backend` binary over raw TCP:
 //! malformed request lines and versions, invalid header names and values,
-//! smuggling shapes and header bombs get 400/431 (or a close), and the
-//! process keeps serving.
+//! smuggling shapes and header bombs get 400/431 (or a close), HTTP/2
+//! protocol errors close the connection, a gRPC frame announcing a 4 GiB
+//! message is refused without reading it, and the process keeps serving.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -196,9 +197,26 @@ fn malformed_request_lines_and_versions_get_400() {
             b"\x00\x01\x02\x03\xff\xfe\r\n\r\n".to_vec(),
             &[400],
         ),
+        // The port also speaks h2c, so the preface itself is welcome; what
+        // follows it must be HTTP/2 frames: a frame longer than the 16 KiB
+        // maximum, or a SETTINGS frame on a stream, ends the connection (a
+        // GOAWAY, no HTTP/1 answer).
         (
-            "HTTP/2 preface",
-            req("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            "HTTP/2 preface, then an oversized frame",
+            [
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+                b"\xff\xff\xff\x04\x00\x00\x00\x00\x00",
+            ]
+            .concat(),
+            &[],
+        ),
+        (
+            "HTTP/2 preface, then SETTINGS on stream 1",
+            [
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+                b"\x00\x00\x00\x04\x00\x00\x00\x00\x01",
+            ]
+            .concat(),
             &[],
         ),
     ];
@@ -342,4 +360,61 @@ fn header_bombs_get_431() {
         "{text}"
     );
     b.assert_healthy("a 1 MB header flood");
+}
+
+#[test]
+fn grpc_message_announcing_4_gib_is_refused() {
+    use http_body_util::BodyExt;
+    let mut b = Backend::start();
+    let addr = b.addr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let (status, grpc_status) = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        // A frame header announcing 0xffff_ffff bytes, then a few of them.
+        let body = bytes::Bytes::from_static(b"\x00\xff\xff\xff\xffabc");
+        let req = http::Request::post(format!("http://{addr}/roundhouse.v1.Hosts/Get"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(body))
+            .unwrap();
+        let resp = tokio::time::timeout(IO_TIMEOUT, send.send_request(req))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let status = resp.status().as_u16();
+        let head = resp.headers().get("grpc-status").cloned();
+        let collected = tokio::time::timeout(IO_TIMEOUT, resp.into_body().collect())
+            .await
+            .expect("the answer ends in time")
+            .unwrap();
+        let grpc_status = head
+            .or_else(|| {
+                collected
+                    .trailers()
+                    .and_then(|t| t.get("grpc-status").cloned())
+            })
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, grpc_status)
+    });
+    assert_eq!(status, 200, "gRPC errors travel as HTTP 200");
+    // OUT_OF_RANGE: tonic's answer to a message above its 4 MiB decoding
+    // limit, given from the frame header alone.
+    assert_eq!(grpc_status.as_deref(), Some("11"));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    b.assert_healthy("a gRPC frame announcing 4 GiB");
 }

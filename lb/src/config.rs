@@ -303,11 +303,17 @@ pub struct ProbeArgs {
 /// `lb check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// URL to GET, e.g. http://lb:8080/host.
+    /// URL to GET, e.g. http://lb:8080/host (with --grpc the server only:
+    /// http://lb:8080).
     pub url: String,
-    /// Requests to send.
+    /// Requests to send (with --grpc: calls).
     #[arg(long, default_value_t = 100)]
     pub requests: usize,
+    /// Make unary gRPC calls of roundhouse.v1.Hosts/Get over ONE HTTP/2
+    /// connection (h2c with prior knowledge, like one gRPC channel) instead
+    /// of GETs; a non-zero grpc-status fails the check.
+    #[arg(long)]
+    pub grpc: bool,
     /// Distinct backends that must each get exactly requests/K.
     #[arg(long, default_value_t = 2)]
     pub expect_backends: usize,

@@ -130,7 +130,12 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
 
 fn check(args: &lb::config::CheckArgs) -> lb::Result<()> {
     let result = block_on(async {
-        Ok(lb::client::check(&args.url, args.requests, args.expect_backends, args.timeout).await)
+        let (url, n, k, timeout) = (&args.url, args.requests, args.expect_backends, args.timeout);
+        Ok(if args.grpc {
+            lb::client::check_grpc(url, n, k, timeout).await
+        } else {
+            lb::client::check(url, n, k, timeout).await
+        })
     })?;
     let (counts, error) = match result {
         Ok(c) => (c, None),
@@ -142,8 +147,13 @@ fn check(args: &lb::config::CheckArgs) -> lb::Result<()> {
     if let Some(e) = error {
         return Err(e.into());
     }
+    let what = if args.grpc {
+        "gRPC calls over one HTTP/2 connection"
+    } else {
+        "requests"
+    };
     println!(
-        "ok: {} requests split exactly over {} backends",
+        "ok: {} {what} split exactly over {} backends",
         args.requests,
         counts.len()
     );

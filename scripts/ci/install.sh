@@ -17,6 +17,13 @@ if ((${#apt_pkgs[@]})); then
     apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
 fi
 
+# grpcio: the gRPC client of `test.sh --grpc` (and its tests).
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+    log "pip install grpcio"
+    python3 -m pip install --quiet grpcio ||
+        python3 -m pip install --quiet --break-system-packages grpcio
+fi
+
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     log "rustup component add rustfmt clippy"
     rustup component add rustfmt clippy
