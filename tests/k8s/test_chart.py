@@ -1,10 +1,11 @@
 """The chart, rendered by Helm's own engine (see helm_render.py), against manifests/.
 
 Drift rule: with default values, release "roundhouse" in namespace
-"roundhouse", the chart renders exactly the objects of manifests/ except the
-Namespace (created with the release namespace, see docs/kubernetes.md): same
-kinds and names, identical spec/rules/roleRef/subjects/annotations, and the
-same labels plus only the bookkeeping labels Helm adds.
+"roundhouse", the chart renders exactly the objects of manifests/ and
+manifests/upstreams/ except the Namespace (created with the release
+namespace, see docs/kubernetes.md): same kinds and names, identical
+spec/rules/roleRef/subjects/annotations, and the same labels plus only the
+bookkeeping labels Helm adds.
 """
 
 import copy
@@ -22,15 +23,17 @@ def by_key(objects):
     return {k8slib.key(o): o for o in objects}
 
 
-def test_default_render_matches_manifests_object_set(manifests, rendered_default):
-    want = {k8slib.key(o) for o in manifests if o["kind"] not in NOT_IN_CHART_TEMPLATES}
+def test_default_render_matches_manifests_object_set(manifests, manifest_upstreams,
+                                                     rendered_default):
+    want = {k8slib.key(o) for o in manifests + manifest_upstreams
+            if o["kind"] not in NOT_IN_CHART_TEMPLATES}
     got = {k8slib.key(o) for o in rendered_default["templates"]}
     assert got == want
 
 
-def test_default_render_has_no_drift(manifests, rendered_default):
+def test_default_render_has_no_drift(manifests, manifest_upstreams, rendered_default):
     chart = by_key(rendered_default["templates"])
-    for obj in manifests:
+    for obj in manifests + manifest_upstreams:
         if obj["kind"] in NOT_IN_CHART_TEMPLATES:
             continue
         k = k8slib.key(obj)
@@ -53,8 +56,12 @@ def test_chart_crd_is_installed_verbatim(rendered_default):
     assert rendered_default["crds"] == [k8slib.crd()]
 
 
-def test_default_render_has_no_upstreams(rendered_default):
-    assert not [o for o in rendered_default["objects"] if o["kind"] == "Upstream"]
+def test_default_render_has_only_the_grpc_upstream(rendered_default):
+    # The lb creates "backend" itself; the chart adds backend-grpc (the same
+    # object as manifests/upstreams/backend-grpc.yaml, compared above).
+    ups = [o for o in rendered_default["objects"] if o["kind"] == "Upstream"]
+    assert [o["metadata"]["name"] for o in ups] == ["backend-grpc"]
+    assert ups[0]["spec"]["port"] == "grpc" and ups[0]["spec"]["protocol"] == "h2c"
 
 
 def test_helm_test_hook_runs_lb_check(rendered_default, rendered_custom):
@@ -90,7 +97,7 @@ def test_custom_values_render(rendered_custom):
     assert ("PodDisruptionBudget", "lb") not in objs
     assert objs[("PodDisruptionBudget", "backend")]["spec"]["minAvailable"] == 2
     ups = {o["metadata"]["name"]: o for o in rendered_custom["objects"] if o["kind"] == "Upstream"}
-    assert set(ups) == {"api", "numeric-port"}
+    assert set(ups) == {"api", "numeric-port", "backend-grpc"}
     assert ups["api"]["apiVersion"] == "roundhouse.dev/v1alpha1"
     assert ups["api"]["metadata"]["namespace"] == k8slib.NAMESPACE
     assert ups["numeric-port"]["spec"]["port"] == 5000
