@@ -64,20 +64,34 @@ def test_default_render_has_only_the_grpc_upstream(rendered_default):
     assert ups[0]["spec"]["port"] == "grpc" and ups[0]["spec"]["protocol"] == "h2c"
 
 
-def test_helm_test_hook_runs_lb_check(rendered_default, rendered_custom):
+def test_helm_test_hooks_run_lb_check_and_lb_check_grpc(rendered_default, rendered_custom):
     for rendered, replicas, requests in ((rendered_default, 2, 100), (rendered_custom, 3, 99)):
-        hooks = rendered["hooks"]
-        assert len(hooks) == 1
-        pod = hooks[0]
-        assert pod["kind"] == "Pod"
-        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-        spec = pod["spec"]
-        assert spec["restartPolicy"] == "Never"
-        assert spec["automountServiceAccountToken"] is False
-        c = spec["containers"][0]
-        assert c["image"] == "roundhouse/lb:0.1.0"
-        assert c["args"] == ["check", "http://lb:8080/host", "--requests", str(requests),
-                             "--expect-backends", str(replicas)]
+        hooks = {h["metadata"]["name"]: h for h in rendered["hooks"]}
+        assert set(hooks) == {"lb-test-split", "lb-test-grpc-split"}
+        args = {
+            "lb-test-split": ["check", "http://lb:8080/host", "--requests", str(requests),
+                              "--expect-backends", str(replicas)],
+            # With --grpc the URL names the server only; the method is
+            # roundhouse.v1.Hosts/Get, which the Upstream backend-grpc routes.
+            "lb-test-grpc-split": ["check", "http://lb:8080", "--grpc", "--requests",
+                                   str(requests), "--expect-backends", str(replicas)],
+        }
+        for name, pod in hooks.items():
+            assert pod["kind"] == "Pod"
+            assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+            spec = pod["spec"]
+            assert spec["restartPolicy"] == "Never"
+            assert spec["automountServiceAccountToken"] is False
+            c = spec["containers"][0]
+            assert c["image"] == "roundhouse/lb:0.1.0"
+            assert c["args"] == args[name], name
+        # Same pod apart from its name, comment-free annotations and command.
+        a, b = (copy.deepcopy(hooks[n]) for n in ("lb-test-split", "lb-test-grpc-split"))
+        for pod in (a, b):
+            del pod["metadata"]["name"]
+            pod["metadata"]["annotations"].pop("checkov.io/skip5")
+            pod["spec"]["containers"][0].pop("args")
+        assert a == b
 
 
 def test_custom_values_render(rendered_custom):
