@@ -137,3 +137,75 @@ def test_values_schema_rejects_bad_values():
     bad = copy.deepcopy(values)
     bad["upstreams"] = [{"spec": {"service": "backend"}}]  # no name
     assert not jsonschema.Draft7Validator(schema).is_valid(bad)
+    for secrets in (["Web_TLS"], ["web-tls", "web-tls"], [""], "web-tls"):
+        bad = copy.deepcopy(values)
+        bad["tls"]["secrets"] = secrets  # not a Secret name, twice, empty, not a list
+        assert not jsonschema.Draft7Validator(schema).is_valid(bad), secrets
+    bad = copy.deepcopy(values)
+    del bad["tls"]
+    assert not jsonschema.Draft7Validator(schema).is_valid(bad)
+    good = copy.deepcopy(values)
+    good["tls"]["secrets"] = ["web-tls", "api.example.test"]
+    jsonschema.validate(good, schema)
+
+
+TLS_SECRETS_RULE = {"apiGroups": [""], "resources": ["secrets"],
+                    "verbs": ["get", "list", "watch"]}
+
+
+def lb_parts(rendered):
+    objs = by_key(rendered["templates"])
+    container = objs[("Deployment", "lb")]["spec"]["template"]["spec"]["containers"][0]
+    return objs[("Role", "lb")]["rules"], container, objs[("Service", "lb")]["spec"]["ports"]
+
+
+def test_default_render_has_no_tls(manifests, rendered_default):
+    rules, c, svc_ports = lb_parts(rendered_default)
+    assert not [r for r in rules if "secrets" in r["resources"]]
+    assert not [r for o in manifests if o["kind"] == "Role" for r in o["rules"]
+                if "secrets" in r["resources"]]
+    assert "--tls-secret" not in c["args"]
+    assert "LB_TLS_LISTEN" not in {e["name"] for e in c["env"]}
+    assert [p["name"] for p in c["ports"]] == ["http", "admin"]
+    assert [p["name"] for p in svc_ports] == ["http"]
+
+
+def test_tls_secrets_render_args_ports_and_one_narrow_rule(rendered_default, rendered_custom):
+    names = k8slib.load_yaml_docs(k8slib.CUSTOM_VALUES)[0]["tls"]["secrets"]
+    assert len(names) >= 2  # the flag is repeatable: one --tls-secret per name
+    rules, c, svc_ports = lb_parts(rendered_custom)
+    default_rules, default_c, _ = lb_parts(rendered_default)
+    # One rule more than the default Role: get/list/watch on exactly these
+    # Secrets. The lb gets each by name and lists/watches it with
+    # fieldSelector metadata.name=NAME, which resourceNames authorizes.
+    assert rules[:-1] == default_rules
+    assert rules[-1] == {**TLS_SECRETS_RULE, "resourceNames": names}
+    assert c["args"] == default_c["args"] + [a for n in names for a in ("--tls-secret", n)]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LB_TLS_LISTEN"] == "0.0.0.0:8443"
+    assert {"name": "https", "containerPort": 8443, "protocol": "TCP"} in c["ports"]
+    https = [p for p in svc_ports if p["name"] == "https"]
+    assert https == [{"name": "https", "port": 8443, "targetPort": "https", "protocol": "TCP",
+                      "appProtocol": "https"}]
+
+
+def test_chart_role_template_rules_are_the_manifests_rules(manifests):
+    """What lb/tests/manifests.rs (chart_grants) reads from templates/rbac.yaml:
+    the lines that do not start with a template action, actions replaced.
+    Those must stay the manifests' rules; the optional Secret rule comes from
+    a helper included on a line of its own."""
+    import yaml
+
+    lines = []
+    for line in (k8slib.CHART / "templates" / "rbac.yaml").read_text().splitlines():
+        if line.lstrip().startswith("{{"):
+            continue
+        while "{{" in line:
+            i = line.index("{{")
+            j = line.find("}}", i)
+            line = line[:i] + "templated" + (line[j + 2:] if j >= 0 else "")
+        lines.append(line)
+    roles = [d for d in yaml.safe_load_all("\n".join(lines)) if d and d.get("kind") == "Role"]
+    assert len(roles) == 1
+    want = [o for o in manifests if o["kind"] == "Role"][0]["rules"]
+    assert roles[0]["rules"] == want
