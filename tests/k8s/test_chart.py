@@ -209,3 +209,56 @@ def test_chart_role_template_rules_are_the_manifests_rules(manifests):
     assert len(roles) == 1
     want = [o for o in manifests if o["kind"] == "Role"][0]["rules"]
     assert roles[0]["rules"] == want
+
+
+def json_patch_add(doc, ops):
+    """RFC 6902, the "add" operations that docs/kubernetes.md uses."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        assert op["op"] == "add", op
+        *parents, last = op["path"].lstrip("/").split("/")
+        node = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), copy.deepcopy(op["value"]))
+        else:
+            node[last] = copy.deepcopy(op["value"])
+    return doc
+
+
+def test_docs_manifests_tls_patches_make_what_the_chart_renders(manifests, tmp_path):
+    """The kubectl patches of docs/kubernetes.md ("TLS from a kubernetes.io/tls
+    Secret") turn the manifests' objects into the chart's with tls.secrets set."""
+    import json
+    import re
+    import shlex
+
+    import helm_render
+
+    text = k8slib.DOCS.read_text(encoding="utf-8")
+    patches = {}
+    for line in text.splitlines():
+        if line.startswith("kubectl -n roundhouse patch "):
+            argv = shlex.split(line)
+            kind, name = argv[4], argv[5]
+            assert argv[6] == "--type=json" and argv[7] == "-p", line
+            patches[(kind, name)] = json.loads(argv[8])
+    assert set(patches) == {("role", "lb"), ("deployment", "lb"), ("service", "lb")}
+    secret = re.search(r"create secret tls (\S+) ", text).group(1)
+    values = tmp_path / "tls.yaml"
+    values.write_text(f"tls:\n  secrets: [{secret}]\n")
+    chart = by_key(helm_render.render(values, release=k8slib.RELEASE,
+                                      namespace=k8slib.NAMESPACE)["templates"])
+    objs = by_key(manifests)
+    for (kind, name), ops in patches.items():
+        k = {"role": "Role", "deployment": "Deployment", "service": "Service"}[kind], name
+        field = "rules" if kind == "role" else "spec"
+        patched = json_patch_add({field: objs[k][field]}, ops)
+        assert patched[field] == chart[k][field], k
+    # The Role rule shown in the document is the one the chart renders.
+    rule = {**TLS_SECRETS_RULE, "resourceNames": [secret]}
+    assert chart[("Role", "lb")]["rules"][-1] == rule
+    import yaml
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    assert [rule] in blocks

@@ -252,3 +252,19 @@ def test_recommended_labels(manifests, component):
             assert pod["app.kubernetes.io/name"] == component
             assert pod["app.kubernetes.io/component"] == labels["app.kubernetes.io/component"]
             assert obj["spec"]["selector"]["matchLabels"].items() <= pod.items()
+
+
+def test_docs_show_the_grpc_port_and_upstream_as_deployed(manifests, manifest_upstreams):
+    import re
+
+    import yaml
+
+    text = k8slib.DOCS.read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    svc = by_key(manifests)[("Service", "backend")]["spec"]
+    assert {"ports": svc["ports"]} in blocks
+    ups = by_key(manifest_upstreams)[("Upstream", "backend-grpc")]
+    shown = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "Upstream"
+             and b["metadata"]["name"] == "backend-grpc"]
+    assert [(b["metadata"]["namespace"], b["spec"]) for b in shown] == [
+        (ups["metadata"]["namespace"], ups["spec"])]
