@@ -14,6 +14,11 @@ def manifests():
 
 
 @pytest.fixture(scope="session")
+def manifest_upstreams():
+    return k8slib.manifest_upstreams()
+
+
+@pytest.fixture(scope="session")
 def rendered_default():
     import helm_render
 

@@ -10,6 +10,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
+# Upstream objects, applied after the CRD is established (not by
+# `kubectl apply -f manifests/`, which does not descend into folders).
+MANIFEST_UPSTREAMS = MANIFESTS / "upstreams"
 CHART = ROOT / "helm" / "roundhouse"
 CRD_FILE = MANIFESTS / "01-crd.yaml"
 CUSTOM_VALUES = CHART / "ci" / "values-custom.yaml"
@@ -28,7 +31,17 @@ def manifest_files() -> list[Path]:
 
 
 def manifest_objects() -> list[dict]:
+    """What `kubectl apply -f manifests/` applies (the top-level files)."""
     return [d for p in manifest_files() for d in load_yaml_docs(p)]
+
+
+def manifest_upstream_files() -> list[Path]:
+    return sorted(p for p in MANIFEST_UPSTREAMS.iterdir() if p.suffix in (".yaml", ".yml"))
+
+
+def manifest_upstreams() -> list[dict]:
+    """What `kubectl apply -f manifests/upstreams/` applies, once the CRD is established."""
+    return [d for p in manifest_upstream_files() for d in load_yaml_docs(p)]
 
 
 def key(obj: dict) -> tuple[str, str]:
@@ -161,6 +174,9 @@ def upstream_examples() -> list[tuple[str, dict]]:
                     for i, item in enumerate(d["upstreams"]):
                         found.append((f"docs/kubernetes.md:block{n}:upstreams[{i}]",
                                        as_upstream(item.get("name", f"item{i}"), item.get("spec"))))
+    for path in manifest_upstream_files():
+        for d in load_yaml_docs(path):
+            found.append((str(path.relative_to(ROOT)), d))
     for path in sorted((ROOT / "tests" / "k8s" / "examples").glob("*.yaml")):
         for d in load_yaml_docs(path):
             if d.get("kind") == "Upstream":

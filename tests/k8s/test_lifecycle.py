@@ -95,6 +95,18 @@ def test_kubectl_apply_manifests_creates_namespace_first_and_reapplies_cleanly(c
     assert cluster.node_ports() == {30080: "/services/roundhouse/lb"}
 
 
+def test_manifests_upstreams_apply_after_the_crd(cluster, manifest_upstreams):
+    # docs/kubernetes.md: `kubectl apply -f manifests/` skips the folder
+    # manifests/upstreams/, applied second once the CRD is established.
+    apply_manifests(cluster)
+    assert cluster.names(UPSTREAMS[1], "roundhouse", UPSTREAMS[0]) == set()
+    r = kubectl(cluster, "apply", "--validate=false", "-f", str(k8slib.MANIFEST_UPSTREAMS))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["upstream.roundhouse.dev/backend-grpc created"]
+    want = {o["metadata"]["name"] for o in manifest_upstreams}
+    assert cluster.names(UPSTREAMS[1], "roundhouse", UPSTREAMS[0]) == want
+
+
 def test_helm_install_needs_the_namespace(cluster):
     _, err = helm(cluster, "Install", "roundhouse", "roundhouse", CHART)
     assert 'namespaces "roundhouse" not found' in err
@@ -153,7 +165,7 @@ def test_upgrade_then_uninstall_keeps_crd_and_the_lbs_upstream(cluster):
     rel, err = helm(cluster, "Install", "roundhouse", "roundhouse", CHART, values=values)
     assert err is None, err
     lb_creates_default_upstream(cluster, "roundhouse")
-    assert cluster.names(UPSTREAMS[1], "roundhouse", UPSTREAMS[0]) == {"api", "backend"}
+    assert cluster.names(UPSTREAMS[1], "roundhouse", UPSTREAMS[0]) == {"api", "backend", "backend-grpc"}
 
     rel, err = helm(cluster, "Upgrade", "roundhouse", "roundhouse", CHART,
                     values={**values, "lb": {"replicaCount": 3}})
@@ -169,7 +181,8 @@ def test_upgrade_then_uninstall_keeps_crd_and_the_lbs_upstream(cluster):
     assert cluster.names("deployments", "roundhouse", "apps") == set()
     assert cluster.names("services", "roundhouse") == set()
     # What stays: the CRD (crds/ is never deleted) and the Upstream the lb
-    # created (not part of the release); the chart's own Upstream "api" is gone.
+    # created (not part of the release); the chart's own Upstreams (backend-grpc
+    # and "api" from the values) are gone.
     assert cluster.names("customresourcedefinitions", "", "apiextensions.k8s.io") == {"upstreams.roundhouse.dev"}
     assert cluster.names(UPSTREAMS[1], "roundhouse", UPSTREAMS[0]) == {"backend"}
     r = kubectl(cluster, "delete", "namespace", "roundhouse")

@@ -48,6 +48,37 @@ def test_no_upstream_instance_in_manifests(manifests):
     assert not [o for o in manifests if o["kind"] == "Upstream"]
 
 
+def test_upstreams_folder_holds_only_upstreams(manifest_upstreams):
+    # manifests/upstreams/ is applied second, once the CRD is established; the
+    # only folder in manifests/ (kubectl apply -f manifests/ skips folders).
+    assert [p.name for p in k8slib.MANIFESTS.iterdir() if p.is_dir()] == ["upstreams"]
+    assert [p for p in k8slib.MANIFEST_UPSTREAMS.iterdir() if p.is_dir()] == []
+    assert manifest_upstreams
+    for obj in manifest_upstreams:
+        assert obj["apiVersion"] == "roundhouse.dev/v1alpha1" and obj["kind"] == "Upstream"
+        assert obj["metadata"]["namespace"] == "roundhouse"
+        assert k8slib.upstream_errors(obj) == [], obj["metadata"]["name"]
+
+
+def test_grpc_upstream_selects_the_h2c_port(manifests, manifest_upstreams):
+    ups = by_key(manifest_upstreams)[("Upstream", "backend-grpc")]["spec"]
+    assert ups == {"service": "backend", "port": "grpc",
+                   "match": {"pathPrefix": "/roundhouse.v1.Hosts/"}, "protocol": "h2c"}
+    objs = by_key(manifests)
+    svc = objs[("Service", ups["service"])]["spec"]
+    ports = {p["name"]: p for p in svc["ports"]}
+    # The lb resolves spec.port against the EndpointSlices, whose ports carry
+    # the Service port's name and appProtocol but the target port's number:
+    # both ports are 5000 there, so the Upstream must name its port.
+    assert ports[ups["port"]]["appProtocol"] == "kubernetes.io/h2c"
+    assert {p["targetPort"] for p in svc["ports"]} == {"http"}
+    # The default Upstream the lb creates names the http port, so a second
+    # port does not make it ambiguous (InvalidSpec).
+    args = objs[("Deployment", "lb")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--service-port") + 1] == "http"
+    assert ports["http"]["appProtocol"] == "http"
+
+
 def test_crd_is_the_upstream_crd(manifests):
     crds = [o for o in manifests if o["kind"] == "CustomResourceDefinition"]
     assert len(crds) == 1
@@ -135,6 +166,11 @@ def test_networkpolicy_admits_only_lb_to_backend(manifests):
     rule = spec["ingress"][0]
     assert rule["from"] == [{"podSelector": {"matchLabels": LB_LABELS}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+    # Policies see pod ports: 5000 is the container port both Service ports target.
+    objs = by_key(manifests)
+    container = objs[("Deployment", "backend")]["spec"]["template"]["spec"]["containers"][0]
+    targets = {p["targetPort"] for p in objs[("Service", "backend")]["spec"]["ports"]}
+    assert {p["containerPort"] for p in container["ports"] if p["name"] in targets} == {5000}
     # The selected pods are the backend pods and the admitted ones the lb pods.
     objs = by_key(manifests)
     backend_pods = objs[("Deployment", "backend")]["spec"]["template"]["metadata"]["labels"]
@@ -148,7 +184,8 @@ def test_backend_service_is_cluster_ip(manifests):
     svc = by_key(manifests)[("Service", "backend")]["spec"]
     assert svc.get("type", "ClusterIP") == "ClusterIP"
     assert svc["selector"] == BACKEND_LABELS
-    assert [(p["name"], p["port"]) for p in svc["ports"]] == [("http", 5000)]
+    assert [(p["name"], p["port"], p["targetPort"], p["appProtocol"]) for p in svc["ports"]] == [
+        ("http", 5000, "http", "http"), ("grpc", 5001, "http", "kubernetes.io/h2c")]
     assert all("nodePort" not in p for p in svc["ports"])
     assert not svc.get("externalIPs")
 
@@ -215,3 +252,19 @@ def test_recommended_labels(manifests, component):
             assert pod["app.kubernetes.io/name"] == component
             assert pod["app.kubernetes.io/component"] == labels["app.kubernetes.io/component"]
             assert obj["spec"]["selector"]["matchLabels"].items() <= pod.items()
+
+
+def test_docs_show_the_grpc_port_and_upstream_as_deployed(manifests, manifest_upstreams):
+    import re
+
+    import yaml
+
+    text = k8slib.DOCS.read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    svc = by_key(manifests)[("Service", "backend")]["spec"]
+    assert {"ports": svc["ports"]} in blocks
+    ups = by_key(manifest_upstreams)[("Upstream", "backend-grpc")]
+    shown = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "Upstream"
+             and b["metadata"]["name"] == "backend-grpc"]
+    assert [(b["metadata"]["namespace"], b["spec"]) for b in shown] == [
+        (ups["metadata"]["namespace"], ups["spec"])]

@@ -79,6 +79,23 @@ app.kubernetes.io/component: load-balancer
 {{- end }}
 
 {{/*
+The lb's Role rule for the TLS Secrets of tls.secrets (nothing without them).
+The lb gets each Secret by name at start, then lists and watches it with
+fieldSelector metadata.name=NAME (lb/src/discovery/k8s/secrets.rs). The API
+server authorizes a list or watch with that field selector as a request for
+that one name, so resourceNames restricts all three verbs: the lb can read
+these Secrets and no other.
+*/}}
+{{- define "roundhouse.lb.tlsSecretsRule" -}}
+{{- with .Values.tls.secrets }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: {{ toJson . }}
+  verbs: ["get", "list", "watch"]
+{{- end }}
+{{- end }}
+
+{{/*
 Images: tag defaults to the chart appVersion.
 */}}
 {{- define "roundhouse.backend.image" -}}
