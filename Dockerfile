@@ -37,7 +37,11 @@ ARG TARGET_TRIPLE=x86_64-unknown-linux-gnu
 FROM ${RUST_IMAGE} AS build-backend
 ARG TARGETARCH
 WORKDIR /src
+# Symbols are stripped from the image's binaries (panic messages keep their
+# file and line; backtraces show addresses): 2 MB less per image. Profiling
+# builds (target/release) keep them.
 ENV CARGO_TERM_COLOR=never \
+    CARGO_PROFILE_RELEASE_STRIP=symbols \
     RUSTFLAGS="-C target-feature=+crt-static"
 COPY . .
 RUN case "${TARGETARCH:-$(uname -m)}" in \

@@ -21,9 +21,11 @@
 //! (`roundhouse-lb`) from every replica, sent only when the computed status
 //! changes: replicas that see the same EndpointSlices compute the same
 //! status, so they converge instead of fighting, and no Lease is needed (see
-//! docs/kubernetes.md). The API calls are exactly those `manifests/10-rbac.yaml`
-//! grants; `lb/tests/manifests.rs` checks that against what the fake API
-//! server of the tests served.
+//! docs/kubernetes.md). Without TLS Secrets, the API calls are exactly those
+//! `manifests/10-rbac.yaml` grants; `lb/tests/manifests.rs` checks that
+//! against what the fake API server of the tests served. With `--tls-secret`
+//! ([`secrets`]) the LB also reads the named Secrets, which the chart's
+//! `tls.secrets` grants by `resourceNames` (docs/SECURITY.md).
 
 pub mod backoff;
 pub mod index;
