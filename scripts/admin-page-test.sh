@@ -8,7 +8,9 @@
 # which sends a bounded, throttled load through the LB, waits in the live
 # page for two bars near 50 % each, kills one backend and waits, in the same
 # page, for it to be shown as ejected (DOM polled with deadlines; no fixed
-# sleep is used to synchronise). About 15 s; bounded by `timeout 90`.
+# sleep is used to synchronise); then checks for CSP violations, the tables
+# with JavaScript off, and names made of markup fed to the page's script.
+# About 10 s; bounded by `timeout 90`.
 #
 #   scripts/admin-page-test.sh [--screenshot FILE]
 #

@@ -15,7 +15,9 @@ admin URL, the LB URL and the pid of the backend to kill. This script
     to be shown as ejected while the other stays ready;
  4. checks the page logged no Content-Security-Policy violation, and that
     with JavaScript disabled the server-rendered tables are there;
- 5. optionally saves a screenshot.
+ 5. feeds the page's script a document with names made of markup (fetch
+    replaced before the page loads) and checks they are shown as text;
+ 6. optionally saves a screenshot.
 
 Exit 0 on success; prints what it saw either way.
 """
@@ -112,7 +114,7 @@ class Browser:
                 return reply.get("result", {})
             self.events.append(reply)
 
-    def page(self, url, scripts=True, width=1280, height=720):
+    def page(self, url, scripts=True, width=1280, height=720, before=None):
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.targets[session] = target
@@ -125,6 +127,8 @@ class Browser:
         )
         if not scripts:
             self.call("Emulation.setScriptExecutionDisabled", {"value": True}, session=session)
+        if before:
+            self.call("Page.addScriptToEvaluateOnNewDocument", {"source": before}, session=session)
         self.call("Page.navigate", {"url": url}, session=session)
         return session
 
@@ -231,6 +235,35 @@ READ_ROWS = """
 """
 
 
+HOSTILE = '<img src=x onerror="window.__pwned=1">'
+
+
+def hostile_doc():
+    """An /api/stats document whose every name is markup."""
+    q = {"count": 0, "p50_ms": None, "p99_ms": None}
+    window = {"seconds": 1.0, "requests": 1, "errors_5xx": 0, "requests_per_second": 1.0,
+              "errors_5xx_per_second": 0.0, "share": 100.0}
+    endpoint = {"address": "127.0.0.9:1", "name": "pod-" + HOSTILE, "state": "ready",
+                "ejected_for_seconds": None, "consecutive_failures": 0, "weight": 1,
+                "requests": 1, "errors_5xx": 0, "share_since_start": 100.0, "window": window}
+    upstream = {"name": "up-" + HOSTILE, "host": "h" + HOSTILE, "path_prefix": "/" + HOSTILE,
+                "protocol": "http1", "requests": 1, "window_requests": 1, "endpoints": [endpoint]}
+    return {"version": 1, "uptime_seconds": 1.0, "window_seconds": 10, "window_covered_seconds": 1.0,
+            "latency": {"scope": "all upstreams", "window": q, "since_start": q}, "upstreams": [upstream]}
+
+
+READ_HOSTILE = """
+(() => ({
+  polls: Number(document.body.getAttribute('data-polls') || 0),
+  pwned: window.__pwned === 1,
+  imgs: document.querySelectorAll('img').length,
+  upstream: (document.querySelector('section.upstream h2 code') || {}).textContent,
+  pod: (document.querySelector('tbody tr.endpoint th') || {}).textContent,
+  match: (document.querySelector('p.match') || {}).textContent,
+}))()
+"""
+
+
 def wait_for(what, check, deadline_s, interval=0.2):
     """Polls check() until it returns a true value or the deadline passes."""
     deadline = time.monotonic() + deadline_s
@@ -323,6 +356,24 @@ def main():
 
         s = wait_for("the server-rendered table with scripts disabled", server_rows, 10)
         log(f"without JavaScript: {len(s['rows'])} rows, states {[r['state'] for r in s['rows']]}: ok")
+
+        # The script's own rendering, fed names made of markup.
+        fake = (
+            "window.fetch = () => Promise.resolve(new Response("
+            + json.dumps(json.dumps(hostile_doc()))
+            + ", {status: 200, headers: {'Content-Type': 'application/json'}}));"
+        )
+        evil = browser.page(args.admin.rstrip("/") + "/", before=fake)
+
+        def hostile_rendered():
+            s = browser.eval(evil, READ_HOSTILE)
+            return s["polls"] >= 2, s
+
+        s = wait_for("the page to render the hostile document", hostile_rendered, 10)
+        assert not s["pwned"] and s["imgs"] == 0, f"markup in a name was interpreted: {s}"
+        assert s["upstream"] == "up-" + HOSTILE and s["pod"] == "pod-" + HOSTILE, s
+        assert "h" + HOSTILE in s["match"] and "/" + HOSTILE in s["match"], s
+        log("names made of markup are shown as text by the script: ok")
     finally:
         if load is not None:
             load.stop()
