@@ -22,12 +22,13 @@ requests=${REQUESTS:-100}
 expect=2
 max_time=${MAX_TIME:-5}
 python=${GRPC_PYTHON:-python3}
+admin_url=${ADMIN_URL:-}
 grpc=0
 grpc_method=/roundhouse.v1.Hosts/Get
 
 usage() {
     cat <<EOF
-Usage: $prog [--grpc] [-n N] [--expect-backends K] [-h|--help]
+Usage: $prog [--grpc] [-n N] [--expect-backends K] [--admin URL] [-h|--help]
 
 Sends N requests to \$LB_URL/host through one keep-alive curl process, prints
 each backend name with its answer count (sorted by name) and, as the last
@@ -39,6 +40,8 @@ gRPC channel (one HTTP/2 connection; h2c for http://, TLS for https://) to
 the server named by \$LB_URL, with Python's grpcio, and prints the same counts.
 
 Exits 0 only if exactly K distinct backends answered, each exactly N/K times.
+With --admin, one more line after the verdict names the LB's admin page (the
+live share of requests per endpoint), and whether it answered.
 
 Options:
   --grpc                  gRPC calls over one channel instead of HTTP requests
@@ -46,6 +49,10 @@ Options:
                           (default: \$REQUESTS or 100)
   --expect-backends K     number of distinct backends expected (default: 2);
                           N must be divisible by K
+  --admin URL             base URL of the LB's admin port (e.g.
+                          http://127.0.0.1:9090 through kubectl port-forward);
+                          printed, after the verdict, as the admin page's
+                          address (default: \$ADMIN_URL; none: no line)
   -h, --help              show this help and exit
 
 Environment:
@@ -56,6 +63,7 @@ Environment:
   MAX_TIME   per-request curl --max-time in seconds, and the gRPC connect and
              per-call deadline (default: 5)
   GRPC_PYTHON  the Python with grpcio, for --grpc (default: python3)
+  ADMIN_URL  default for --admin
 
 Exit status: 0 balanced, 1 check failed or balancer unreachable, 2 usage error.
 
@@ -64,6 +72,7 @@ Examples:
   ./$prog                                    # http://localhost:8080
   LB_URL=http://localhost:9000 ./$prog       # vagrant up with ROUNDHOUSE_HOST_PORT=9000
   ./$prog --grpc                             # one gRPC channel; python3 -m pip install grpcio
+  ./$prog --admin http://localhost:9090      # and where to watch the split live
 EOF
 }
 
@@ -110,6 +119,15 @@ while (($# > 0)); do
             expect=${1#*=}
             shift
             ;;
+        --admin)
+            (($# >= 2)) || usage_error "option $1 needs a value"
+            admin_url=$2
+            shift 2
+            ;;
+        --admin=*)
+            admin_url=${1#*=}
+            shift
+            ;;
         --)
             shift
             break
@@ -127,6 +145,11 @@ done
 is_positive_int "$requests" || usage_error "request count must be a positive integer, got '$requests'"
 is_positive_int "$expect" || usage_error "--expect-backends must be a positive integer, got '$expect'"
 is_positive_int "$max_time" || usage_error "MAX_TIME must be a positive integer (seconds), got '$max_time'"
+if [[ -n $admin_url ]]; then
+    [[ $admin_url =~ ^https?://[^/?#]+/?$ ]] ||
+        usage_error "--admin must be the admin port's base URL (http://HOST:PORT), got '$admin_url'"
+    admin_url=${admin_url%/}
+fi
 requests=$((10#$requests))
 expect=$((10#$expect))
 ((requests % expect == 0)) ||
@@ -149,6 +172,23 @@ fi
 errfile=$(mktemp "${TMPDIR:-/tmp}/roundhouse-test.XXXXXX")
 trap 'rm -f "$errfile"' EXIT
 
+# After the verdict, with --admin: one line naming the admin page, and
+# whether it answered (it is on the LB's admin port, which is never
+# published; see README, "The admin page").
+admin_line() {
+    [[ -n $admin_url ]] || return 0
+    local page="$admin_url/" code=000
+    if command -v curl >/dev/null 2>&1; then
+        code=$(curl --silent --output /dev/null --max-time 2 --connect-timeout 2 \
+            --write-out '%{http_code}' "$page" 2>/dev/null) || true
+    fi
+    case $code in
+        200) printf '%s: admin page: %s (live share of requests, rates and state per endpoint)\n' "$prog" "$page" >&2 ;;
+        000) printf '%s: admin page: %s did not answer (is the admin port forwarded? e.g. kubectl -n roundhouse port-forward deploy/lb 9090)\n' "$prog" "$page" >&2 ;;
+        *) printf '%s: admin page: %s answered HTTP %s (is that the LB'"'"'s admin port?)\n' "$prog" "$page" "$code" >&2 ;;
+    esac
+}
+
 # unreachable URL CLIENT-SAID: the balancer cannot be reached at all.
 unreachable() {
     local url=$1 err=$2 client=curl run="./$prog"
@@ -168,6 +208,7 @@ unreachable() {
         printf '  and point this script at it if it is elsewhere:\n'
         printf '    LB_URL=http://127.0.0.1:8080 %s\n' "$run"
     } >&2
+    admin_line
     exit 1
 }
 
@@ -421,8 +462,10 @@ if ((${#failures[@]} > 0)); then
     for f in "${failures[@]}"; do
         printf '%s: FAIL: %s\n' "$prog" "$f" >&2
     done
+    admin_line
     exit 1
 fi
 what=requests
 ((grpc)) && what=calls
 printf '%s: OK: %d backends, %d %s each\n' "$prog" "$expect" "$per_backend" "$what" >&2
+admin_line

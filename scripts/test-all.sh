@@ -8,7 +8,8 @@
 # Suites: Rust unit + integration tests (nextest, or cargo test), the lb
 # crate's module graph (scripts/module-graph.py --check), cargo deny,
 # a shellcheck pass over every script, test.sh's own tests, the quick start
-# (lb demo + test.sh), a short bounded fuzzing run,
+# (lb demo + test.sh), the admin page in headless Chromium, a short bounded
+# fuzzing run,
 # the Kubernetes manifest/chart validators, the Docker end-to-end test
 # (skipped only where no Docker engine answers), the kind path of
 # docs/kubernetes.md and Vagrant's own run of the Vagrantfile (both with
@@ -78,6 +79,7 @@ suite "supply chain (cargo deny: licences, bans, sources)" scripts/deny.sh
 suite "shellcheck" shell_scripts
 suite "test.sh negative paths" env BACKEND_BIN=target/debug/backend scripts/test-test-sh.sh
 suite "quick start (lb demo + test.sh)" env LB_BIN=target/debug/lb scripts/demo-test.sh
+suite "admin page in a real browser (chromium)" env LB_BIN=target/debug/lb BACKEND_BIN=target/debug/backend scripts/admin-page-test.sh
 suite "fuzzing (20 s per target, seed corpus)" env FUZZ_INSTALL=1 scripts/fuzz.sh 20
 suite "kubernetes manifests and chart" scripts/k8s/validate.sh
 suite "docker images and compose topology" scripts/docker-test.sh

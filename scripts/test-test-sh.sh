@@ -12,6 +12,8 @@
 # h2c and gRPC on its port), plus grpcio or Python missing and a LB_URL that
 # is not a bare server; the cases that need grpcio are skipped, and said so,
 # when the Python in use has none (scripts/ci/install.sh installs it).
+# --admin / ADMIN_URL: the admin-page line after the verdict, against a
+# stand-in page (python3 -m http.server), a closed port and a backend (404).
 #
 # Environment:
 #   BACKEND_BIN  backend binary (default: target/release/backend, else
@@ -133,6 +135,12 @@ expect_out_re() {
 }
 expect_no_err() {
     [[ -z $err ]] || problems+=("stderr is not empty")
+}
+expect_last_err_line() {
+    [[ ${err##*$'\n'} == "$1" ]] || problems+=("last stderr line is '${err##*$'\n'}', expected '$1'")
+}
+expect_no_err_text() {
+    [[ $err != *"$1"* ]] || problems+=("stderr has: $1")
 }
 expect_last_line() {
     [[ ${out##*$'\n'} == "$1" ]] || problems+=("last stdout line is '${out##*$'\n'}', expected '$1'")
@@ -310,6 +318,56 @@ else
     skipped=3
     echo "skip 3 --grpc cases that need grpcio: ${GRPC_PYTHON:-python3} cannot import grpc (python3 -m pip install grpcio)"
 fi
+
+# --- --admin: the admin page's line after the verdict ----------------------------------
+# A stand-in admin page: a directory with an index.html, served on a port the
+# OS picks (python3 -u prints "Serving HTTP on 127.0.0.1 port N").
+mkdir -p "$work/admin"
+echo '<!doctype html><title>admin</title>' >"$work/admin/index.html"
+python3 -u -m http.server --bind 127.0.0.1 --directory "$work/admin" 0 >"$work/admin.log" 2>&1 &
+pids+=("$!")
+admin=''
+for ((i = 0; i < 100; i++)); do
+    admin=$(grep -o 'port [0-9]*' "$work/admin.log" 2>/dev/null | head -n 1 | cut -d' ' -f2) || true
+    [[ -n $admin ]] && break
+    sleep 0.1
+done
+[[ -n $admin ]] || { echo "test-test-sh: the stand-in admin page did not start" >&2; cat "$work/admin.log" >&2; exit 1; }
+admin=127.0.0.1:$admin
+
+run -- --help
+expect_out "--admin URL"
+expect_out "ADMIN_URL"
+verdict "--help documents --admin and ADMIN_URL"
+
+run "LB_URL=http://$beta" -- --expect-backends 1 -n 10 --admin "ftp://$admin"
+expect_rc 2
+expect_err "--admin must be the admin port's base URL"
+verdict "--admin with a non-HTTP URL exits 2"
+
+run "LB_URL=http://$beta" -- --expect-backends 1 -n 10 --admin "http://$admin/"
+expect_rc 0
+expect_last_line 10
+expect_err "OK: 1 backends, 10 requests each"
+expect_last_err_line "test.sh: admin page: http://$admin/ (live share of requests, rates and state per endpoint)"
+verdict "--admin: after the OK verdict, one stderr line names the admin page"
+
+run "LB_URL=http://$alpha" "ADMIN_URL=http://127.0.0.1:$port" -- -n 10
+expect_rc 1
+expect_last_line 10
+expect_err "expected 2 backends, saw 1"
+expect_last_err_line "test.sh: admin page: http://127.0.0.1:$port/ did not answer (is the admin port forwarded? e.g. kubectl -n roundhouse port-forward deploy/lb 9090)"
+verdict "ADMIN_URL at a closed port: after the FAIL verdict, the line says it did not answer"
+
+run "LB_URL=http://$beta" -- --expect-backends 1 -n 10 --admin="http://$alpha"
+expect_rc 0
+expect_last_err_line "test.sh: admin page: http://$alpha/ answered HTTP 404 (is that the LB's admin port?)"
+verdict "--admin=URL at something else: the line gives its HTTP status"
+
+run "LB_URL=http://$beta" "ADMIN_URL=" -- --expect-backends 1 -n 10
+expect_rc 0
+expect_no_err_text "admin page"
+verdict "without --admin or ADMIN_URL there is no admin-page line"
 
 echo "$passed passed, $failed failed, $skipped skipped"
 ((failed == 0))

@@ -10,6 +10,9 @@ apt_pkgs=()
 for tool in curl:curl wrk:wrk nginx:nginx shellcheck:shellcheck jq:jq ip:iproute2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${tool#*:}")
 done
+# Headless Chromium from Debian's archive: the admin page's browser test
+# (scripts/admin-page-test.sh); a font so its screenshots have text.
+command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium fonts-dejavu-core)
 if ((${#apt_pkgs[@]})); then
     log "apt-get install ${apt_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -56,6 +56,18 @@ impl ShardedHistogram {
         s.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Observations per bucket (not cumulative; the last is `+Inf`), summed
+    /// over the shards. For readers such as the admin page, never the hot path.
+    pub fn bucket_counts(&self) -> [u64; BUCKETS.len() + 1] {
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        for s in self.shards.iter() {
+            for (c, b) in counts.iter_mut().zip(&s.buckets) {
+                *c += b.load(Ordering::Relaxed);
+            }
+        }
+        counts
+    }
+
     /// Total observations.
     pub fn count(&self) -> u64 {
         self.shards
@@ -63,6 +75,32 @@ impl ShardedHistogram {
             .map(|s| s.count.load(Ordering::Relaxed))
             .sum()
     }
+}
+
+/// The `q`-quantile (0 < q ≤ 1) in seconds of per-bucket counts as
+/// [`ShardedHistogram::bucket_counts`] returns them (or differences of two
+/// such readings), interpolated linearly inside the bucket as Prometheus'
+/// `histogram_quantile` does. A quantile in the `+Inf` bucket is reported as
+/// the last finite bound. `None` without observations.
+pub fn quantile(counts: &[u64; BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, &c) in counts.iter().enumerate() {
+        if c > 0 && (below + c) as f64 >= rank {
+            let Some(&upper) = BUCKETS.get(i) else {
+                return Some(BUCKETS[BUCKETS.len() - 1]);
+            };
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let within = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        below += c;
+    }
+    Some(BUCKETS[BUCKETS.len() - 1])
 }
 
 impl EncodeMetric for ShardedHistogram {
@@ -103,7 +141,7 @@ mod tests {
         h.observe(7, Duration::from_secs(20));
         assert_eq!(h.count(), 3);
         let mut reg = prometheus_client::registry::Registry::default();
-        reg.register("lat", "latency", h);
+        reg.register("lat", "latency", h.clone());
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(out.contains("lat_count 3"), "{out}");
@@ -111,5 +149,26 @@ mod tests {
         assert!(out.contains("lat_bucket{le=\"0.0025\"} 2"), "{out}");
         assert!(out.contains("lat_bucket{le=\"10.0\"} 2"), "{out}");
         assert!(out.contains("lat_bucket{le=\"+Inf\"} 3"), "{out}");
+        let counts = h.bucket_counts();
+        assert_eq!((counts[0], counts[4], counts[BUCKETS.len()]), (1, 1, 1));
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        assert_eq!(quantile(&counts, 0.5), None);
+        // 100 observations in (1 ms, 2.5 ms]: the median is half way.
+        counts[4] = 100;
+        let p50 = quantile(&counts, 0.5).unwrap();
+        assert!((p50 - 0.00175).abs() < 1e-9, "{p50}");
+        assert!((quantile(&counts, 1.0).unwrap() - 0.0025).abs() < 1e-9);
+        // One slow outlier in +Inf: p99 stays in the bucket, p100 is capped.
+        counts[BUCKETS.len()] = 1;
+        assert!(quantile(&counts, 0.99).unwrap() <= 0.0025);
+        assert_eq!(quantile(&counts, 1.0), Some(10.0));
+        // The first bucket interpolates from zero.
+        let mut first = [0u64; BUCKETS.len() + 1];
+        first[0] = 4;
+        assert!((quantile(&first, 0.5).unwrap() - 0.00005).abs() < 1e-12);
     }
 }

@@ -88,6 +88,14 @@ impl Endpoint {
         !self.is_available()
     }
 
+    /// How much longer the ejection lasts; `None` when not ejected. For
+    /// readers (the admin page), not the hot path.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until != 0 && until > now).then(|| Duration::from_millis(until - now))
+    }
+
     /// Clears an expired ejection; returns true if it did (for logging).
     pub fn readmit_if_expired(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
@@ -176,6 +184,7 @@ mod tests {
             FailureOutcome::Ejected(base)
         );
         assert!(e.is_ejected());
+        assert_eq!(e.ejected_for(), Some(base));
         e.record_response(200);
         assert!(e.is_ejected(), "a late response does not readmit early");
         assert_eq!(e.requests(), 1);
@@ -183,6 +192,7 @@ mod tests {
         assert!(e.is_ejected() && !e.readmit_if_expired(), "1 ms early");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(e.is_available(), "back after exactly the period");
+        assert_eq!(e.ejected_for(), None);
         assert!(e.readmit_if_expired());
         assert!(!e.readmit_if_expired(), "readmitted once");
     }
