@@ -50,7 +50,9 @@
 #
 # The LB side: every LB flag of a role is a variable, so the script follows the
 # LB's flags if they change (@CERT@ and @KEY@ are replaced by the files):
-#   LB_TLS_FLAGS    default "--tls-cert @CERT@ --tls-key @KEY@" (https, handshake,
+#   LB_TLS_FLAGS    default "--tls-cert @CERT@ --tls-key @KEY@ --tls-listen
+#                   127.0.0.1:@PORT@" (@PORT@: the port under test; with it the
+#                   plain --listen moves to a free port) (https, handshake,
 #                   h2tls, idle)
 #   LB_H2C_FLAGS    default "" (h2c by prior knowledge on the plain --listen)
 #   LB_GRPC_FLAGS   default "--upstream-protocol h2c" (gRPC to h2c backends)
@@ -101,7 +103,7 @@ hs_clients=${HANDSHAKE_CLIENTS:-2}
 hs_path=${HANDSHAKE_PATH:-/host}
 idle_conns=${IDLE_CONNECTIONS:-1000}
 workers=${WORKERS:-2}
-lb_tls_flags=${LB_TLS_FLAGS---tls-cert @CERT@ --tls-key @KEY@}
+lb_tls_flags=${LB_TLS_FLAGS---tls-cert @CERT@ --tls-key @KEY@ --tls-listen 127.0.0.1:@PORT@}
 lb_h2c_flags=${LB_H2C_FLAGS-}
 lb_grpc_flags=${LB_GRPC_FLAGS---upstream-protocol h2c}
 lb_http_flags=${LB_HTTP_FLAGS-}
@@ -333,7 +335,7 @@ probe_args() { # target role -> curl arguments that must succeed once it serves
 }
 
 start_proxy() { # target role
-    local t=$1 role=$2 dir=$work/$1-$2 args=() flags=() admin opts tmpl
+    local t=$1 role=$2 dir=$work/$1-$2 args=() flags=() admin opts tmpl listen
     mkdir -p "$dir"
     port[$t]=$(free_port)
     if [[ $t == nginx ]]; then
@@ -357,10 +359,17 @@ start_proxy() { # target role
         esac
         opts=${opts//@CERT@/$cert}
         opts=${opts//@KEY@/$key}
+        # TLS is served on --tls-listen (@PORT@, the port under test); the
+        # plain listener then moves to a port of its own.
+        listen=127.0.0.1:${port[$t]}
+        if [[ $opts == *@PORT@* ]]; then
+            opts=${opts//@PORT@/${port[$t]}}
+            listen=127.0.0.1:$(free_port)
+        fi
         read -ra flags <<<"$opts $lb_flags"
         admin=$(free_port)
         plog[$t]=$dir/lb.log
-        RUST_LOG=${RUST_LOG:-warn} "$lb_bin" serve --listen "127.0.0.1:${port[$t]}" \
+        RUST_LOG=${RUST_LOG:-warn} "$lb_bin" serve --listen "$listen" \
             --admin-listen "127.0.0.1:$admin" --backend "$b1" --backend "$b2" \
             --workers "$workers" "${flags[@]}" >"${plog[$t]}" 2>&1 &
         ppid[$t]=$!
