@@ -532,3 +532,46 @@ async fn sighup_without_a_config_file_is_logged_and_harmless() {
     assert_eq!(lb.split(2).await, HashMap::from([("b1".into(), 2)]));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_stays_ejected_across_a_reload() {
+    let (b1, b2) = (TestBackend::start("b1"), TestBackend::start("b2"));
+    // Nothing listens there: every connect is refused.
+    let dead = free_addr();
+    let d = dir("eject");
+    let config = d.join("lb.yaml");
+    std::fs::write(&config, format!("{}  - {dead}\n", yaml(&[&b1]))).unwrap();
+    let lb = Lb::start(
+        &config,
+        "1h",
+        &["--eject-after", "1", "--ejection-time", "1m"],
+    );
+    let ejected = |doc: &EndpointsDoc| {
+        doc.upstreams[0]
+            .endpoints
+            .iter()
+            .any(|e| e.address == dead.to_string() && e.state == "ejected")
+    };
+    lb.await_table("both endpoints", |doc| {
+        doc.upstreams[0].endpoints.len() == 2
+    })
+    .await;
+    // The refused connects are retried on b1: the client sees only b1.
+    assert_eq!(lb.split(4).await, HashMap::from([("b1".into(), 4)]));
+    lb.await_table("the dead endpoint ejected", ejected).await;
+    std::fs::write(&config, format!("{}  - {dead}\n", yaml(&[&b1, &b2]))).unwrap();
+    lb.hup();
+    lb.await_metric(SUCCESS_1).await;
+    let doc = lb
+        .await_table("three endpoints", |doc| {
+            doc.upstreams[0].endpoints.len() == 3
+        })
+        .await;
+    assert!(ejected(&doc), "the reload re-admitted it: {doc:?}");
+    // Every request answered by the live endpoints, the new one included
+    // (the ejected one's turns go to its neighbour, so not exactly 5/5).
+    let split = lb.split(10).await;
+    assert_eq!(split.values().sum::<usize>(), 10);
+    assert!(split["b1"] > 0 && split["b2"] > 0, "{split:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
