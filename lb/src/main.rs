@@ -117,7 +117,7 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
         let mut hangups = lb::shutdown::hangups()?;
         let reload = match (&source, &args.config) {
             (Source::Static(_), Some(path)) => {
-                let poll = args.config_poll;
+                let poll = args.config_poll.max(std::time::Duration::from_millis(10));
                 let args = args.clone();
                 Some(Reload {
                     path: path.clone(),
