@@ -89,6 +89,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// How often the `--config` file is checked for changes (hidden: for
+    /// tests; SIGHUP reloads at once).
+    #[arg(long, env = "LB_CONFIG_POLL", default_value = "2s", value_parser = duration, hide = true)]
+    pub config_poll: Duration,
+
     /// Discover endpoints from Kubernetes: watch this namespace's Upstream
     /// objects and their Services' EndpointSlices (in-cluster config, or
     /// KUBECONFIG outside a cluster).

@@ -9,6 +9,7 @@ use futures::FutureExt;
 use lb::config::{Cli, Command, ConfigError, ProxyArgs, ServeArgs};
 use lb::discovery::Source;
 use lb::discovery::certs::read_cert_files;
+use lb::discovery::reload::Reload;
 use lb::proxy::tls::CertStore;
 use lb::server::{self, Bound, Settings, TlsSettings};
 
@@ -112,7 +113,36 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
     }
     let bound = Bound::bind(&settings)?;
     block_on(async move {
-        let built = source.build().await?;
+        // Before anything accepts: SIGHUP's default action is to exit.
+        let mut hangups = lb::shutdown::hangups()?;
+        let reload = match (&source, &args.config) {
+            (Source::Static(_), Some(path)) => {
+                let poll = args.config_poll.max(std::time::Duration::from_millis(10));
+                let args = args.clone();
+                Some(Reload {
+                    path: path.clone(),
+                    load: std::sync::Arc::new(move || {
+                        args.static_source().map_err(|e| e.to_string())
+                    }),
+                    poll,
+                    triggers: hangups,
+                })
+            }
+            _ => {
+                let why = if matches!(source, Source::Kubernetes { .. }) {
+                    "SIGHUP does nothing in Kubernetes mode: the Upstream objects are the live configuration"
+                } else {
+                    "SIGHUP: nothing to reload (no --config file; --backend flags need a restart)"
+                };
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("{why}");
+                    }
+                });
+                None
+            }
+        };
+        let built = source.build(reload).await?;
         if let Some(tls) = &settings.tls {
             tls.certs.replace(&built.certs).map_err(ConfigError::Tls)?;
         }

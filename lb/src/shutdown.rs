@@ -26,3 +26,21 @@ pub async fn signal() {
         info!(signal = "SIGINT", "shutdown requested");
     }
 }
+
+/// Installs the SIGHUP handler now (so a SIGHUP never kills the process
+/// once it serves) and returns one message per SIGHUP. Must be called
+/// inside a Tokio runtime.
+pub fn hangups() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!(signal = "SIGHUP", "reload requested");
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

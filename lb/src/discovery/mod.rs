@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod file;
 pub mod k8s;
+pub mod reload;
 pub mod static_dns;
 
 use std::fmt;
@@ -328,17 +329,22 @@ impl Source {
 
     /// Builds the source (for Kubernetes: the API client, from the pod's
     /// service account or `KUBECONFIG`, and the first read of the TLS
-    /// Secrets).
-    pub async fn build(self) -> Result<Built, SourceError> {
+    /// Secrets). A static source from a configuration file is reloaded as
+    /// `reload` says (ignored for other sources).
+    pub async fn build(self, reload: Option<reload::Reload>) -> Result<Built, SourceError> {
         Ok(match self {
-            Source::Static(s) => Built {
-                certs: certs::read_cert_files(&s.tls)?,
-                discovery: Box::new(
-                    StaticDiscovery::new(s.targets, s.dns_refresh)
-                        .with_cert_files(s.tls)
-                        .speaking(s.protocol),
-                ),
-            },
+            Source::Static(s) => {
+                let inner = StaticDiscovery::new(s.targets.clone(), s.dns_refresh)
+                    .with_cert_files(s.tls.clone())
+                    .speaking(s.protocol);
+                Built {
+                    certs: certs::read_cert_files(&s.tls)?,
+                    discovery: match reload {
+                        Some(r) => Box::new(reload::ReloadingDiscovery::new(s, inner, r)),
+                        None => Box::new(inner),
+                    },
+                }
+            }
             Source::Kubernetes {
                 namespace,
                 default_upstream,

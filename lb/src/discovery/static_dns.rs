@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -118,6 +119,18 @@ pub struct StaticDiscovery {
     refresh: Duration,
     cert_files: Vec<CertFiles>,
     protocol: Protocol,
+    updates: Option<watch::Receiver<StaticUpdate>>,
+}
+
+/// What a configuration reload may change in a running static source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticUpdate {
+    /// The backends.
+    pub targets: Vec<BackendTarget>,
+    /// DNS refresh period.
+    pub refresh: Duration,
+    /// What the backends speak.
+    pub protocol: Protocol,
 }
 
 impl StaticDiscovery {
@@ -128,7 +141,15 @@ impl StaticDiscovery {
             refresh,
             cert_files: Vec::new(),
             protocol: Protocol::Http1,
+            updates: None,
         }
+    }
+
+    /// Also takes new backends, refresh period and protocol from `updates`
+    /// (configuration reloads), applied like any other endpoint change.
+    pub fn following(mut self, updates: watch::Receiver<StaticUpdate>) -> Self {
+        self.updates = Some(updates);
+        self
     }
 
     /// The backends speak `protocol`.
@@ -181,9 +202,10 @@ impl Discovery for StaticDiscovery {
         shutdown: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            if !self.cert_files.is_empty() {
+            let mut this = *self;
+            if !this.cert_files.is_empty() {
                 tokio::spawn(follow_cert_files(
-                    self.cert_files.clone(),
+                    this.cert_files.clone(),
                     CERT_POLL,
                     publisher.clone(),
                     shutdown.clone(),
@@ -191,20 +213,19 @@ impl Discovery for StaticDiscovery {
             }
             // Last known addresses per target; a failed lookup keeps them, so a
             // DNS hiccup never empties the pool.
-            let mut known: Vec<Option<BTreeSet<SocketAddr>>> = vec![None; self.targets.len()];
-            // Until every name has resolved once, retry faster than `refresh`.
-            let fast = Duration::from_millis(250).min(self.refresh);
+            let mut known: Vec<Option<BTreeSet<SocketAddr>>> = vec![None; this.targets.len()];
+            let mut updates = this.updates.take();
             loop {
-                let rounds = join_all(self.targets.iter().map(resolve)).await;
+                let rounds = join_all(this.targets.iter().map(resolve)).await;
                 for (slot, r) in known.iter_mut().zip(rounds) {
                     if let Some(addrs) = r.addrs {
                         *slot = Some(addrs);
                     }
                 }
                 let complete = known.iter().all(Option::is_some);
-                let endpoints = build_endpoints(&self.targets, &known);
+                let endpoints = build_endpoints(&this.targets, &known);
                 let mut upstream = UpstreamConfig::catch_all(STATIC_UPSTREAM, endpoints);
-                upstream.protocol = self.protocol;
+                upstream.protocol = this.protocol;
                 let routing = RoutingConfig {
                     upstreams: vec![upstream],
                 };
@@ -214,14 +235,50 @@ impl Discovery for StaticDiscovery {
                 } else {
                     debug!(endpoints = count, "static endpoints unchanged");
                 }
-                let wait = if complete { self.refresh } else { fast };
+                // Until every name has resolved once, retry faster than `refresh`.
+                let wait = if complete {
+                    this.refresh
+                } else {
+                    Duration::from_millis(250).min(this.refresh)
+                };
+                let update = async {
+                    if let Some(rx) = updates.as_mut()
+                        && rx.changed().await.is_ok()
+                    {
+                        return Some(rx.borrow_and_update().clone());
+                    }
+                    std::future::pending().await
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}
+                    Some(u) = update => {
+                        known = carry_known(&this.targets, known, &u.targets);
+                        this.targets = u.targets;
+                        this.refresh = u.refresh;
+                        this.protocol = u.protocol;
+                    }
                 }
             }
         })
     }
+}
+
+/// The last known addresses of the targets that stay (same host and port;
+/// the weight may change), so a reload publishes them at once even if DNS
+/// is slow; new targets start unresolved.
+fn carry_known(
+    old: &[BackendTarget],
+    known: Vec<Option<BTreeSet<SocketAddr>>>,
+    new: &[BackendTarget],
+) -> Vec<Option<BTreeSet<SocketAddr>>> {
+    new.iter()
+        .map(|t| {
+            old.iter()
+                .position(|o| o.host == t.host && o.port == t.port)
+                .and_then(|i| known[i].clone())
+        })
+        .collect()
 }
 
 /// Flattens resolved targets into endpoints in configuration order, each
@@ -251,6 +308,19 @@ fn build_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_addresses_of_targets_that_stay() {
+        let t = |s: &str| s.parse::<BackendTarget>().unwrap();
+        let addrs = |p: u16| Some(BTreeSet::from([SocketAddr::from(([10, 0, 0, 1], p))]));
+        let old = vec![t("a:1"), t("b:2")];
+        let known = vec![addrs(1), addrs(2)];
+        let new = vec![t("b:2").with_weight(3).unwrap(), t("c:3"), t("a:1")];
+        assert_eq!(
+            carry_known(&old, known, &new),
+            vec![addrs(2), None, addrs(1)]
+        );
+    }
 
     #[test]
     fn parses_targets() {

@@ -82,6 +82,36 @@ pub struct DiscoveryMetrics {
     pub conflicts: Gauge,
     /// Unix time at which every watch was last known to be in sync.
     pub last_sync: Gauge<f64, AtomicU64>,
+    /// Configuration file reloads by result (`success`, `failure`).
+    pub config_reloads: Family<ResultLabels, Counter>,
+    /// 1 if the last configuration reload succeeded (or none was tried), 0
+    /// if it failed.
+    pub config_last_reload_successful: Gauge,
+    /// Unix time of the last successful configuration load (the start
+    /// counts).
+    pub config_last_reload_success: Gauge<f64, AtomicU64>,
+}
+
+impl DiscoveryMetrics {
+    /// Records a configuration reload (`success` or `failure`).
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.config_last_reload_successful.set(i64::from(success));
+        if success {
+            self.config_loaded();
+        }
+    }
+
+    /// Records that the configuration was loaded now (at the start).
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_reload_success.set(now);
+    }
 }
 
 /// Every metric the LB exports.
@@ -218,6 +248,22 @@ impl Metrics {
             "discovery_last_sync_timestamp_seconds",
             "Unix time at which every watch of the discovery source was last known to be in sync",
             discovery.last_sync.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration file reloads (SIGHUP or file change) by result: success, failure (the old configuration keeps serving)",
+            discovery.config_reloads.clone(),
+        );
+        discovery.config_last_reload_successful.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried), 0 if it failed",
+            discovery.config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (the start counts; 0 without --config)",
+            discovery.config_last_reload_success.clone(),
         );
         registry.register(
             "tunnels",
