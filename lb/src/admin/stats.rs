@@ -348,7 +348,7 @@ pub struct EndpointWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{EndpointSpec, RoutingConfig, UpstreamConfig};
+    use crate::discovery::RoutingConfig;
     use crate::metrics::Metrics;
     use crate::selection::Policy;
 
@@ -359,15 +359,7 @@ mod tests {
     }
 
     fn apply(b: &Balancer, ports: &[u16]) {
-        b.apply(&RoutingConfig {
-            upstreams: vec![UpstreamConfig::catch_all(
-                "default",
-                ports
-                    .iter()
-                    .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
-                    .collect(),
-            )],
-        });
+        b.apply(&RoutingConfig::catch_all_local(ports));
     }
 
     fn hit(b: &Balancer, port: u16, status: u16, n: usize) {

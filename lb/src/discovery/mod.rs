@@ -139,6 +139,23 @@ pub struct RoutingConfig {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
+#[cfg(test)]
+impl RoutingConfig {
+    /// Tests' one catch-all Upstream `default` over `127.0.0.1:<port>` for
+    /// each port.
+    pub(crate) fn catch_all_local(ports: &[u16]) -> Self {
+        RoutingConfig {
+            upstreams: vec![UpstreamConfig::catch_all(
+                "default",
+                ports
+                    .iter()
+                    .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
+                    .collect(),
+            )],
+        }
+    }
+}
+
 /// A TLS certificate chain and its private key, as PEM, with a name for
 /// messages (a file path or a Secret's name). Sources publish the set they
 /// serve ([`Publisher::publish_certs`]); the TLS listener swaps it in.

@@ -381,18 +381,9 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::discovery::{EndpointSpec, UpstreamConfig};
 
     fn cfg(ports: &[u16]) -> RoutingConfig {
-        RoutingConfig {
-            upstreams: vec![UpstreamConfig::catch_all(
-                "default",
-                ports
-                    .iter()
-                    .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
-                    .collect(),
-            )],
-        }
+        RoutingConfig::catch_all_local(ports)
     }
 
     fn balancer(ports: &[u16]) -> Balancer {
