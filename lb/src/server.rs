@@ -107,6 +107,11 @@ pub async fn run(
     on_start: impl FnOnce(Running),
 ) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::new(settings.proxy.workers));
+    if let Some(limit) = raise_fd_limit() {
+        metrics
+            .fd_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
     let balancer = Arc::new(Balancer::new(settings.policy.clone(), metrics.clone()));
     let ready = Readiness::default();
     let stop_discovery = CancellationToken::new();
@@ -247,4 +252,31 @@ async fn follow_certs(
             }
         }
     }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as nginx's
+/// `worker_rlimit_nofile`): every client connection needs a descriptor, and
+/// many systems start processes at a soft limit of 1024. Logs old soft, new
+/// soft and hard at info; returns the soft limit now in force (0 when
+/// unlimited), or `None` when it cannot be read.
+fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let old = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+    let mut new = old;
+    new.current = old.maximum;
+    if new.current != old.current
+        && let Err(e) = setrlimit(Resource::Nofile, new)
+    {
+        warn!(error = %e, soft = %show(old.current), hard = %show(old.maximum), "could not raise the file-descriptor limit");
+        return old.current.or(Some(0));
+    }
+    let now = getrlimit(Resource::Nofile);
+    info!(
+        old_soft = %show(old.current),
+        new_soft = %show(now.current),
+        hard = %show(now.maximum),
+        "file-descriptor limit (RLIMIT_NOFILE)"
+    );
+    now.current.or(Some(0))
 }

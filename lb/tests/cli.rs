@@ -183,3 +183,83 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     assert_eq!(leaf(client.clone()).await, Some(new_der));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// At start the LB raises its soft RLIMIT_NOFILE to the hard limit, logs
+/// old soft, new soft and hard, exports `roundhouse_fd_limit`, and serves.
+#[test]
+fn fd_limit_is_raised_to_the_hard_limit_and_logged() {
+    use std::io::BufRead;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=64:2048", "--"])
+        .arg(env!("CARGO_BIN_EXE_lb"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--backend", "127.0.0.1:9", "--workers", "1"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs lb");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(l);
+        }
+    });
+    let _lb = Lb(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = rx
+            .recv_timeout(left)
+            .expect("no file-descriptor limit line within 20 s");
+        if l.contains("RLIMIT_NOFILE") {
+            break strip_ansi(&l);
+        }
+    };
+    assert!(line.contains("old_soft=64"), "{line}");
+    assert!(line.contains("new_soft=2048"), "{line}");
+    assert!(line.contains("hard=2048"), "{line}");
+    // The gauge says the same on /metrics (bounded wait for the admin port).
+    let metrics = loop {
+        let body = std::process::Command::new("curl")
+            .args(["-fsS", "--max-time", "1"])
+            .arg(format!("http://127.0.0.1:{admin}/metrics"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if body.contains("roundhouse_fd_limit") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains("roundhouse_fd_limit 2048"), "{metrics}");
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub discovery: DiscoveryMetrics,
     /// Open WebSocket/upgrade tunnels.
     pub tunnels: Gauge,
+    /// The process's soft RLIMIT_NOFILE after start (0 when unlimited).
+    pub fd_limit: Gauge,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_errors: Counter,
     /// Certificate sets swapped in (or refused) after the start.
@@ -172,6 +174,12 @@ impl Metrics {
         let discovery_updates = Counter::default();
         let discovery = DiscoveryMetrics::default();
         let tunnels = Gauge::default();
+        let fd_limit = Gauge::default();
+        registry.register(
+            "fd_limit",
+            "Soft limit on open file descriptors (RLIMIT_NOFILE) after start; 0 = unlimited",
+            fd_limit.clone(),
+        );
         let tls_handshake_errors = Counter::default();
         let tls_certificate_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -294,6 +302,7 @@ impl Metrics {
             discovery_updates,
             discovery,
             tunnels,
+            fd_limit,
             tls_handshake_errors,
             tls_certificate_reloads,
         }

@@ -3,6 +3,7 @@
 //! worker's own thread.
 
 use std::io;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
@@ -17,6 +18,13 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// less per read; new data always brings a new event). A TLS stream may
     /// still hold decrypted bytes, so it does nothing.
     fn drained(&self) {}
+
+    /// Ready once the stream may have bytes to read (or is closed): lets an
+    /// idle keep-alive connection wait without holding read buffers. A TLS
+    /// stream may hold decrypted bytes already, so it is always ready.
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -24,6 +32,10 @@ impl ClientStream for TcpStream {
         let _ = self.try_io(Interest::READABLE, || {
             Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 

@@ -225,14 +225,32 @@ impl Worker {
             max_headers: config.max_headers,
         };
         let host_override = self.shared.host_override.as_ref().map(|h| h.as_bytes());
-        let mut bufs = ClientLoan::take();
-        let ClientBufs { inb, up_head, out } = &mut *bufs;
+        // Buffers are on loan only while a request is being read or served:
+        // an idle keep-alive connection returns them to the worker's free
+        // list and waits for readability holding none.
+        let mut bufs: Option<ClientLoan> = None;
         let mut header_timer = LazyTimer::new();
         let mut response_timer = LazyTimer::new();
         let cancelled = drain.cancelled();
         tokio::pin!(cancelled);
         loop {
             let due = Instant::now() + config.header_read_timeout;
+            if bufs.is_none() {
+                tokio::select! {
+                    biased;
+                    r = std::future::poll_fn(|cx| stream.poll_readable(cx)) => {
+                        if r.is_err() {
+                            return Outcome::Closed;
+                        }
+                    }
+                    () = header_timer.until(due) => {
+                        debug!(client = %client.ip, "no request within the header-read timeout; closing the idle connection");
+                        return Outcome::Closed;
+                    }
+                    () = &mut cancelled => return Outcome::Closed,
+                }
+            }
+            let ClientBufs { inb, up_head, out } = &mut **bufs.get_or_insert_with(ClientLoan::take);
             let req = loop {
                 if h2c && !inb.is_empty() {
                     match h2_preface(inb) {
@@ -292,6 +310,9 @@ impl Worker {
             if !keep {
                 let _ = stream.shutdown().await;
                 return Outcome::Closed;
+            }
+            if inb.is_empty() {
+                bufs = None;
             }
         }
     }
