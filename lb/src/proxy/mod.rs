@@ -18,6 +18,7 @@
 //! [`Worker::route`] and [`Worker::forward`] with an upstream transport
 //! implementing [`attempt::Transport`].
 
+pub mod access_log;
 pub mod attempt;
 pub mod body;
 mod buffers;
