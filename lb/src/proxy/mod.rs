@@ -93,6 +93,10 @@ pub struct ProxyConfig {
     /// Answer every request on the plain listener with a redirect to
     /// HTTPS on this port (`--https-redirect`); `None`: proxy it.
     pub https_redirect: Option<u16>,
+    /// Where access log lines go (`--access-log`); `None`: no access log.
+    pub access_log: Option<access_log::Target>,
+    /// The access log's line format (`--access-log-format`).
+    pub access_log_format: access_log::Format,
 }
 
 impl Default for ProxyConfig {
@@ -112,6 +116,8 @@ impl Default for ProxyConfig {
             h2_max_streams: 100,
             tls_handshake_timeout: Duration::from_secs(10),
             https_redirect: None,
+            access_log: None,
+            access_log_format: access_log::Format::Json,
         }
     }
 }
