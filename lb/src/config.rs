@@ -408,7 +408,10 @@ impl ProxyArgs {
                 .append(true)
                 .open(path)
                 .map_err(|e| {
-                    ConfigError::Invalid(format!("cannot open --access-log {}: {e}", path.display()))
+                    ConfigError::Invalid(format!(
+                        "cannot open --access-log {}: {e}",
+                        path.display()
+                    ))
                 })?;
         }
         let proxy = ProxyConfig {
@@ -581,7 +584,9 @@ mod tests {
         let (proxy, _) = s.proxy.build().unwrap();
         assert_eq!(proxy.access_log, Some(access_log::Target::Stderr));
         assert_eq!(proxy.access_log_format, access_log::Format::Combined);
-        let e = serve(&["--access-log-format", "xml"]).unwrap_err().to_string();
+        let e = serve(&["--access-log-format", "xml"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("json or combined"), "{e}");
         let s = serve(&["--access-log", "/nonexistent-dir/x/access.log"]).unwrap();
         let e = s.proxy.build().unwrap_err().to_string();

@@ -219,6 +219,47 @@ pub fn parse_request(
     })
 }
 
+/// The method and target of a complete request head (for the access log).
+pub fn request_line(head: &[u8]) -> (&str, &str) {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    (
+        std::str::from_utf8(method).unwrap_or("-"),
+        std::str::from_utf8(target).unwrap_or("-"),
+    )
+}
+
+/// The values of the header fields called `name` in a complete request
+/// head (trimmed).
+pub fn header_values<'h>(head: &'h [u8], name: &'h [u8]) -> impl Iterator<Item = &'h [u8]> + 'h {
+    head.split(|b| *b == b'\n').skip(1).filter_map(move |line| {
+        let colon = line.iter().position(|b| *b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// Replaces every `name` field of a rewritten head (`out`, as
+/// [`parse_request`] wrote it) with one `name: value` field.
+pub fn set_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let head = std::mem::take(out);
+    let body = head.strip_suffix(b"\r\n").unwrap_or(&head);
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        let named = line
+            .iter()
+            .position(|b| *b == b':')
+            .is_some_and(|colon| line[..colon].eq_ignore_ascii_case(name));
+        if !named {
+            out.extend_from_slice(line);
+        }
+    }
+    header(out, name, value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// How an upstream response's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
