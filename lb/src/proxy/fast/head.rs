@@ -446,6 +446,21 @@ mod tests {
         max_headers: 16,
     };
 
+    #[test]
+    fn request_line_header_values_and_set_header() {
+        let raw =
+            b"GET /a:b?x=1 HTTP/1.1\r\nHost: h\r\nX-Request-Id:  one \r\nx-request-id: two\r\n\r\n";
+        assert_eq!(request_line(raw), ("GET", "/a:b?x=1"));
+        let ids: Vec<&[u8]> = header_values(raw, b"x-request-id").collect();
+        assert_eq!(ids, vec![&b"one"[..], &b"two"[..]]);
+        let mut out = b"GET /a:b HTTP/1.1\r\nhost: h\r\nX-Request-Id: one\r\nvia: 1.1 roundhouse\r\nx-request-id: two\r\n\r\n".to_vec();
+        set_header(&mut out, b"x-request-id", b"new-1");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a:b HTTP/1.1\r\nhost: h\r\nvia: 1.1 roundhouse\r\nx-request-id: new-1\r\n\r\n"
+        );
+    }
+
     fn req(raw: &str) -> (Request, String) {
         let mut out = Vec::new();
         let client = ClientIp::new("10.1.2.3".parse().unwrap());
