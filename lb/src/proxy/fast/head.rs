@@ -245,17 +245,27 @@ pub fn header_values<'h>(head: &'h [u8], name: &'h [u8]) -> impl Iterator<Item =
 /// Replaces every `name` field of a rewritten head (`out`, as
 /// [`parse_request`] wrote it) with one `name: value` field.
 pub fn set_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    let head = std::mem::take(out);
-    let body = head.strip_suffix(b"\r\n").unwrap_or(&head);
-    for line in body.split_inclusive(|b| *b == b'\n') {
+    // In place: the lines before the final empty one are compacted, those
+    // called `name` left out.
+    let end = out.len() - usize::from(out.ends_with(b"\r\n")) * 2;
+    let (mut read, mut write) = (0, 0);
+    while read < end {
+        let line_end = out[read..end]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(end, |p| read + p + 1);
+        let line = &out[read..line_end];
         let named = line
             .iter()
             .position(|b| *b == b':')
             .is_some_and(|colon| line[..colon].eq_ignore_ascii_case(name));
         if !named {
-            out.extend_from_slice(line);
+            out.copy_within(read..line_end, write);
+            write += line_end - read;
         }
+        read = line_end;
     }
+    out.truncate(write);
     header(out, name, value);
     out.extend_from_slice(b"\r\n");
 }
