@@ -181,7 +181,7 @@ run() {
     fi
     local cpu_us
     cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$clk_tck" -v n="$req" \
-        'BEGIN { printf "%.2f", (n > 0 ? d / hz * 1e6 / n : 0) }')
+        'BEGIN { printf "%.2f", ((n > 0) ? d / hz * 1e6 / n : 0) }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$config" "$round" "$rps" "$req" \
         "$errors" "$cpu_us" "$lines" "${dropped:-0}" >>"$results"
     note "round $round, log $config: $rps req/s, $cpu_us µs CPU/request, $errors errors"
@@ -219,9 +219,13 @@ echo "| log | req/s | CPU µs/request |"
 echo "| --- | ---: | ---: |"
 echo "| off | $rps_off | $cpu_off |"
 echo "| file | $rps_on | $cpu_on |"
-echo "| file / off | $(awk -v a="$rps_on" -v b="$rps_off" 'BEGIN { printf "%.3f", b > 0 ? a / b : 0 }') | $(awk -v a="$cpu_on" -v b="$cpu_off" 'BEGIN { printf "%.3f", b > 0 ? a / b : 0 }') |"
+ratio() { # a b -> a / b with three decimals (0 when b is 0)
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", ((b > 0) ? a / b : 0) }'
+}
+echo "| file / off | $(ratio "$rps_on" "$rps_off") | $(ratio "$cpu_on" "$cpu_off") |"
 echo
-echo "Per run (config, round, req/s, requests, errors, CPU µs/request, lines in the file, dropped):"
+echo "Per run (config, round, req/s, requests, errors, CPU µs/request, lines in the file"
+echo "(including the 1 s warm-up's requests), dropped):"
 echo
 echo '```'
 cat "$results"
