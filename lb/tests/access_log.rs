@@ -356,3 +356,20 @@ async fn a_local_503_is_logged_without_an_upstream() {
     );
     assert!(v["bytes"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[test]
+fn an_access_log_file_that_cannot_be_opened_is_a_configuration_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["serve", "--backend", "127.0.0.1:1"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--access-log", "/nonexistent-roundhouse-dir/access.log"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("cannot open --access-log /nonexistent-roundhouse-dir/access.log"),
+        "{stderr}"
+    );
+}
