@@ -14,7 +14,7 @@ use crate::discovery::certs::CertFiles;
 use crate::discovery::file::{self, FileError, parse_duration};
 use crate::discovery::static_dns::TargetError;
 use crate::discovery::{DefaultUpstream, Protocol, Source, StaticSource};
-use crate::proxy::ProxyConfig;
+use crate::proxy::{ProxyConfig, access_log};
 use crate::selection::Policy;
 
 /// `lb`: the roundhouse load balancer.
@@ -229,6 +229,20 @@ pub struct ProxyArgs {
     /// Send this Host header upstream instead of the client's.
     #[arg(long, env = "LB_HOST_HEADER", value_name = "HOST")]
     pub host_header: Option<String>,
+
+    /// Write an access log line per request to `stderr` or to a file
+    /// (appended to; created if missing). Off by default.
+    #[arg(long, env = "LB_ACCESS_LOG", value_name = "stderr|PATH")]
+    pub access_log: Option<access_log::Target>,
+
+    /// Access log line format: `json` or `combined`.
+    #[arg(
+        long,
+        env = "LB_ACCESS_LOG_FORMAT",
+        value_name = "json|combined",
+        default_value = "json"
+    )]
+    pub access_log_format: access_log::Format,
 }
 
 /// The TLS listener: on when certificates are configured.
@@ -391,6 +405,20 @@ impl ProxyArgs {
             })?),
             None => None,
         };
+        if let Some(access_log::Target::Path(path)) = &self.access_log {
+            // Opened here only to fail early and clearly; the writer
+            // thread opens it again when the LB starts.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "cannot open --access-log {}: {e}",
+                        path.display()
+                    ))
+                })?;
+        }
         let proxy = ProxyConfig {
             workers,
             header_read_timeout: self.header_read_timeout,
@@ -404,6 +432,8 @@ impl ProxyArgs {
             max_connections: self.max_connections,
             fast_path: self.fast_path,
             h2_max_streams: self.h2_max_streams,
+            access_log: self.access_log.clone(),
+            access_log_format: self.access_log_format,
             ..ProxyConfig::default()
         };
         let policy = Policy {
@@ -547,6 +577,28 @@ mod tests {
         let src = s.static_source().unwrap();
         let hosts: Vec<_> = src.targets.iter().map(|t| t.host.as_str()).collect();
         assert_eq!(hosts, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn access_log_flags() {
+        let s = serve(&[]).unwrap();
+        let (proxy, _) = s.proxy.build().unwrap();
+        assert_eq!(proxy.access_log, None, "off by default");
+        assert_eq!(proxy.access_log_format, access_log::Format::Json);
+        let s = serve(&["--access-log", "stderr", "--access-log-format", "combined"]).unwrap();
+        let (proxy, _) = s.proxy.build().unwrap();
+        assert_eq!(proxy.access_log, Some(access_log::Target::Stderr));
+        assert_eq!(proxy.access_log_format, access_log::Format::Combined);
+        let e = serve(&["--access-log-format", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("json or combined"), "{e}");
+        let s = serve(&["--access-log", "/nonexistent-dir/x/access.log"]).unwrap();
+        let e = s.proxy.build().unwrap_err().to_string();
+        assert!(
+            e.contains("cannot open --access-log /nonexistent-dir/x/access.log"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState, Readiness};
 use crate::discovery::{self, CertPair, Discovery};
 use crate::metrics::Metrics;
+use crate::proxy::access_log::AccessLog;
 use crate::proxy::tls::CertStore;
 use crate::proxy::{self, ProxyConfig};
 use crate::selection::{Balancer, Policy};
@@ -167,6 +168,14 @@ pub async fn run(
         }
         None => None,
     };
+    let access_log = match &settings.proxy.access_log {
+        Some(target) => Some(AccessLog::start(
+            target,
+            settings.proxy.access_log_format,
+            metrics.clone(),
+        )?),
+        None => None,
+    };
     let workers = proxy::start(
         proxy::Listeners {
             plain: bound.proxy,
@@ -175,6 +184,7 @@ pub async fn run(
         balancer.clone(),
         settings.proxy.clone(),
         stop_proxy.clone(),
+        access_log.as_ref(),
     )?;
     let admin_listener = tokio::net::TcpListener::from_std(bound.admin)?;
     let admin_router = admin::router(AdminState {
@@ -210,7 +220,13 @@ pub async fn run(
     }
     info!("closing listeners and draining in-flight requests");
     stop_proxy.cancel();
+    // Every worker's WorkerLog is dropped (its lines handed over) when its
+    // thread ends, so the writer's channel closes and shutdown returns
+    // once everything queued is written.
     workers.wait().await;
+    if let Some(log) = access_log {
+        let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
+    }
     stop_discovery.cancel();
     stop_admin.cancel();
     housekeeping.abort();

@@ -149,6 +149,10 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     /// Certificate sets swapped in (or refused) after the start.
     pub tls_certificate_reloads: Family<ResultLabels, Counter>,
+    /// Access-log lines handed to the writer thread.
+    pub access_log_lines: Counter,
+    /// Access-log lines dropped because the sink was slower than the traffic.
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +186,18 @@ impl Metrics {
         );
         let tls_handshake_errors = Counter::default();
         let tls_certificate_reloads = Family::<ResultLabels, Counter>::default();
+        let access_log_lines = Counter::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_lines",
+            "Access-log lines handed to the writer thread",
+            access_log_lines.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the sink was slower than the traffic",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "requests",
             "Proxied requests by upstream, endpoint and status class",
@@ -305,6 +321,8 @@ impl Metrics {
             fd_limit,
             tls_handshake_errors,
             tls_certificate_reloads,
+            access_log_lines,
+            access_log_dropped,
         }
     }
 

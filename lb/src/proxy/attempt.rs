@@ -24,12 +24,13 @@
 //! kind of pooled connection. A new protocol adds a transport, not a policy.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::Method;
 use tracing::{debug, warn};
 
 use super::Worker;
+use super::access_log::{Record, UpstreamSide};
 use super::local::Local;
 use super::upstream::{self, ConnectError, Pool, UpConn};
 use crate::metrics::Metrics;
@@ -248,6 +249,40 @@ enum AfterFailure {
     GiveUp(Local),
 }
 
+/// The upstream side of the last [`Worker::forward`], for the access log
+/// (`Worker::last_forward`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Forwarded {
+    /// The endpoint that answered or was tried last; `None` when none was
+    /// picked.
+    pub upstream: Option<UpstreamSide>,
+    /// Attempts beyond the first.
+    pub retries: u32,
+}
+
+/// What a transport knows about a finished request, for its access log
+/// line ([`Worker::log_request`]).
+pub(crate) struct Finished<'a> {
+    /// When the request head was complete.
+    pub start: Instant,
+    /// The client.
+    pub client: SocketAddr,
+    /// Request method.
+    pub method: &'a str,
+    /// Request target (path and query).
+    pub path: &'a str,
+    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
+    pub protocol: &'a str,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Response body bytes sent (see docs/access-log.md).
+    pub bytes: u64,
+    /// The route's name, when one matched.
+    pub route: Option<&'a str>,
+    /// The request id.
+    pub request_id: &'a str,
+}
+
 /// A request that reached an endpoint and got a response head.
 pub(crate) struct Answered<R> {
     /// Index of the endpoint in the upstream.
@@ -285,6 +320,9 @@ impl Worker {
     ) -> Result<Answered<T::Response>, Local> {
         let Some(mut idx) = upstream.pick() else {
             warn!(upstream = %upstream.name, "no endpoints available; answering 503");
+            if self.log.is_some() {
+                self.last_forward.set(Forwarded::default());
+            }
             return Err(Local::NoEndpoints);
         };
         let max_attempts = max_attempts(upstream);
@@ -301,11 +339,11 @@ impl Worker {
             };
             let failure = match attempt(transport, endpoint.addr, request, &upstream.policy).await {
                 Ok(response) => {
-                    endpoint.record_response(T::status(&response));
-                    self.shared
-                        .metrics
-                        .duration
-                        .observe(self.id, start.elapsed());
+                    let status = T::status(&response);
+                    endpoint.record_response(status);
+                    let took = start.elapsed();
+                    self.shared.metrics.duration.observe(self.id, took);
+                    self.note_forward(endpoint.addr, Some(status), took, attempts);
                     return Ok(Answered { idx, response });
                 }
                 Err(SendFailure { failure, unsent }) => {
@@ -314,13 +352,88 @@ impl Worker {
                 }
             };
             if let Some(local) = transport.client_fault() {
+                self.note_forward(endpoint.addr, None, start.elapsed(), attempts);
                 return Err(local);
             }
             let retry = may_retry(failure.kind, pending.is_some(), transport.can_replay());
             match self.after_failure(upstream, &tried[..attempts], max_attempts, &failure, retry) {
                 AfterFailure::Retry(next) => idx = next,
-                AfterFailure::GiveUp(local) => return Err(local),
+                AfterFailure::GiveUp(local) => {
+                    self.note_forward(endpoint.addr, None, start.elapsed(), attempts);
+                    return Err(local);
+                }
             }
+        }
+    }
+
+    /// Keeps the upstream side of this request for its access log line.
+    #[inline]
+    fn note_forward(
+        &self,
+        addr: SocketAddr,
+        status: Option<u16>,
+        duration: std::time::Duration,
+        attempts: usize,
+    ) {
+        if self.log.is_some() {
+            self.last_forward.set(Forwarded {
+                upstream: Some(UpstreamSide {
+                    addr,
+                    status,
+                    duration,
+                }),
+                retries: attempts.saturating_sub(1) as u32,
+            });
+        }
+    }
+
+    /// Writes the access log line of a finished request (a no-op when the
+    /// log is off). `forwarded` is the upstream side: what
+    /// [`Worker::take_forward`] returned right after `forward`, or the
+    /// default for a request that was answered without it.
+    pub(crate) fn log_request(&self, done: &Finished<'_>, forwarded: Forwarded) {
+        let Some(log) = &self.log else { return };
+        log.borrow_mut().record(&Record {
+            time: SystemTime::now(),
+            client: done.client,
+            method: done.method,
+            path: done.path,
+            protocol: done.protocol,
+            status: done.status,
+            bytes: done.bytes,
+            duration: done.start.elapsed(),
+            upstream: forwarded.upstream,
+            retries: forwarded.retries,
+            route: done.route,
+            request_id: done.request_id,
+        });
+    }
+
+    /// The upstream side noted by the [`Worker::forward`] that just
+    /// returned (read it before the next await).
+    #[inline]
+    pub(crate) fn take_forward(&self) -> Forwarded {
+        self.last_forward.take()
+    }
+
+    /// The request id for a request whose client sent `given` (its
+    /// `X-Request-Id` values): the one value when it is valid, else a new
+    /// one, written into `out`.
+    pub(crate) fn request_id<'v>(
+        &self,
+        mut given: impl Iterator<Item = &'v [u8]>,
+        out: &mut String,
+    ) {
+        out.clear();
+        if let (Some(v), None) = (given.next(), given.next())
+            && super::access_log::valid_request_id(v)
+        {
+            // Visible ASCII only, so this is valid UTF-8.
+            out.push_str(std::str::from_utf8(v).unwrap_or_default());
+            return;
+        }
+        if let Some(log) = &self.log {
+            log.borrow_mut().ids().next_into(out);
         }
     }
 

@@ -108,7 +108,7 @@ pub(crate) fn accept(
         if tls {
             serve_tls(w, &servers, &drain, stream, peer).await;
         } else {
-            let client = Rc::new(ClientIp::new(peer.ip()));
+            let client = Rc::new(ClientIp::new(peer.ip()).at_port(peer.port()));
             serve(w, &servers, client, &drain, stream, peer, true).await;
         }
         shared.connections.fetch_sub(1, Ordering::Relaxed);
@@ -142,7 +142,7 @@ async fn serve_tls(
         }
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let client = Rc::new(ClientIp::tls(peer.ip()));
+    let client = Rc::new(ClientIp::tls(peer.ip()).at_port(peer.port()));
     if h2 {
         serve_h2(w, servers, client, drain, stream, peer).await;
     } else {

@@ -20,7 +20,9 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::Worker;
-use super::attempt::{Connector, Failure, FailureKind, SendFailure, Transport, is_idempotent};
+use super::attempt::{
+    Connector, Failure, FailureKind, Finished, Forwarded, SendFailure, Transport, is_idempotent,
+};
 use super::body::{BodyOutcome, BodyState, Lease, ReqBody, RespBody, UpstreamBody};
 use super::h2::{self, H2Pool, H2Stream};
 use super::headers::{
@@ -30,6 +32,9 @@ use super::local::{BadRequest, Local};
 use super::upstream::{Pool, Reuse, UpConn};
 use crate::discovery::Protocol;
 use crate::selection::Policy;
+
+/// The request id header (sent upstream when the access log is on).
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`
 /// (absolute-form requests carry it in the target instead).
@@ -366,8 +371,77 @@ impl Worker {
         resp
     }
 
-    /// Handles one client request.
+    /// Handles one client request; with the access log on, settles its
+    /// request id (sent upstream as `X-Request-Id`) and writes its line
+    /// once the response head is ready (see docs/access-log.md for what
+    /// `bytes` and `duration` mean here).
     pub(crate) async fn handle(
+        self: Rc<Self>,
+        client: Rc<ClientIp>,
+        mut req: Request<Incoming>,
+    ) -> Response<RespBody> {
+        if self.log.is_none() {
+            return self.handle_request(client, req).await;
+        }
+        let start = std::time::Instant::now();
+        let method = req.method().clone();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let protocol = match req.version() {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        };
+        let mut request_id = String::new();
+        self.request_id(
+            req.headers()
+                .get_all(&X_REQUEST_ID)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            &mut request_id,
+        );
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            req.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        }
+        let route = {
+            let table = self.table();
+            let host = req.uri().host().or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
+            self.route(&table, host, req.uri().path())
+                .ok()
+                .map(|u| u.name.clone())
+        };
+        let client_addr = client.addr();
+        // No await between `forward` noting the upstream side and this
+        // request's `handle_request` returning, so what `take_forward`
+        // reads is this request's (or nothing, when it was not forwarded).
+        self.last_forward.set(Forwarded::default());
+        let response = self.clone().handle_request(client, req).await;
+        let forwarded = self.take_forward();
+        self.log_request(
+            &Finished {
+                start,
+                client: client_addr,
+                method: method.as_str(),
+                path: &target,
+                protocol,
+                status: response.status().as_u16(),
+                bytes: response.body().size_hint().exact().unwrap_or(0),
+                route: route.as_deref(),
+                request_id: &request_id,
+            },
+            forwarded,
+        );
+        response
+    }
+
+    /// Handles one client request (the access log aside).
+    async fn handle_request(
         self: Rc<Self>,
         client: Rc<ClientIp>,
         mut req: Request<Incoming>,

@@ -206,6 +206,8 @@ pub struct ClientIp {
     value: HeaderValue,
     /// `http`, or `https` for a connection to the TLS listener.
     pub proto: &'static str,
+    /// The client's port (0 when unknown), for the access log.
+    pub port: u16,
 }
 
 impl ClientIp {
@@ -230,7 +232,19 @@ impl ClientIp {
             ip,
             value,
             proto: "http",
+            port: 0,
         }
+    }
+
+    /// The same client, with its port (for the access log).
+    pub fn at_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The client's socket address (port 0 when unknown).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.port)
     }
 
     /// The address as header-value bytes.

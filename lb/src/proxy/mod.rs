@@ -18,6 +18,7 @@
 //! [`Worker::route`] and [`Worker::forward`] with an upstream transport
 //! implementing [`attempt::Transport`].
 
+pub mod access_log;
 pub mod attempt;
 pub mod body;
 mod buffers;
@@ -92,6 +93,10 @@ pub struct ProxyConfig {
     /// Answer every request on the plain listener with a redirect to
     /// HTTPS on this port (`--https-redirect`); `None`: proxy it.
     pub https_redirect: Option<u16>,
+    /// Where access log lines go (`--access-log`); `None`: no access log.
+    pub access_log: Option<access_log::Target>,
+    /// The access log's line format (`--access-log-format`).
+    pub access_log_format: access_log::Format,
 }
 
 impl Default for ProxyConfig {
@@ -111,6 +116,8 @@ impl Default for ProxyConfig {
             h2_max_streams: 100,
             tls_handshake_timeout: Duration::from_secs(10),
             https_redirect: None,
+            access_log: None,
+            access_log_format: access_log::Format::Json,
         }
     }
 }
@@ -175,11 +182,18 @@ pub(crate) struct Worker {
     /// hyper's client settings for the general path.
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
+    /// This worker's access log buffer, when the access log is on. It is
+    /// dropped (and so handed over) when the worker's thread ends.
+    pub(crate) log: Option<RefCell<access_log::WorkerLog>>,
+    /// The upstream side of the last [`Worker::forward`], for the access
+    /// log line the transport writes right after it (set only when the log
+    /// is on; read before any other request on this worker can run).
+    pub(crate) last_forward: std::cell::Cell<attempt::Forwarded>,
 }
 
 impl Worker {
     /// Worker `id`'s state: an empty pool, the current table.
-    fn new(id: usize, shared: Arc<Shared>) -> Self {
+    fn new(id: usize, shared: Arc<Shared>, log: Option<access_log::WorkerLog>) -> Self {
         let metrics = shared.metrics.clone();
         let body_error: BodyErrorHook =
             Rc::new(move |addr, e| attempt::body_failed(&metrics, addr, e));
@@ -199,6 +213,8 @@ impl Worker {
             shared,
             client,
             body_error,
+            log: log.map(RefCell::new),
+            last_forward: std::cell::Cell::default(),
         }
     }
 
@@ -281,12 +297,16 @@ pub struct Listeners {
 
 /// Starts one worker thread per plain listener. Workers stop accepting when
 /// `shutdown` is cancelled and drain in-flight requests for up to
-/// `config.shutdown_timeout`.
+/// `config.shutdown_timeout`. With `access_log`, each worker gets its own
+/// [`access_log::WorkerLog`]; they are all dropped (their lines handed over)
+/// once [`ProxyHandle::wait`] returns, so [`access_log::AccessLog::shutdown`]
+/// may follow it.
 pub fn start(
     listeners: Listeners,
     balancer: Arc<Balancer>,
     config: ProxyConfig,
     shutdown: CancellationToken,
+    access_log: Option<&access_log::AccessLog>,
 ) -> io::Result<ProxyHandle> {
     let local_addr = listeners
         .plain
@@ -304,10 +324,11 @@ pub fn start(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let tls = tls_listeners.next();
+        let log = access_log.map(|a| a.worker(i));
         let t = thread::Builder::new()
             .name(format!("lb-worker-{i}"))
             .spawn(move || {
-                if let Err(e) = run_worker(i, listener, tls, shared, shutdown) {
+                if let Err(e) = run_worker(i, listener, tls, shared, shutdown, log) {
                     error!(worker = i, error = %e, "worker failed");
                 }
             })?;
@@ -325,6 +346,7 @@ fn run_worker(
     tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    log: Option<access_log::WorkerLog>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -333,7 +355,7 @@ fn run_worker(
     local.block_on(&rt, async move {
         let listener = TcpListener::from_std(listener)?;
         let tls_listener = tls_listener.map(TcpListener::from_std).transpose()?;
-        let worker = Rc::new(Worker::new(id, shared.clone()));
+        let worker = Rc::new(Worker::new(id, shared.clone(), log));
         let servers = conn::Servers::new(&worker, shared.tls.clone());
         let sweeper = {
             let (pool, h2_pool) = (worker.pool.clone(), worker.h2_pool.clone());
@@ -347,6 +369,20 @@ fn run_worker(
                 }
             })
         };
+        // A quiet worker's lines still reach the sink within about
+        // FLUSH_INTERVAL.
+        let flusher = worker.log.is_some().then(|| {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(access_log::FLUSH_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if let Some(log) = &worker.log {
+                        log.borrow_mut().flush_if_due();
+                    }
+                }
+            })
+        });
         let tracker = TaskTracker::new();
         let drain = CancellationToken::new();
         loop {
@@ -381,6 +417,9 @@ fn run_worker(
             );
         }
         sweeper.abort();
+        if let Some(flusher) = flusher {
+            flusher.abort();
+        }
         Ok::<(), io::Error>(())
     })
 }
@@ -399,7 +438,7 @@ pub(crate) mod tests {
 
     /// A worker over `balancer`, as a worker thread builds it.
     pub(crate) fn worker(balancer: Arc<Balancer>, config: ProxyConfig) -> Worker {
-        Worker::new(0, Arc::new(Shared::new(balancer, config, None)))
+        Worker::new(0, Arc::new(Shared::new(balancer, config, None)), None)
     }
 
     #[tokio::test(start_paused = true)]

@@ -219,6 +219,57 @@ pub fn parse_request(
     })
 }
 
+/// The method and target of a complete request head (for the access log).
+pub fn request_line(head: &[u8]) -> (&str, &str) {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    (
+        std::str::from_utf8(method).unwrap_or("-"),
+        std::str::from_utf8(target).unwrap_or("-"),
+    )
+}
+
+/// The values of the header fields called `name` in a complete request
+/// head (trimmed).
+pub fn header_values<'h>(head: &'h [u8], name: &'h [u8]) -> impl Iterator<Item = &'h [u8]> + 'h {
+    head.split(|b| *b == b'\n').skip(1).filter_map(move |line| {
+        let colon = line.iter().position(|b| *b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// Replaces every `name` field of a rewritten head (`out`, as
+/// [`parse_request`] wrote it) with one `name: value` field.
+pub fn set_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    // In place: the lines before the final empty one are compacted, those
+    // called `name` left out.
+    let end = out.len() - usize::from(out.ends_with(b"\r\n")) * 2;
+    let (mut read, mut write) = (0, 0);
+    while read < end {
+        let line_end = out[read..end]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(end, |p| read + p + 1);
+        let line = &out[read..line_end];
+        let named = line
+            .iter()
+            .position(|b| *b == b':')
+            .is_some_and(|colon| line[..colon].eq_ignore_ascii_case(name));
+        if !named {
+            out.copy_within(read..line_end, write);
+            write += line_end - read;
+        }
+        read = line_end;
+    }
+    out.truncate(write);
+    header(out, name, value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// How an upstream response's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -404,6 +455,21 @@ mod tests {
         max_header_bytes: 1024,
         max_headers: 16,
     };
+
+    #[test]
+    fn request_line_header_values_and_set_header() {
+        let raw =
+            b"GET /a:b?x=1 HTTP/1.1\r\nHost: h\r\nX-Request-Id:  one \r\nx-request-id: two\r\n\r\n";
+        assert_eq!(request_line(raw), ("GET", "/a:b?x=1"));
+        let ids: Vec<&[u8]> = header_values(raw, b"x-request-id").collect();
+        assert_eq!(ids, vec![&b"one"[..], &b"two"[..]]);
+        let mut out = b"GET /a:b HTTP/1.1\r\nhost: h\r\nX-Request-Id: one\r\nvia: 1.1 roundhouse\r\nx-request-id: two\r\n\r\n".to_vec();
+        set_header(&mut out, b"x-request-id", b"new-1");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a:b HTTP/1.1\r\nhost: h\r\nvia: 1.1 roundhouse\r\nx-request-id: new-1\r\n\r\n"
+        );
+    }
 
     fn req(raw: &str) -> (Request, String) {
         let mut out = Vec::new();

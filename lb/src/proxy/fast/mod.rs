@@ -34,7 +34,9 @@ use tracing::debug;
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
 use self::head::{Framing, Limits, Request, Response, ResponseHead};
 use super::Worker;
-use super::attempt::{Failure, FailureKind, SendFailure, Transport, body_failed};
+use super::attempt::{
+    Failure, FailureKind, Finished, Forwarded, SendFailure, Transport, body_failed,
+};
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF};
 use super::headers::ClientIp;
 use super::local::Local;
@@ -231,6 +233,9 @@ impl Worker {
         let mut bufs: Option<ClientLoan> = None;
         let mut header_timer = LazyTimer::new();
         let mut response_timer = LazyTimer::new();
+        // Method, target and request id of the current request, kept for
+        // its access log line (used only when the log is on).
+        let mut meta = LogMeta::default();
         let cancelled = drain.cancelled();
         tokio::pin!(cancelled);
         loop {
@@ -282,6 +287,10 @@ impl Worker {
                     () = &mut cancelled, if inb.is_empty() => return Outcome::Closed,
                 }
             };
+            let start = std::time::Instant::now();
+            if self.log.is_some() {
+                meta.fill(self, &inb[..req.len], up_head);
+            }
             let close = req.close || drain.is_cancelled();
             let table = self.table();
             let routed = self.route(&table, Some(req.host(inb)), req.path(inb));
@@ -291,8 +300,10 @@ impl Worker {
                 return Outcome::Fallback(stream, std::mem::take(inb));
             }
             inb.advance(req.len);
-            let keep = match routed {
-                Err(local) => self.local_fast(&mut stream, out, local, close).await,
+            let served = match routed {
+                Err(local) => {
+                    Served::local(local, self.local_fast(&mut stream, out, local, close).await)
+                }
                 Ok(upstream) => {
                     let transport = RawH1 {
                         pool: &self.pool,
@@ -307,7 +318,23 @@ impl Worker {
                         .await
                 }
             };
-            if !keep {
+            if self.log.is_some() {
+                self.log_request(
+                    &Finished {
+                        start,
+                        client: client.addr(),
+                        method: &meta.method,
+                        path: &meta.target,
+                        protocol: "HTTP/1.1",
+                        status: served.status,
+                        bytes: served.bytes,
+                        route: routed.ok().map(|u| &*u.name),
+                        request_id: &meta.request_id,
+                    },
+                    served.forwarded,
+                );
+            }
+            if !served.keep {
                 let _ = stream.shutdown().await;
                 return Outcome::Closed;
             }
@@ -332,22 +359,34 @@ impl Worker {
     }
 
     /// Forwards one request through the attempt core and relays the
-    /// response; returns whether the client connection stays open.
+    /// response.
     async fn forward_fast<S: ClientStream>(
         &self,
         stream: &mut S,
         upstream: &Upstream,
         mut transport: RawH1<'_>,
         close: bool,
-    ) -> bool {
+    ) -> Served {
         let answered = self.forward(upstream, &mut transport, ()).await;
+        let forwarded = if self.log.is_some() {
+            self.take_forward()
+        } else {
+            Forwarded::default()
+        };
         let out = transport.out;
         let (idx, (mut conn, resp)) = match answered {
             Ok(a) => (a.idx, a.response),
-            Err(local) => return self.local_fast(stream, out, local, close).await,
+            Err(local) => {
+                let keep = self.local_fast(stream, out, local, close).await;
+                return Served {
+                    forwarded,
+                    ..Served::local(local, keep)
+                };
+            }
         };
         let endpoint = upstream.endpoints[idx].addr;
-        match relay(stream, &mut conn, resp, out).await {
+        let (relayed, bytes) = relay(stream, &mut conn, resp, out).await;
+        let keep = match relayed {
             Relay::Done => {
                 if resp.reusable && conn.buf.is_empty() {
                     self.pool.checkin(endpoint, conn);
@@ -359,16 +398,87 @@ impl Worker {
                 body_failed(&self.shared.metrics, endpoint, &error);
                 false
             }
+        };
+        Served {
+            keep,
+            status: resp.status,
+            bytes,
+            forwarded,
         }
     }
 }
 
-/// Sends the rewritten head in `out` and the body from `conn` to the client.
+/// How one request on the fast path was answered.
+struct Served {
+    /// Whether the client connection stays open.
+    keep: bool,
+    /// Status sent to the client.
+    status: u16,
+    /// Response body bytes sent (as framed on the wire).
+    bytes: u64,
+    /// The upstream side, for the access log.
+    forwarded: Forwarded,
+}
+
+impl Served {
+    /// A local response.
+    fn local(local: Local, keep: bool) -> Self {
+        Self {
+            keep,
+            status: local.status().as_u16(),
+            bytes: local.body().len() as u64,
+            forwarded: Forwarded::default(),
+        }
+    }
+}
+
+/// The access log's view of the current request on a connection: owned
+/// copies, since the client buffer moves on before the line is written.
+#[derive(Default)]
+struct LogMeta {
+    method: String,
+    target: String,
+    request_id: String,
+}
+
+impl LogMeta {
+    /// Reads method, target and `X-Request-Id` from the raw head, settles
+    /// the request id (the client's when valid, else a new one) and puts
+    /// it in the head sent upstream.
+    fn fill(&mut self, worker: &Worker, head: &[u8], up_head: &mut Vec<u8>) {
+        let (method, target) = head::request_line(head);
+        self.method.clear();
+        self.method.push_str(method);
+        self.target.clear();
+        self.target.push_str(target);
+        worker.request_id(
+            head::header_values(head, b"x-request-id"),
+            &mut self.request_id,
+        );
+        head::set_header(up_head, b"x-request-id", self.request_id.as_bytes());
+    }
+}
+
+/// Sends the rewritten head in `out` and the body from `conn` to the client;
+/// also returns the body bytes sent (as framed: chunked bodies with their
+/// chunk framing).
 async fn relay<S: ClientStream>(
     client: &mut S,
     conn: &mut UpConn,
     resp: ResponseHead,
     out: &mut Vec<u8>,
+) -> (Relay, u64) {
+    let mut sent = 0;
+    let relayed = relay_body(client, conn, resp, out, &mut sent).await;
+    (relayed, sent)
+}
+
+async fn relay_body<S: ClientStream>(
+    client: &mut S,
+    conn: &mut UpConn,
+    resp: ResponseHead,
+    out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Relay {
     conn.buf.advance(resp.len);
     let mut scanner = ChunkedScanner::new();
@@ -385,10 +495,11 @@ async fn relay<S: ClientStream>(
     if send_first(client, conn, out, first).await.is_err() {
         return Relay::ClientGone;
     }
+    *sent = first as u64;
     match resp.framing {
         Framing::Empty => Relay::Done,
         Framing::Chunked if scanner.is_done() => Relay::Done,
-        Framing::Chunked => relay_chunked(client, conn, scanner).await,
+        Framing::Chunked => relay_chunked(client, conn, scanner, sent).await,
         Framing::Length(n) => {
             let mut remaining = n - first as u64;
             while remaining > 0 {
@@ -401,6 +512,7 @@ async fn relay<S: ClientStream>(
                 }
                 conn.buf.advance(take);
                 remaining -= take as u64;
+                *sent += take as u64;
             }
             Relay::Done
         }
@@ -414,6 +526,7 @@ async fn relay<S: ClientStream>(
             if client.write_all(&conn.buf).await.is_err() {
                 return Relay::ClientGone;
             }
+            *sent += conn.buf.len() as u64;
         },
     }
 }
@@ -443,6 +556,7 @@ async fn relay_chunked<S: ClientStream>(
     client: &mut S,
     conn: &mut UpConn,
     mut scanner: ChunkedScanner,
+    sent: &mut u64,
 ) -> Relay {
     loop {
         if let Err(e) = refill(conn).await {
@@ -456,6 +570,7 @@ async fn relay_chunked<S: ClientStream>(
             return Relay::ClientGone;
         }
         conn.buf.advance(n);
+        *sent += n as u64;
         if scanner.is_done() {
             return Relay::Done;
         }
