@@ -25,9 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::metrics::Metrics;
 
 /// Batches that may wait for the writer thread before new ones are dropped.
-pub const QUEUE_BATCHES: usize = 256;
+pub const QUEUE_BATCHES: usize = 64;
 /// A worker's buffer is handed over once it holds this many bytes.
-pub const BATCH_BYTES: usize = 16 * 1024;
+pub const BATCH_BYTES: usize = 64 * 1024;
 /// A worker's buffer is handed over at the latest this long after its
 /// first line ([`WorkerLog::flush_if_due`]).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
