@@ -118,15 +118,17 @@ pub struct Record<'a> {
     pub request_id: &'a str,
 }
 
-/// Appends `record` as one line (ending in `\n`) to `out`.
-pub fn format_line(format: Format, record: &Record<'_>, out: &mut Vec<u8>) {
-    let mut s = String::with_capacity(256);
+/// Appends `record` as one line (ending in `\n`) to `out`, formatted in
+/// `line` (cleared first; a caller's reused buffer, so no allocation per
+/// line once it has grown to the longest line).
+pub fn format_line(format: Format, record: &Record<'_>, line: &mut String, out: &mut Vec<u8>) {
+    line.clear();
     match format {
-        Format::Json => json_line(record, &mut s),
-        Format::Combined => combined_line(record, &mut s),
+        Format::Json => json_line(record, line),
+        Format::Combined => combined_line(record, line),
     }
-    s.push('\n');
-    out.extend_from_slice(s.as_bytes());
+    line.push('\n');
+    out.extend_from_slice(line.as_bytes());
 }
 
 fn json_line(r: &Record<'_>, s: &mut String) {
@@ -388,6 +390,7 @@ impl AccessLog {
             format: self.format,
             metrics: self.metrics.clone(),
             buf: Vec::with_capacity(BATCH_BYTES + 1024),
+            line: String::with_capacity(256),
             lines: 0,
             first_line: None,
             ids: RequestIds::new(worker),
@@ -423,6 +426,8 @@ pub struct WorkerLog {
     format: Format,
     metrics: Arc<Metrics>,
     buf: Vec<u8>,
+    /// Where one line is formatted before it is appended to `buf`.
+    line: String,
     lines: u64,
     first_line: Option<Instant>,
     ids: RequestIds,
@@ -444,7 +449,7 @@ impl WorkerLog {
 
     /// Writes one line; hands the buffer over when it is full.
     pub fn record(&mut self, record: &Record<'_>) {
-        format_line(self.format, record, &mut self.buf);
+        format_line(self.format, record, &mut self.line, &mut self.buf);
         self.lines += 1;
         let now = Instant::now();
         let first = *self.first_line.get_or_insert(now);
@@ -526,7 +531,7 @@ mod tests {
 
     fn line(format: Format, r: &Record<'_>) -> String {
         let mut out = Vec::new();
-        format_line(format, r, &mut out);
+        format_line(format, r, &mut String::new(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
