@@ -252,9 +252,11 @@ def hostile_doc():
             "latency": {"scope": "all upstreams", "window": q, "since_start": q}, "upstreams": [upstream]}
 
 
+# document.body is null while the new document is still being parsed: the
+# first polls may run then, and count as "not rendered yet".
 READ_HOSTILE = """
 (() => ({
-  polls: Number(document.body.getAttribute('data-polls') || 0),
+  polls: Number((document.body && document.body.getAttribute('data-polls')) || 0),
   pwned: window.__pwned === 1,
   imgs: document.querySelectorAll('img').length,
   upstream: (document.querySelector('section.upstream h2 code') || {}).textContent,
