@@ -26,20 +26,49 @@ passed=0
 failed=0
 failures=()
 
+# Free space (MiB) on the file system that holds target/ (the builds, the
+# Docker suite's roots and images live on the same disk here).
+free_mib() {
+    df -Pm "$root" | awk 'NR == 2 { print $4 }'
+}
+
+# A full run writes ~15 GiB (debug, release, static and fuzz builds, image
+# roots). CI machines have run out of disk mid-run, which then fails every
+# later suite with ENOSPC. So every suite reports the free space it left, and
+# when it drops below LOW_DISK_MIB, artifacts that no later suite needs and
+# that any later run rebuilds are removed first (the fuzz build, Docker's build
+# cache, dangling images), and the run says so.
+LOW_DISK_MIB=${LOW_DISK_MIB:-6144}
+reclaim_if_low() {
+    local free
+    free=$(free_mib)
+    ((free < LOW_DISK_MIB)) || return 0
+    printf 'disk: %s MiB free (< %s); removing rebuildable artifacts\n' "$free" "$LOW_DISK_MIB"
+    rm -rf "$root/target/fuzz" "$root/lb/fuzz/target"
+    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+        docker builder prune -af >/dev/null 2>&1 || true
+        docker image prune -f >/dev/null 2>&1 || true
+    fi
+    printf 'disk: %s MiB free after reclaiming\n' "$(free_mib)"
+}
+
 suite() {
     local name=$1
     shift
+    reclaim_if_low
     printf '\n=== %s\n' "$name"
     local start=$SECONDS
     if "$@"; then
         passed=$((passed + 1))
-        printf '=== %s: PASS (%ss)\n' "$name" $((SECONDS - start))
+        printf '=== %s: PASS (%ss, %s MiB free)\n' "$name" $((SECONDS - start)) "$(free_mib)"
     else
         failed=$((failed + 1))
         failures+=("$name")
-        printf '=== %s: FAIL (%ss)\n' "$name" $((SECONDS - start))
+        printf '=== %s: FAIL (%ss, %s MiB free)\n' "$name" $((SECONDS - start)) "$(free_mib)"
     fi
 }
+
+printf 'disk: %s MiB free at the start\n' "$(free_mib)"
 
 rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then

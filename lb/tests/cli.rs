@@ -263,3 +263,152 @@ fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// `lb serve` on `port` (one worker, admin on `admin`, an upstream that
+/// refuses) under `prlimit --nofile=<nofile>`, with `extra` flags; stderr
+/// goes to the returned file.
+fn spawn_limited(nofile: &str, port: u16, admin: u16, extra: &[&str], name: &str) -> (Lb, PathBuf) {
+    let log = dir(name).join("stderr.log");
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={nofile}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_lb"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--backend", "127.0.0.1:9", "--workers", "1"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("prlimit (util-linux) runs lb");
+    (Lb(child), log)
+}
+
+/// `/metrics` from `admin` once it answers (bounded wait).
+fn metrics_of(admin: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "1"])
+            .arg(format!("http://127.0.0.1:{admin}/metrics"))
+            .output()
+            .unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A connection to `port` once the listener is up (bounded wait).
+fn connect_when_up(port: u16) -> std::net::TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("lb never listened: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The value of the sample line starting with `series ` in `metrics`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Stops `lb` and returns its whole stderr.
+fn stderr_of(lb: Lb, log: &std::path::Path) -> String {
+    drop(lb);
+    strip_ansi(&std::fs::read_to_string(log).unwrap())
+}
+
+/// At the file-descriptor limit, accept(2) fails with EMFILE on every
+/// retry: each failure is counted in `roundhouse_accept_errors_total`, the
+/// warning (with the limit) is logged once per period instead of per
+/// failure, and the LB serves again when descriptors are free.
+#[test]
+fn fd_limit_reached_is_counted_and_warned_once_per_period() {
+    use std::io::{Read, Write};
+    let (port, admin) = (free_port(), free_port());
+    let (lb, log) = spawn_limited("64:64", port, admin, &[], "fdlimit");
+    // Far more connections than descriptors; the kernel queues them.
+    let mut held = vec![connect_when_up(port)];
+    held.extend((0..120).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("file descriptor limit reached")
+    {
+        assert!(Instant::now() < deadline, "no fd-limit warning within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The condition lasts: the worker keeps retrying every 50 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    drop(held);
+    let metrics = metrics_of(admin);
+    let failures = sample(
+        &metrics,
+        r#"roundhouse_accept_errors_total{reason="fd_limit"}"#,
+    )
+    .unwrap_or_else(|| panic!("no fd_limit accept errors in {metrics}"));
+    assert!(failures >= 2.0, "{failures} failures: {metrics}");
+    // Serving again once descriptors are free.
+    let mut s = connect_when_up(port);
+    s.write_all(b"GET /host HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    let err = stderr_of(lb, &log);
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("file descriptor limit reached"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{failures} failures logged as {warned:#?}");
+    assert!(warned[0].contains("fd_limit=64"), "{}", warned[0]);
+}
+
+/// At `--max-connections`, every refused connection gets its 503 and is
+/// counted, and the warning is logged once per period, not per connection.
+#[test]
+fn max_connections_reached_is_warned_once_per_period() {
+    use std::io::Read;
+    let (port, admin) = (free_port(), free_port());
+    let (lb, log) = spawn_limited(
+        "4096:4096",
+        port,
+        admin,
+        &["--max-connections", "2"],
+        "maxconn",
+    );
+    let held = [connect_when_up(port), connect_when_up(port)];
+    // The two above are accepted first (one worker, accept order), so each
+    // of these is refused.
+    for i in 0..5 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 503"), "connection {i}: {resp}");
+    }
+    let metrics = metrics_of(admin);
+    assert_eq!(
+        sample(&metrics, "roundhouse_refused_connections_total"),
+        Some(5.0),
+        "{metrics}"
+    );
+    drop(held);
+    let err = stderr_of(lb, &log);
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("connection limit reached (--max-connections)"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains("max_connections=2"), "{}", warned[0]);
+}

@@ -129,6 +129,10 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Client connections refused because `--max-connections` was reached.
     pub refused_connections: Counter,
+    /// Failed `accept(2)` calls by reason (`fd_limit`: EMFILE/ENFILE,
+    /// `memory`: ENOBUFS/ENOMEM, `other`); the connection waits in the
+    /// kernel's backlog while the worker backs off.
+    pub accept_errors: Family<LocalLabels, Counter>,
     /// Endpoints per upstream and state.
     pub endpoints: Family<EndpointStateLabels, Gauge>,
     /// Attempts beyond the first.
@@ -171,6 +175,7 @@ impl Metrics {
         let duration = ShardedHistogram::new(workers);
         let active_connections = Gauge::default();
         let refused_connections = Counter::default();
+        let accept_errors = Family::<LocalLabels, Counter>::default();
         let endpoints = Family::<EndpointStateLabels, Gauge>::default();
         let retries = Counter::default();
         let ejections = Counter::default();
@@ -222,6 +227,11 @@ impl Metrics {
             "refused_connections",
             "Client connections refused at the connection limit",
             refused_connections.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls by reason (fd_limit, memory, other); the worker backs off 50 ms",
+            accept_errors.clone(),
         );
         registry.register(
             "endpoints",
@@ -311,6 +321,7 @@ impl Metrics {
             duration,
             active_connections,
             refused_connections,
+            accept_errors,
             endpoints,
             retries,
             ejections,

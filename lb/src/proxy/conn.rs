@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::headers::ClientIp;
 use super::local::Local;
@@ -87,6 +87,17 @@ pub(crate) fn accept(
         shared.connections.fetch_sub(1, Ordering::Relaxed);
         Local::TooManyConnections.count(&shared.metrics);
         debug!(client = %peer, "connection limit reached; refusing");
+        if let Some(skipped) = worker
+            .limit_warn
+            .borrow_mut()
+            .hit(std::time::Instant::now())
+        {
+            warn!(
+                max_connections = shared.config.max_connections,
+                not_logged_since_last = skipped,
+                "connection limit reached (--max-connections); refusing new connections with 503 (plain) or a close (TLS)"
+            );
+        }
         if tls {
             // Nothing can be said before a handshake: just close.
             return;

@@ -30,6 +30,7 @@ pub mod headers;
 pub mod local;
 mod rewind;
 pub mod stream;
+mod throttle;
 pub mod tls;
 pub mod upstream;
 
@@ -38,9 +39,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -53,8 +54,9 @@ use tracing::{error, info, warn};
 pub use attempt::{FailureKind, is_idempotent, may_retry};
 
 use self::body::BodyErrorHook;
+use self::throttle::Throttle;
 use self::upstream::Pool;
-use crate::metrics::Metrics;
+use crate::metrics::{LocalLabels, Metrics};
 use crate::selection::{Balancer, RoutingTable};
 
 /// Data-plane settings (the `lb serve` flags).
@@ -189,6 +191,8 @@ pub(crate) struct Worker {
     /// log line the transport writes right after it (set only when the log
     /// is on; read before any other request on this worker can run).
     pub(crate) last_forward: std::cell::Cell<attempt::Forwarded>,
+    /// Rate limit of the "connection limit reached" warning.
+    pub(crate) limit_warn: RefCell<Throttle>,
 }
 
 impl Worker {
@@ -215,6 +219,7 @@ impl Worker {
             body_error,
             log: log.map(RefCell::new),
             last_forward: std::cell::Cell::default(),
+            limit_warn: RefCell::new(Throttle::new(throttle::WARN_EVERY)),
         }
     }
 
@@ -385,6 +390,7 @@ fn run_worker(
         });
         let tracker = TaskTracker::new();
         let drain = CancellationToken::new();
+        let mut accept_warn = Throttle::new(throttle::WARN_EVERY);
         loop {
             let (accepted, tls) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -396,8 +402,23 @@ fn run_worker(
                     conn::accept(&worker, &servers, &tracker, &drain, stream, peer, tls);
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning; the
+                    // connection waits in the backlog meanwhile.
+                    let reason = accept_error_reason(&e);
+                    shared.metrics.accept_errors.get_or_create(&LocalLabels { reason }).inc();
+                    if let Some(skipped) = accept_warn.hit(Instant::now()) {
+                        if reason == "fd_limit" {
+                            warn!(
+                                error = %e,
+                                fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+                                open_connections = shared.connections.load(Ordering::Relaxed),
+                                not_logged_since_last = skipped,
+                                "accept failed: file descriptor limit reached; backing off 50 ms (raise the hard RLIMIT_NOFILE or lower --max-connections)"
+                            );
+                        } else {
+                            warn!(error = %e, reason, not_logged_since_last = skipped, "accept failed; backing off 50 ms");
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -422,6 +443,21 @@ fn run_worker(
         }
         Ok::<(), io::Error>(())
     })
+}
+
+/// The `reason` label of a failed accept: `fd_limit` (EMFILE, ENFILE),
+/// `memory` (ENOBUFS, ENOMEM) or `other`.
+fn accept_error_reason(e: &io::Error) -> &'static str {
+    use rustix::io::Errno;
+    match e.raw_os_error() {
+        Some(n) if n == Errno::MFILE.raw_os_error() || n == Errno::NFILE.raw_os_error() => {
+            "fd_limit"
+        }
+        Some(n) if n == Errno::NOBUFS.raw_os_error() || n == Errno::NOMEM.raw_os_error() => {
+            "memory"
+        }
+        _ => "other",
+    }
 }
 
 /// The next connection on `listener`; never, without one.
