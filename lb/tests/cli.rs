@@ -322,6 +322,11 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The lines of `text` that contain `needle`.
+fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.contains(needle)).collect()
+}
+
 /// Stops `lb` and returns its whole stderr.
 fn stderr_of(lb: Lb, log: &std::path::Path) -> String {
     drop(lb);
@@ -366,10 +371,7 @@ fn fd_limit_reached_is_counted_and_warned_once_per_period() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
     let err = stderr_of(lb, &log);
-    let warned: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("file descriptor limit reached"))
-        .collect();
+    let warned = lines_with(&err, "file descriptor limit reached");
     assert_eq!(warned.len(), 1, "{failures} failures logged as {warned:#?}");
     assert!(warned[0].contains("fd_limit=64"), "{}", warned[0]);
 }
@@ -405,10 +407,7 @@ fn max_connections_reached_is_warned_once_per_period() {
     );
     drop(held);
     let err = stderr_of(lb, &log);
-    let warned: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("connection limit reached (--max-connections)"))
-        .collect();
+    let warned = lines_with(&err, "connection limit reached (--max-connections)");
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(warned[0].contains("max_connections=2"), "{}", warned[0]);
 }
