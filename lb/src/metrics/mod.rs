@@ -344,6 +344,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed accept (`fd_limit`, `memory`, `other`).
+    pub fn accept_error(&self, reason: &'static str) {
+        self.accept_errors
+            .get_or_create(&LocalLabels { reason })
+            .inc();
+    }
+
     /// Counts a response the LB produced itself.
     pub fn local(&self, reason: &'static str) {
         self.local_responses

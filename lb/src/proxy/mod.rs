@@ -56,7 +56,7 @@ pub use attempt::{FailureKind, is_idempotent, may_retry};
 use self::body::BodyErrorHook;
 use self::throttle::Throttle;
 use self::upstream::Pool;
-use crate::metrics::{LocalLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::selection::{Balancer, RoutingTable};
 
 /// Data-plane settings (the `lb serve` flags).
@@ -404,21 +404,7 @@ fn run_worker(
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the
                     // connection waits in the backlog meanwhile.
-                    let reason = accept_error_reason(&e);
-                    shared.metrics.accept_errors.get_or_create(&LocalLabels { reason }).inc();
-                    if let Some(skipped) = accept_warn.hit(Instant::now()) {
-                        if reason == "fd_limit" {
-                            warn!(
-                                error = %e,
-                                fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
-                                open_connections = shared.connections.load(Ordering::Relaxed),
-                                not_logged_since_last = skipped,
-                                "accept failed: file descriptor limit reached; backing off 50 ms (raise the hard RLIMIT_NOFILE or lower --max-connections)"
-                            );
-                        } else {
-                            warn!(error = %e, reason, not_logged_since_last = skipped, "accept failed; backing off 50 ms");
-                        }
-                    }
+                    accept_failed(&shared, &mut accept_warn, &e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -443,6 +429,27 @@ fn run_worker(
         }
         Ok::<(), io::Error>(())
     })
+}
+
+/// Counts a failed accept by reason and warns, at most once per
+/// [`throttle::WARN_EVERY`] on this worker.
+fn accept_failed(shared: &Shared, warn_limit: &mut Throttle, e: &io::Error) {
+    let reason = accept_error_reason(e);
+    shared.metrics.accept_error(reason);
+    let Some(skipped) = warn_limit.hit(Instant::now()) else {
+        return;
+    };
+    if reason == "fd_limit" {
+        warn!(
+            error = %e,
+            fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            open_connections = shared.connections.load(Ordering::Relaxed),
+            not_logged_since_last = skipped,
+            "accept failed: file descriptor limit reached; backing off 50 ms (raise the hard RLIMIT_NOFILE or lower --max-connections)"
+        );
+    } else {
+        warn!(error = %e, reason, not_logged_since_last = skipped, "accept failed; backing off 50 ms");
+    }
 }
 
 /// The `reason` label of a failed accept: `fd_limit` (EMFILE, ENFILE),
