@@ -1,19 +1,50 @@
 #!/usr/bin/env python3
 """bench/idle_holder.py — hold N idle HTTP/1.1 keep-alive connections.
 
-Usage: idle_holder.py PORT COUNT [SOURCES]
+Usage: idle_holder.py PORT COUNT [SOURCES] [--reap TIMEOUT | --every SECONDS]
 
 Opens COUNT plain TCP connections to 127.0.0.1:PORT, sends one
 `GET /host HTTP/1.1` on each and reads the whole response (Content-Length),
 then keeps every connection open and idle. Prints "ready N" once all are
-held and waits until stdin closes (EOF), then closes them. SOURCES (default 4)
-is how many source addresses 127.0.0.1 .. 127.0.0.SOURCES are used round-robin,
-so that ephemeral ports do not run out at high counts. Used by
-bench/conn-scale.sh.
+held. SOURCES (default 4) is how many source addresses
+127.0.0.1 .. 127.0.0.SOURCES are used round-robin, so that ephemeral ports do
+not run out at high counts. Used by bench/conn-scale.sh.
+
+Without --reap it waits until stdin closes (EOF) or a SIGTERM, then closes
+them. With --every SECONDS each connection also sends one more `GET /host`
+every SECONDS (each at its own phase, so the N are spread evenly), which keeps
+them open past a server's idle timeout; it then ignores stdin, stops at
+SIGTERM only and prints "requests R failed F" (F: requests that got no 200,
+or a connection that went away) before closing them. Used by scripts/soak.sh
+(SOAK_IDLE).
+
+With --reap TIMEOUT (seconds) it waits instead for the server to close every
+connection (the server's idle keep-alive timeout, expected TIMEOUT after each
+connection's response) and prints
+"closed N LATE_P50 LATE_MAX EARLY" where LATE_* are how long after
+(response + TIMEOUT) the close came, in seconds, and EARLY counts closes that
+came before it. It gives up after TIMEOUT + 60 s.
 """
 
 import asyncio
+import os
+import random
+import signal
 import sys
+import time
+
+
+async def get(r, w):
+    """One `GET /host` on an open connection; raises unless it got a 200."""
+    w.write(b"GET /host HTTP/1.1\r\nHost: bench\r\n\r\n")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await asyncio.wait_for(r.readexactly(length), 10)
 
 
 async def one(sem, held, port, source):
@@ -21,31 +52,81 @@ async def one(sem, held, port, source):
         r, w = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 10
         )
-        w.write(b"GET /host HTTP/1.1\r\nHost: bench\r\n\r\n")
-        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await asyncio.wait_for(r.readexactly(length), 10)
-        held.append(w)
+        await get(r, w)
+        held.append((r, w, time.monotonic()))
+
+
+async def refresh(r, w, every, counts):
+    """A request every `every` seconds until cancelled or the connection fails."""
+    await asyncio.sleep(random.uniform(0, every))
+    while True:
+        try:
+            await get(r, w)
+            counts[0] += 1
+        except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            counts[1] += 1
+            return
+        await asyncio.sleep(every)
+
+
+async def closed_at(r):
+    """When the server closed the connection (EOF or reset)."""
+    try:
+        while await r.read(4096):
+            pass
+    except ConnectionError:
+        pass
+    return time.monotonic()
 
 
 async def main():
-    if len(sys.argv) < 3:
-        sys.exit("usage: idle_holder.py PORT COUNT [SOURCES]")
-    port, count = int(sys.argv[1]), int(sys.argv[2])
-    sources = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    args = sys.argv[1:]
+    reap = every = None
+    if "--reap" in args:
+        i = args.index("--reap")
+        reap = float(args[i + 1])
+        del args[i : i + 2]
+    if "--every" in args:
+        i = args.index("--every")
+        every = float(args[i + 1])
+        del args[i : i + 2]
+    if len(args) < 2:
+        sys.exit("usage: idle_holder.py PORT COUNT [SOURCES] [--reap TIMEOUT | --every SECONDS]")
+    port, count = int(args[0]), int(args[1])
+    sources = int(args[2]) if len(args) > 2 else 4
     sem, held = asyncio.Semaphore(100), []
     await asyncio.gather(
         *(one(sem, held, port, f"127.0.0.{1 + i % sources}") for i in range(count))
     )
     print("ready", len(held), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    for w in held:
-        w.close()
+    if reap is None:
+        counts, tasks = [0, 0], []
+        if every is not None:
+            tasks = [asyncio.create_task(refresh(r, w, every, counts)) for r, w, _ in held]
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if every is None:
+            eof = loop.run_in_executor(None, sys.stdin.read)
+            eof.add_done_callback(lambda _: stop.set())
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        if every is not None:
+            print("requests %d failed %d" % tuple(counts), flush=True)
+        for _, w, _ in held:
+            w.close()
+        # the stdin reader thread may still be blocked: leave without it
+        sys.stdout.flush()
+        os._exit(0)
+    closes = await asyncio.wait_for(
+        asyncio.gather(*(closed_at(r) for r, _, _ in held)), reap + 60
+    )
+    late = sorted(c - (t + reap) for c, (_, _, t) in zip(closes, held))
+    early = sum(1 for x in late if x < 0)
+    print(
+        "closed %d %.3f %.3f %d" % (len(late), late[len(late) // 2], late[-1], early),
+        flush=True,
+    )
 
 
 asyncio.run(main())

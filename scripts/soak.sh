@@ -13,13 +13,19 @@
 #     connect failure and re-admits it when its ejection expires;
 #   - slow clients: curl --limit-rate readers in a loop, idle keep-alive
 #     connections, and connections that trickle a request head one line per
-#     second (the LB must cut those off at --header-read-timeout).
+#     second (the LB must cut those off at --header-read-timeout);
+#   - with SOAK_IDLE=N, N more keep-alive connections held open for the whole
+#     run by bench/idle_holder.py (opened before the RSS baseline), each
+#     sending one GET /host every SOAK_IDLE_EVERY (5) seconds, so they stay
+#     open past the 10 s idle timeout while idle most of the time; they are
+#     closed when the load stops, and the fd check below then covers them.
 #
 # Fails (exit 1) when any wrk request got a non-2xx/3xx answer or a socket
 # error, when a slow curl reader failed, when the LB's RSS grew more than
 # SOAK_RSS_GROWTH_PCT (5) % between the sample taken after the warm-up
 # (SOAK_WARMUP seconds; default 60, at most a quarter of the run) and the one
-# taken just before the load stops, or when, once the load has stopped and
+# taken just before the load stops, when an idle holder's request failed or
+# one of its connections went away, or when, once the load has stopped and
 # idle connections have timed out, its open fds exceed the count before the
 # load by more than SOAK_FD_SLACK (8). (Under load the fd count moves with
 # the in-flight client, upstream and slow-client connections, so it is
@@ -41,6 +47,12 @@ fi
 RSS_GROWTH_PCT="${SOAK_RSS_GROWTH_PCT:-5}"
 FD_SLACK="${SOAK_FD_SLACK:-8}"
 CHURN_EVERY="${SOAK_CHURN_EVERY:-4}"
+IDLE="${SOAK_IDLE:-0}"
+IDLE_EVERY="${SOAK_IDLE_EVERY:-5}"
+[[ "$IDLE" =~ ^[0-9]+$ && "$IDLE_EVERY" =~ ^[1-9][0-9]*$ ]] || {
+  echo "soak: SOAK_IDLE must be a count and SOAK_IDLE_EVERY a positive number of seconds" >&2
+  exit 2
+}
 # The RSS baseline is taken once the LB has reached its working set: the
 # allocator's arenas fill up over the first tens of seconds of load (measured:
 # about half of a 20-minute run's growth happens in its first 10 s, and the
@@ -51,7 +63,7 @@ WARMUP="${SOAK_WARMUP:-$((DURATION / 4 < 60 ? DURATION / 4 : 60))}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-for tool in wrk curl; do
+for tool in wrk curl python3; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "soak: $tool is required (apt-get install $tool)" >&2
     exit 2
@@ -145,9 +157,15 @@ backends:
 dnsRefresh: 200ms
 EOF
 
+# The held idle connections need fds in the holder (the LB raises its own
+# soft limit to the hard one) and room under --max-connections.
+if ((IDLE > 0)); then
+  ulimit -Sn "$(ulimit -Hn)"
+  ((IDLE + 512 <= $(ulimit -Sn))) || { echo "soak: SOAK_IDLE=$IDLE does not fit ulimit -n $(ulimit -Sn)" >&2; exit 2; }
+fi
 "$LB_BIN" serve --listen "127.0.0.1:$LB_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --config "$WORK/lb.yaml" --header-read-timeout 10s --ejection-time 1s \
-  --log-format json >"$WORK/lb.log" 2>&1 &
+  --max-connections $((IDLE + 10000)) --log-format json >"$WORK/lb.log" 2>&1 &
 LB_PID=$!
 wait_http "$ADMIN_URL/readyz" 15 || { echo "soak: lb not ready; log:" >&2; tail -20 "$WORK/lb.log" >&2; exit 1; }
 wait_http "$LB_URL/host" 5 || { echo "soak: lb does not proxy" >&2; exit 1; }
@@ -156,6 +174,26 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$LB_PID/status"; }
 fd_count() { find "/proc/$LB_PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 RSS_BEFORE_LOAD=$(rss_kb)
 FDS_BEFORE_LOAD=$(fd_count)
+
+# Idle keep-alive connections held for the whole run (SOAK_IDLE).
+HOLDER_PID=""
+if ((IDLE > 0)); then
+  # with --every it runs until SIGTERM
+  python3 "$ROOT/bench/idle_holder.py" "$LB_PORT" "$IDLE" 4 --every "$IDLE_EVERY" \
+    </dev/null >"$WORK/holder.out" 2>&1 &
+  HOLDER_PID=$!
+  PIDS+=("$HOLDER_PID")
+  for _ in $(seq 1 600); do
+    [[ -s "$WORK/holder.out" ]] && break
+    kill -0 "$HOLDER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ "$(head -n 1 "$WORK/holder.out")" == "ready $IDLE" ]] || {
+    echo "soak: the holder did not open $IDLE connections: $(tail -n 3 "$WORK/holder.out")" >&2
+    exit 1
+  }
+  echo "soak: $IDLE idle keep-alive connections held (one request each every ${IDLE_EVERY}s)"
+fi
 
 echo "soak: ${DURATION}s against $LB_URL (backends ${B_PORTS[*]}, admin $ADMIN_PORT, work dir $WORK)"
 START_EPOCH=$SECONDS
@@ -260,6 +298,16 @@ FDS_END=$(fd_count)
 
 wait "$WRK_PID" || true
 kill "$CHURN_PID" 2>/dev/null || true
+# The held connections: still all open (the holder counts a connection that
+# went away as a failed request), then closed.
+idle_requests=0 idle_failed=0 HOLDER_ALIVE=yes
+if [[ -n "$HOLDER_PID" ]]; then
+  kill -0 "$HOLDER_PID" 2>/dev/null || HOLDER_ALIVE=no
+  kill -TERM "$HOLDER_PID" 2>/dev/null || true
+  wait "$HOLDER_PID" 2>/dev/null || true
+  read -r _ idle_requests _ idle_failed < <(sed -n 2p "$WORK/holder.out") || true
+  idle_requests=${idle_requests:-0} idle_failed=${idle_failed:-0}
+fi
 # Let the LB settle: client keep-alive connections close at the header-read
 # timeout (10s), idle upstream connections at --upstream-idle-timeout (4s).
 # With nothing leaked, the fd count returns to (about) its pre-load value.
@@ -304,6 +352,11 @@ reasons=()
 ((sock_errors == 0)) || { verdict=FAIL; reasons+=("$sock_errors socket errors"); }
 ((slow_fail == 0)) || { verdict=FAIL; reasons+=("$slow_fail slow curl readers failed"); }
 [[ "$LB_ALIVE" == yes ]] || { verdict=FAIL; reasons+=("the LB exited"); }
+if ((IDLE > 0)); then
+  [[ "$HOLDER_ALIVE" == yes ]] || { verdict=FAIL; reasons+=("the idle holder exited early: $(tail -n 2 "$WORK/holder.out")"); }
+  ((idle_failed == 0)) || { verdict=FAIL; reasons+=("$idle_failed requests on held idle connections failed"); }
+  ((idle_requests > 0)) || { verdict=FAIL; reasons+=("the held idle connections made no request"); }
+fi
 if awk -v g="$rss_growth" -v max="$RSS_GROWTH_PCT" 'BEGIN {exit !(g > max)}'; then
   verdict=FAIL
   reasons+=("RSS grew ${rss_growth}% (> ${RSS_GROWTH_PCT}%)")
@@ -323,6 +376,7 @@ report=$(
 | ejections (/metrics) | ${ejections} |
 | slow readers (curl --limit-rate 1k) ok / failed | ${slow_ok} / ${slow_fail} |
 | header tricklers cut off / longest (s) | ${trickles} / ${trickle_max} |
+| idle keep-alive connections held (SOAK_IDLE): requests on them / failed | ${IDLE}: ${idle_requests} / ${idle_failed} (one each every ${IDLE_EVERY} s) |
 | LB RSS before load | ${RSS_BEFORE_LOAD} KiB |
 | LB RSS after ${WARMUP} s warm-up → end of load (max) | ${RSS_START} → ${RSS_END} KiB (${rss_growth} %, max ${RSS_MAX} KiB) |
 | LB RSS slope over the second half of the run | ${RSS_SLOPE} KiB/s |
