@@ -1,5 +1,6 @@
 //! Per-worker free lists for connection buffers (the fast path's client
-//! buffers, and the read buffer of every pooled upstream connection).
+//! buffers, and the read buffer of every pooled upstream connection), and
+//! for the boxes the fast path serves requests in ([`pooled`]).
 //!
 //! Every client connection needs a read buffer and two small write buffers,
 //! and every new upstream connection a read buffer. Allocating them per
@@ -17,11 +18,15 @@
 //! keeps only buffers of ordinary size, so a burst of connections or one
 //! huge response head does not pin memory for good.
 
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::mem;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use reusable_box_future::ReusableLocalBoxFuture;
 
 /// Initial and per-read capacity of a client read buffer.
 pub(crate) const CLIENT_BUF: usize = 8 * 1024;
@@ -33,6 +38,9 @@ pub(crate) const COALESCE: usize = 16 * 1024;
 
 /// Most buffers (of each kind) a worker keeps for reuse.
 pub(crate) const MAX_FREE: usize = 32;
+/// Most boxes (of each output type) a worker keeps for [`pooled`] futures:
+/// one per request in flight at once on the worker, ~2 KB each.
+pub(crate) const MAX_FREE_FUTURES: usize = 256;
 /// Initial capacity of the rewritten upstream request head.
 const UP_HEAD: usize = 512;
 /// Initial capacity of the response head written to the client.
@@ -77,6 +85,9 @@ impl<T> FreeList<T> {
 thread_local! {
     static CLIENT: FreeList<ClientBufs> = const { FreeList::new() };
     static UPSTREAM: FreeList<BytesMut> = const { FreeList::new() };
+    /// Boxes for [`pooled`] futures, one list per output type: each entry
+    /// is `(TypeId::of::<T>(), Vec<ReusableLocalBoxFuture<T>>)`.
+    static FUTURES: RefCell<Vec<(TypeId, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Empties `buf` and makes its whole allocation usable again from the
@@ -206,6 +217,84 @@ fn recycle_upstream_buf(mut buf: BytesMut) {
     }
 }
 
+/// Runs `fut` in a box from this worker's free list: the box is allocated
+/// only when the list is empty, and goes back to it when the future has
+/// completed. A future dropped before completing (its connection's task
+/// ended) is freed with its box, so nothing it holds outlives it.
+///
+/// The connection task of an idle keep-alive connection then holds only
+/// what it needs to wait for the next request; the state of serving one
+/// (attempts, relaying, the upstream connection) is in a box only while a
+/// request is in flight, with no allocation per request once warm.
+pub(crate) fn pooled<T: 'static, F: Future<Output = T> + 'static>(fut: F) -> Pooled<T> {
+    let recycled = FUTURES
+        .try_with(|lists| {
+            let mut lists = lists.borrow_mut();
+            let (_, list) = lists.iter_mut().find(|(id, _)| *id == TypeId::of::<T>())?;
+            list.downcast_mut::<Vec<ReusableLocalBoxFuture<T>>>()?.pop()
+        })
+        .ok()
+        .flatten();
+    let boxed = match recycled {
+        Some(mut boxed) => {
+            // Reuses the allocation: the same future type has one layout.
+            boxed.set(fut);
+            boxed
+        }
+        None => ReusableLocalBoxFuture::new(fut),
+    };
+    Pooled {
+        fut: Some(boxed),
+        done: false,
+    }
+}
+
+/// A future running in a recycled box ([`pooled`]).
+pub(crate) struct Pooled<T: 'static> {
+    fut: Option<ReusableLocalBoxFuture<T>>,
+    done: bool,
+}
+
+impl<T: 'static> Future for Pooled<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = &mut *self;
+        let fut = this
+            .fut
+            .as_mut()
+            .expect("a pooled future polled after completion");
+        let poll = fut.poll(cx);
+        this.done = poll.is_ready();
+        poll
+    }
+}
+
+impl<T: 'static> Drop for Pooled<T> {
+    fn drop(&mut self) {
+        let Some(boxed) = self.fut.take().filter(|_| self.done) else {
+            return;
+        };
+        // Fails only while the thread is exiting: then just free it.
+        let _ = FUTURES.try_with(|lists| {
+            let mut lists = lists.borrow_mut();
+            let at = match lists.iter().position(|(id, _)| *id == TypeId::of::<T>()) {
+                Some(at) => at,
+                None => {
+                    let list: Vec<ReusableLocalBoxFuture<T>> = Vec::new();
+                    lists.push((TypeId::of::<T>(), Box::new(list)));
+                    lists.len() - 1
+                }
+            };
+            if let Some(list) = lists[at].1.downcast_mut::<Vec<ReusableLocalBoxFuture<T>>>()
+                && list.len() < MAX_FREE_FUTURES
+            {
+                list.push(boxed);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Buf;
@@ -278,6 +367,78 @@ mod tests {
         assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE - 1);
         drop(buf);
         assert_eq!(UPSTREAM.with(FreeList::len), MAX_FREE, "it came back");
+    }
+
+    fn futures_free<T: 'static>() -> usize {
+        FUTURES.with(|lists| {
+            lists
+                .borrow()
+                .iter()
+                .find(|(id, _)| *id == TypeId::of::<T>())
+                .and_then(|(_, l)| l.downcast_ref::<Vec<ReusableLocalBoxFuture<T>>>())
+                .map_or(0, Vec::len)
+        })
+    }
+
+    #[tokio::test]
+    async fn a_completed_pooled_future_gives_its_box_back_and_the_next_reuses_it() {
+        struct Marker;
+        let before = futures_free::<(Marker, u64)>();
+        let held = std::rc::Rc::new(());
+        let h = held.clone();
+        let out = pooled(async move {
+            tokio::task::yield_now().await;
+            let _keep = h;
+            (Marker, 7_u64)
+        })
+        .await;
+        assert_eq!(out.1, 7);
+        assert_eq!(std::rc::Rc::strong_count(&held), 1, "its state was dropped");
+        assert_eq!(
+            futures_free::<(Marker, u64)>(),
+            before + 1,
+            "the box came back"
+        );
+        let next = pooled(async { (Marker, 8_u64) });
+        assert_eq!(
+            futures_free::<(Marker, u64)>(),
+            before,
+            "and was taken again"
+        );
+        assert_eq!(next.await.1, 8);
+        assert_eq!(futures_free::<(Marker, u64)>(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_future_dropped_unfinished_is_freed_with_what_it_holds() {
+        struct Marker;
+        let held = std::rc::Rc::new(());
+        let h = held.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut fut = pooled(async move {
+            let _keep = h;
+            let _ = rx.await;
+            Marker
+        });
+        // Started, now waiting on the channel.
+        assert!(futures::poll!(&mut fut).is_pending());
+        assert_eq!(std::rc::Rc::strong_count(&held), 2);
+        drop(fut);
+        assert_eq!(std::rc::Rc::strong_count(&held), 1, "nothing outlives it");
+        assert_eq!(futures_free::<Marker>(), 0, "an unfinished box is not kept");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn the_pooled_boxes_are_bounded() {
+        struct Marker;
+        let many: Vec<_> = (0..MAX_FREE_FUTURES + 10)
+            .map(|_| pooled(async { Marker }))
+            .collect();
+        for fut in many {
+            fut.await;
+        }
+        assert_eq!(futures_free::<Marker>(), MAX_FREE_FUTURES);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod local;
 mod rewind;
 pub mod stream;
 mod throttle;
+mod timer;
 pub mod tls;
 pub mod upstream;
 

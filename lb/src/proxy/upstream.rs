@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::buffers::UpstreamBuf;
+use super::timer::LazyTimer;
 
 /// A connection that can wait in a pool.
 pub trait Reusable {
@@ -38,6 +39,10 @@ pub struct UpConn {
     pub(crate) stream: TcpStream,
     /// Bytes read and not yet consumed.
     pub(crate) buf: UpstreamBuf,
+    /// The response-header deadline of the request on it (the fast path):
+    /// one timer per upstream connection rather than per client connection,
+    /// as there are far fewer of them.
+    pub(crate) timer: LazyTimer,
 }
 
 impl UpConn {
@@ -46,6 +51,7 @@ impl UpConn {
         Self {
             stream,
             buf: UpstreamBuf::take(),
+            timer: LazyTimer::new(),
         }
     }
 

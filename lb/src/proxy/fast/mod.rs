@@ -22,12 +22,12 @@ pub mod head;
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::time::Duration;
+use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -37,10 +37,11 @@ use super::Worker;
 use super::attempt::{
     Failure, FailureKind, Finished, Forwarded, SendFailure, Transport, body_failed,
 };
-use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF};
+use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
 use super::headers::ClientIp;
 use super::local::Local;
 use super::stream::{ClientStream, h2_preface};
+use super::timer::LazyTimer;
 use super::upstream::{Pool, UpConn};
 use crate::discovery::Protocol;
 use crate::selection::{Policy, Upstream};
@@ -67,39 +68,11 @@ pub(crate) enum Outcome<S> {
     /// Finished (closed by either side, timed out, drained or failed).
     Closed,
     /// To be served by the general path, starting with these bytes.
-    Fallback(S, BytesMut),
+    Fallback(S, BytesMut, Rc<ClientIp>),
     /// The connection opened with the HTTP/2 preface (h2c with prior
     /// knowledge): to be served by the HTTP/2 server, starting with these
     /// bytes.
-    Http2(S, BytesMut),
-}
-
-/// A timer armed once per connection and only moved when it fires: waiting
-/// for "`due` or later" costs no timer-wheel operation per request.
-struct LazyTimer {
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl LazyTimer {
-    fn new() -> Self {
-        Self {
-            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
-        }
-    }
-
-    /// Completes at `due` (not earlier).
-    async fn until(&mut self, due: Instant) {
-        loop {
-            if self.sleep.deadline() > due {
-                self.sleep.as_mut().reset(due);
-            }
-            self.sleep.as_mut().await;
-            if Instant::now() >= due {
-                return;
-            }
-            self.sleep.as_mut().reset(due);
-        }
-    }
+    Http2(S, BytesMut, Rc<ClientIp>),
 }
 
 /// How relaying a response body ended.
@@ -126,7 +99,6 @@ struct RawH1<'a> {
     head_request: bool,
     /// The client asked to close after this response.
     client_close: bool,
-    timer: &'a mut LazyTimer,
     out: &'a mut Vec<u8>,
 }
 
@@ -162,7 +134,7 @@ impl<'a> Transport for RawH1<'a> {
             let read = tokio::select! {
                 biased;
                 r = read_some(&mut conn.stream, &mut conn.buf, UPSTREAM_BUF) => r,
-                () = self.timer.until(due) => {
+                () = conn.timer.until(due) => {
                     return Err(SendFailure::sent(Failure::new(FailureKind::ResponseTimeout)));
                 }
             };
@@ -210,136 +182,229 @@ impl<'a> Transport for RawH1<'a> {
     }
 }
 
+/// A fast-path client connection between requests: what its task holds
+/// while the connection is idle. The buffers and the much larger state of
+/// serving a request are not in it: they are on loan ([`ClientLoan`]) and
+/// in a pooled box ([`pooled`]) only while requests are read or served.
+struct Conn<S> {
+    stream: S,
+    client: Rc<ClientIp>,
+    drain: CancellationToken,
+    /// The connection may still open with the HTTP/2 preface.
+    h2c: bool,
+    header_timer: LazyTimer,
+    /// Method, target and request id of the current request, kept for its
+    /// access log line (only when the log is on; reused by the next one).
+    meta: Option<Box<LogMeta>>,
+}
+
+/// How a burst of requests ended: back to the idle wait, or done with the
+/// fast path.
+type Burst<S> = Result<Conn<S>, Outcome<S>>;
+
+/// What serving one request left to do.
+enum Step {
+    /// More bytes (a pipelined request) are already buffered.
+    Next,
+    /// The buffer is empty: wait for the client again.
+    Idle,
+    /// The connection is finished.
+    Closed,
+    /// To the general path, with these bytes.
+    Fallback(BytesMut),
+    /// To the HTTP/2 server, with these bytes.
+    Http2(BytesMut),
+}
+
+/// Serves the requests of a connection that became readable until its
+/// buffer is empty again or it leaves the fast path. It owns what it uses
+/// so that it can run in a pooled box instead of inline in the connection's
+/// task, whose size is then what an idle connection costs.
+async fn burst<S: ClientStream>(w: Rc<Worker>, mut conn: Conn<S>, mut due: Instant) -> Burst<S> {
+    // On loan until the buffer is empty again.
+    let mut bufs = ClientLoan::take();
+    loop {
+        match serve_one(&w, &mut conn, &mut bufs, due).await {
+            Step::Next => due = Instant::now() + w.shared.config.header_read_timeout,
+            Step::Idle => return Ok(conn),
+            Step::Closed => return Err(Outcome::Closed),
+            Step::Fallback(inb) => return Err(Outcome::Fallback(conn.stream, inb, conn.client)),
+            Step::Http2(inb) => return Err(Outcome::Http2(conn.stream, inb, conn.client)),
+        }
+    }
+}
+
+/// Reads one request head (complete by `due`) and serves it.
+async fn serve_one<S: ClientStream>(
+    w: &Worker,
+    conn: &mut Conn<S>,
+    bufs: &mut ClientBufs,
+    due: Instant,
+) -> Step {
+    let config = &w.shared.config;
+    let limits = Limits {
+        max_header_bytes: config.max_header_bytes,
+        max_headers: config.max_headers,
+    };
+    let host_override = w.shared.host_override.as_ref().map(|h| h.as_bytes());
+    let Conn {
+        stream,
+        client,
+        drain,
+        h2c,
+        header_timer,
+        meta,
+    } = conn;
+    let ClientBufs { inb, up_head, out } = bufs;
+    let cancelled = drain.cancelled();
+    tokio::pin!(cancelled);
+    let req = loop {
+        if *h2c && !inb.is_empty() {
+            match h2_preface(inb) {
+                Some(true) => return Step::Http2(std::mem::take(inb)),
+                Some(false) => *h2c = false,
+                None => {}
+            }
+        }
+        if !*h2c && !inb.is_empty() {
+            match head::parse_request(inb, limits, client, host_override, up_head) {
+                Request::Ready(req) => break req,
+                // The general path takes the bytes read so far.
+                Request::Fallback => return Step::Fallback(std::mem::take(inb)),
+                Request::Partial => {}
+            }
+        }
+        tokio::select! {
+            biased;
+            r = read_some(stream, inb, CLIENT_BUF) => match r {
+                Ok(0) | Err(_) => return Step::Closed,
+                Ok(_) => {}
+            },
+            () = header_timer.until(due) => {
+                debug!(client = %client.ip, "no complete request head within the header-read timeout; closing");
+                return Step::Closed;
+            }
+            () = &mut cancelled, if inb.is_empty() => return Step::Closed,
+        }
+    };
+    let start = std::time::Instant::now();
+    let meta = match w.log {
+        Some(_) => {
+            let meta = meta.get_or_insert_default();
+            meta.fill(w, &inb[..req.len], up_head);
+            Some(&**meta)
+        }
+        None => None,
+    };
+    let close = req.close || drain.is_cancelled();
+    let table = w.table();
+    let routed = w.route(&table, Some(req.host(inb)), req.path(inb));
+    if routed.is_ok_and(|u| u.protocol != Protocol::Http1) {
+        // An HTTP/2 upstream: the general path speaks it. It starts with
+        // this request, which it parses again.
+        return Step::Fallback(std::mem::take(inb));
+    }
+    inb.advance(req.len);
+    let served = match routed {
+        Err(local) => Served::local(local, w.local_fast(stream, out, local, close).await),
+        Ok(upstream) => {
+            let transport = RawH1 {
+                pool: &w.pool,
+                head: up_head,
+                idempotent: req.idempotent,
+                head_request: req.head,
+                client_close: close,
+                out,
+            };
+            w.forward_fast(stream, upstream, transport, close).await
+        }
+    };
+    if let Some(meta) = meta {
+        w.log_request(
+            &Finished {
+                start,
+                client: client.addr(),
+                method: &meta.method,
+                path: &meta.target,
+                protocol: "HTTP/1.1",
+                status: served.status,
+                bytes: served.bytes,
+                route: routed.ok().map(|u| &*u.name),
+                request_id: &meta.request_id,
+            },
+            served.forwarded,
+        );
+    }
+    if !served.keep {
+        let _ = stream.shutdown().await;
+        return Step::Closed;
+    }
+    if inb.is_empty() {
+        Step::Idle
+    } else {
+        Step::Next
+    }
+}
+
 impl Worker {
     /// Serves a client connection on the fast path until it closes or a
     /// request needs the general path. With `h2c`, a connection that
     /// opens with the HTTP/2 preface is handed to the HTTP/2 server.
-    pub(crate) async fn serve_fast<S: ClientStream>(
-        &self,
-        mut stream: S,
-        client: &ClientIp,
-        drain: &CancellationToken,
-        mut h2c: bool,
-    ) -> Outcome<S> {
-        let config = &self.shared.config;
-        let limits = Limits {
-            max_header_bytes: config.max_header_bytes,
-            max_headers: config.max_headers,
+    ///
+    /// Between requests the connection waits here for readability holding
+    /// no buffer and no request state; each time the client sends, its
+    /// requests are served in a box from the worker's free list
+    /// ([`pooled`]), which goes back to the list when the buffer is empty
+    /// again. No allocation per request once the list is warm.
+    pub(crate) fn serve_fast<S: ClientStream>(
+        self: &Rc<Self>,
+        stream: S,
+        client: Rc<ClientIp>,
+        drain: CancellationToken,
+        h2c: bool,
+    ) -> impl Future<Output = Outcome<S>> + use<S> {
+        let w = self.clone();
+        let token = drain.clone();
+        let mut conn = Conn {
+            stream,
+            client,
+            drain,
+            h2c,
+            header_timer: LazyTimer::new(),
+            meta: None,
         };
-        let host_override = self.shared.host_override.as_ref().map(|h| h.as_bytes());
-        // Buffers are on loan only while a request is being read or served:
-        // an idle keep-alive connection returns them to the worker's free
-        // list and waits for readability holding none.
-        let mut bufs: Option<ClientLoan> = None;
-        let mut header_timer = LazyTimer::new();
-        let mut response_timer = LazyTimer::new();
-        // Method, target and request id of the current request, kept for
-        // its access log line (used only when the log is on).
-        let mut meta = LogMeta::default();
-        let cancelled = drain.cancelled();
-        tokio::pin!(cancelled);
-        loop {
-            let due = Instant::now() + config.header_read_timeout;
-            if bufs.is_none() {
-                tokio::select! {
-                    biased;
-                    r = std::future::poll_fn(|cx| stream.poll_readable(cx)) => {
-                        if r.is_err() {
-                            return Outcome::Closed;
-                        }
+        // Only what is captured here is in the task while it is idle; a
+        // captured future that were pinned (moved) inside would be there
+        // twice.
+        async move {
+            let cancelled = token.cancelled();
+            tokio::pin!(cancelled);
+            loop {
+                let due = Instant::now() + w.shared.config.header_read_timeout;
+                // Polled by hand rather than with `select!`: less state in
+                // the task of every idle connection. In this order: bytes
+                // (or a close) first, then the timeout, then draining.
+                let woke = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = conn.stream.poll_readable(cx) {
+                        return Poll::Ready(Some(r.is_ok()));
                     }
-                    () = header_timer.until(due) => {
-                        debug!(client = %client.ip, "no request within the header-read timeout; closing the idle connection");
-                        return Outcome::Closed;
+                    if conn.header_timer.poll_until(cx, due).is_ready() {
+                        debug!(client = %conn.client.ip, "no request within the header-read timeout; closing the idle connection");
+                        return Poll::Ready(None);
                     }
-                    () = &mut cancelled => return Outcome::Closed,
+                    cancelled.as_mut().poll(cx).map(|()| None)
+                })
+                .await;
+                if woke != Some(true) {
+                    return Outcome::Closed;
                 }
-            }
-            let ClientBufs { inb, up_head, out } = &mut **bufs.get_or_insert_with(ClientLoan::take);
-            let req = loop {
-                if h2c && !inb.is_empty() {
-                    match h2_preface(inb) {
-                        Some(true) => return Outcome::Http2(stream, std::mem::take(inb)),
-                        Some(false) => h2c = false,
-                        None => {}
-                    }
-                }
-                if !h2c && !inb.is_empty() {
-                    match head::parse_request(inb, limits, client, host_override, up_head) {
-                        Request::Ready(req) => break req,
-                        Request::Fallback => {
-                            // The general path takes the bytes read so far.
-                            return Outcome::Fallback(stream, std::mem::take(inb));
-                        }
-                        Request::Partial => {}
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    r = read_some(&mut stream, inb, CLIENT_BUF) => match r {
-                        Ok(0) | Err(_) => return Outcome::Closed,
-                        Ok(_) => {}
-                    },
-                    () = header_timer.until(due) => {
-                        debug!(client = %client.ip, "no complete request head within the header-read timeout; closing");
-                        return Outcome::Closed;
-                    }
-                    () = &mut cancelled, if inb.is_empty() => return Outcome::Closed,
-                }
-            };
-            let start = std::time::Instant::now();
-            if self.log.is_some() {
-                meta.fill(self, &inb[..req.len], up_head);
-            }
-            let close = req.close || drain.is_cancelled();
-            let table = self.table();
-            let routed = self.route(&table, Some(req.host(inb)), req.path(inb));
-            if routed.is_ok_and(|u| u.protocol != Protocol::Http1) {
-                // An HTTP/2 upstream: the general path speaks it. It
-                // starts with this request, which it parses again.
-                return Outcome::Fallback(stream, std::mem::take(inb));
-            }
-            inb.advance(req.len);
-            let served = match routed {
-                Err(local) => {
-                    Served::local(local, self.local_fast(&mut stream, out, local, close).await)
-                }
-                Ok(upstream) => {
-                    let transport = RawH1 {
-                        pool: &self.pool,
-                        head: up_head,
-                        idempotent: req.idempotent,
-                        head_request: req.head,
-                        client_close: close,
-                        timer: &mut response_timer,
-                        out,
-                    };
-                    self.forward_fast(&mut stream, upstream, transport, close)
-                        .await
-                }
-            };
-            if self.log.is_some() {
-                self.log_request(
-                    &Finished {
-                        start,
-                        client: client.addr(),
-                        method: &meta.method,
-                        path: &meta.target,
-                        protocol: "HTTP/1.1",
-                        status: served.status,
-                        bytes: served.bytes,
-                        route: routed.ok().map(|u| &*u.name),
-                        request_id: &meta.request_id,
-                    },
-                    served.forwarded,
-                );
-            }
-            if !served.keep {
-                let _ = stream.shutdown().await;
-                return Outcome::Closed;
-            }
-            if inb.is_empty() {
-                bufs = None;
+                // Built outside any await, so the burst's state is never
+                // part of this (the connection task's) future.
+                let next = pooled(burst(w.clone(), conn, due));
+                conn = match next.await {
+                    Ok(conn) => conn,
+                    Err(outcome) => return outcome,
+                };
             }
         }
     }
@@ -590,32 +655,9 @@ async fn refill(conn: &mut UpConn) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_lazy_timer_fires_at_each_due_time_and_never_early() {
-        let mut timer = LazyTimer::new();
-        let start = Instant::now();
-        timer.until(start + Duration::from_secs(30)).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(30));
-        // A later deadline on the same timer (the next request).
-        timer.until(start + Duration::from_secs(45)).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(45));
-        // An earlier one than the timer is armed for is honoured too.
-        let now = Instant::now();
-        let long = now + Duration::from_secs(100);
-        let short = now + Duration::from_millis(250);
-        tokio::select! {
-            () = timer.until(long) => panic!("the long wait finished first"),
-            () = tokio::time::sleep_until(short) => {}
-        }
-        timer.until(now + Duration::from_secs(1)).await;
-        assert_eq!(
-            now.elapsed(),
-            Duration::from_secs(1),
-            "not the 100 s it was armed for"
-        );
-    }
+    use super::*;
 
     #[tokio::test]
     async fn a_hanging_endpoint_times_out_at_the_response_header_timeout() {
@@ -651,7 +693,6 @@ mod tests {
             .await
             .unwrap();
         tokio::time::pause();
-        let mut timer = LazyTimer::new();
         let mut out = Vec::new();
         let mut transport = RawH1 {
             pool: &worker.pool,
@@ -659,7 +700,6 @@ mod tests {
             idempotent: true,
             head_request: false,
             client_close: false,
-            timer: &mut timer,
             out: &mut out,
         };
         let start = Instant::now();
