@@ -39,6 +39,7 @@
 #   IDLE         idle connections held in the load and reap phases (default 10000)
 #   ACTIVE       connections of the active phase (default 1000)
 #   DURATION     seconds per wrk run (default 6)
+#   WARMUP       seconds of wrk warm-up before each measured run (default 2)
 #   REAP_TIMEOUT idle timeout of the reap phase, seconds (default 5)
 #   LB_BIN, BACKEND_BIN  binaries (default: target/release/lb, backend)
 #   NGINX_BIN    nginx binary (default: nginx on PATH or /usr/sbin/nginx)
@@ -57,6 +58,7 @@ idle=${IDLE:-10000}
 active=${ACTIVE:-1000}
 duration=${DURATION:-6}
 reap_timeout=${REAP_TIMEOUT:-5}
+warmup=${WARMUP:-2}
 tdir=${CARGO_TARGET_DIR:-$root/target}
 lb_bin=${LB_BIN:-$tdir/release/lb}
 backend_bin=${BACKEND_BIN:-$tdir/release/backend}
@@ -64,7 +66,7 @@ nginx_bin=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 
 die() { printf 'conn-scale: error: %s\n' "$*" >&2; exit 1; }
 note() { printf '==> %s\n' "$*" >&2; }
-for v in rounds workers sources hold_timeout idle active duration reap_timeout; do
+for v in rounds workers sources hold_timeout idle active duration reap_timeout warmup; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 for n in $counts; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "COUNTS must be positive integers, got '$n'"; done
@@ -91,17 +93,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_ok() { # url pid: bounded (15 s)
-    local i
-    for ((i = 0; i < 150; i++)); do
-        curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 stop() { # pid
     kill -TERM "$1" 2>/dev/null || true
     timeout 10 tail --pid="$1" -f /dev/null 2>/dev/null || kill -KILL "$1" 2>/dev/null || true
@@ -154,11 +148,6 @@ proxy_pids() { # target
     echo "$proxy_pid"
     if [[ $1 == nginx ]]; then pgrep -P "$proxy_pid" || true; fi
 }
-cpu_ticks() { # pids... -> utime+stime summed, in clock ticks
-    local p
-    for p; do [[ -r /proc/$p/stat ]] && cat "/proc/$p/stat"; done |
-        awk '{ sub(/.*\) /, ""); t += $12 + $13 } END { print t + 0 }'
-}
 clk_tck=$(getconf CLK_TCK)
 
 # hold target n tag [holder args...]: starts bench/idle_holder.py against the
@@ -206,23 +195,6 @@ measure() { # target n round
     note "$(printf '%-5s N=%-6s round %s: RSS %s -> %s kB = %s KB/conn (Pss %s KB/conn)' "$t" "$n" "$r" "$rb" "$ra" "$kb" "$pkb")"
 }
 
-# parse_wrk file -> "rps p99_us requests errors" (errors: non-2xx + socket errors)
-parse_wrk() {
-    awk '
-        function us(v) {
-            if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
-            if (v ~ /ms$/) { sub(/ms$/, "", v); return v * 1000 }
-            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000000 }
-            return v + 0
-        }
-        $1 == "99%" { p99 = us($2) }
-        / requests in / { req = $1 }
-        /^Requests\/sec:/ { rps = $2 }
-        /Non-2xx or 3xx responses:/ { err += $NF }
-        /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-        END { printf "%s %s %s %d\n", rps + 0, p99 + 0, req + 0, err }
-    ' "$1"
-}
 
 # load phase target round conns [held-idle] [wrk args...]: one wrk run against
 # a fresh proxy, optionally with idle connections held open during it.
@@ -234,6 +206,9 @@ load() {
     mapfile -t ps < <(proxy_pids "$t")
     ((held > 0)) && hold "$t" "$held" "$ph-$t-$r"
     out=$work/wrk-$ph-$t-$r.out
+    # warm-up, as bench/lb-vs-nginx.sh does: pools filled, free lists warm
+    timeout $((warmup + 30)) wrk -t2 "-c$c" "-d${warmup}s" "$@" "http://127.0.0.1:$port/host" >"$out.warmup" 2>&1 ||
+        die "warm-up wrk failed against $t: $(tail -n 3 "$out.warmup")"
     c0=$(cpu_ticks "${ps[@]}")
     timeout $((duration + 30)) wrk -t2 "-c$c" "-d${duration}s" --latency "$@" "http://127.0.0.1:$port/host" >"$out" 2>&1 ||
         die "wrk failed against $t: $(tail -n 3 "$out")"
@@ -351,9 +326,9 @@ if has_phase reap; then
     echo
     echo "### Idle reaper: $idle idle connections, idle timeout ${reap_timeout} s"
     echo
-    echo "Seconds after (response + timeout) at which the proxy closed them, and its CPU from \"all held\" to \"all closed\"."
+    echo "Seconds after (response read by the client + timeout) at which the proxy closed them (slightly negative: the client read each response a little after the proxy sent it and started its timer), closes more than 0.25 s early, and the proxy's CPU from \"all held\" to \"all closed\"."
     echo
-    echo "| proxy | close lateness p50 (s) | max (s) | closed early | CPU (ms) |"
+    echo "| proxy | close lateness p50 (s) | max (s) | closed > 0.25 s early | CPU (ms) |"
     echo "|---|---|---|---|---|"
     for t in lb nginx; do
         echo "| $t | $(med reap "$t" 4) | $(med reap "$t" 5) | $(med reap "$t" 6) | $(med reap "$t" 7) |"
