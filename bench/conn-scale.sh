@@ -81,20 +81,9 @@ ulimit -Sn "$hard" || die "could not raise ulimit -n to $hard"
 fd_limit=$(ulimit -Sn)
 note "ulimit -n: soft $old_soft -> $fd_limit (hard $hard)"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/roundhouse-conn-scale.XXXXXX")
-pids=()
-cleanup() {
-    local p
-    trap - EXIT
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
+bench_workdir conn-scale
 
 stop() { # pid
     kill -TERM "$1" 2>/dev/null || true
@@ -110,12 +99,7 @@ mem_of() { # pids... -> "rss_kb pss_kb"
     echo "$rss $pss"
 }
 
-b1=127.0.0.1:$(free_port); b2=127.0.0.1:$(free_port)
-for b in "$b1" "$b2"; do
-    "$backend_bin" --listen "$b" --name "backend-${b##*:}" >>"$work/backend.log" 2>&1 &
-    pids+=("$!")
-    wait_ok "http://$b/host" "$!" || die "backend $b did not start"
-done
+start_backends "$backend_bin"
 
 start_proxy() { # target n [idle_timeout_s] -> proxy_pid, port
     port=$(free_port)

@@ -29,27 +29,12 @@ done
 for x in "$a_bin" "$b_bin" "$backend_bin"; do [[ -x $x ]] || die "not executable: $x"; done
 for tool in curl python3 wrk getconf timeout; do command -v "$tool" >/dev/null || die "$tool is not installed"; done
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/roundhouse-lb-ab.XXXXXX")
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
+bench_workdir lb-ab
 clk_tck=$(getconf CLK_TCK)
 
-b1=127.0.0.1:$(free_port); b2=127.0.0.1:$(free_port)
-for b in "$b1" "$b2"; do
-    "$backend_bin" --listen "$b" --name "backend-${b##*:}" >>"$work/backend.log" 2>&1 &
-    pids+=("$!")
-    wait_ok "http://$b/host" "$!" || die "backend $b did not start"
-done
+start_backends "$backend_bin"
 declare -A port pid
 for t in A B; do
     bin=$a_bin; [[ $t == B ]] && bin=$b_bin

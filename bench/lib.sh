@@ -1,6 +1,36 @@
 # bench/lib.sh — helpers shared by the bench scripts (sourced, not run).
 # shellcheck shell=bash
 
+# bench_workdir NAME: a temporary directory in $work, and an EXIT trap that
+# stops every process in $pids (SIGTERM, then waits) and removes it.
+bench_workdir() {
+    # shellcheck disable=SC2034 # used by the scripts that source this
+    work=$(mktemp -d "${TMPDIR:-/tmp}/roundhouse-$1.XXXXXX")
+    pids=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+bench_cleanup() {
+    local p
+    trap - EXIT
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+# start_backends BIN: two backends (BIN) on free loopback ports -> b1, b2
+# (their pids in $pids, output in $work/backend.log).
+start_backends() {
+    local b
+    b1=127.0.0.1:$(free_port)
+    b2=127.0.0.1:$(free_port)
+    for b in "$b1" "$b2"; do
+        "$1" --listen "$b" --name "backend-${b##*:}" >>"$work/backend.log" 2>&1 &
+        pids+=("$!")
+        wait_ok "http://$b/host" "$!" || die "backend $b did not start"
+    done
+}
+
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_ok() { # url pid: bounded (15 s)
     local i

@@ -39,7 +39,7 @@ pub(crate) const COALESCE: usize = 16 * 1024;
 /// Most buffers (of each kind) a worker keeps for reuse.
 pub(crate) const MAX_FREE: usize = 32;
 /// Most boxes (of each output type) a worker keeps for [`pooled`] futures:
-/// one per request in flight at once on the worker, ~2 KB each.
+/// one per request in flight at once on the worker, ~1.7 KB each.
 pub(crate) const MAX_FREE_FUTURES: usize = 256;
 /// Initial capacity of the rewritten upstream request head.
 const UP_HEAD: usize = 512;
@@ -227,14 +227,7 @@ fn recycle_upstream_buf(mut buf: BytesMut) {
 /// (attempts, relaying, the upstream connection) is in a box only while a
 /// request is in flight, with no allocation per request once warm.
 pub(crate) fn pooled<T: 'static, F: Future<Output = T> + 'static>(fut: F) -> Pooled<T> {
-    let recycled = FUTURES
-        .try_with(|lists| {
-            let mut lists = lists.borrow_mut();
-            let (_, list) = lists.iter_mut().find(|(id, _)| *id == TypeId::of::<T>())?;
-            list.downcast_mut::<Vec<ReusableLocalBoxFuture<T>>>()?.pop()
-        })
-        .ok()
-        .flatten();
+    let recycled = with_free_futures::<T, _>(Vec::pop).flatten();
     let boxed = match recycled {
         Some(mut boxed) => {
             // Reuses the allocation: the same future type has one layout.
@@ -275,8 +268,21 @@ impl<T: 'static> Drop for Pooled<T> {
         let Some(boxed) = self.fut.take().filter(|_| self.done) else {
             return;
         };
-        // Fails only while the thread is exiting: then just free it.
-        let _ = FUTURES.try_with(|lists| {
+        with_free_futures::<T, _>(|list| {
+            if list.len() < MAX_FREE_FUTURES {
+                list.push(boxed);
+            }
+        });
+    }
+}
+
+/// Runs `f` on this thread's free list of boxes for futures with output
+/// `T` (made empty on first use); `None` only while the thread is exiting.
+fn with_free_futures<T: 'static, R>(
+    f: impl FnOnce(&mut Vec<ReusableLocalBoxFuture<T>>) -> R,
+) -> Option<R> {
+    FUTURES
+        .try_with(|lists| {
             let mut lists = lists.borrow_mut();
             let at = match lists.iter().position(|(id, _)| *id == TypeId::of::<T>()) {
                 Some(at) => at,
@@ -286,13 +292,13 @@ impl<T: 'static> Drop for Pooled<T> {
                     lists.len() - 1
                 }
             };
-            if let Some(list) = lists[at].1.downcast_mut::<Vec<ReusableLocalBoxFuture<T>>>()
-                && list.len() < MAX_FREE_FUTURES
-            {
-                list.push(boxed);
-            }
-        });
-    }
+            lists[at]
+                .1
+                .downcast_mut::<Vec<ReusableLocalBoxFuture<T>>>()
+                .map(f)
+        })
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
@@ -370,14 +376,7 @@ mod tests {
     }
 
     fn futures_free<T: 'static>() -> usize {
-        FUTURES.with(|lists| {
-            lists
-                .borrow()
-                .iter()
-                .find(|(id, _)| *id == TypeId::of::<T>())
-                .and_then(|(_, l)| l.downcast_ref::<Vec<ReusableLocalBoxFuture<T>>>())
-                .map_or(0, Vec::len)
-        })
+        with_free_futures::<T, _>(|list| list.len()).unwrap_or(0)
     }
 
     #[tokio::test]
