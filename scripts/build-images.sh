@@ -96,7 +96,7 @@ pick_builder() {
 
 # check_static BIN: a scratch image needs a static binary.
 check_static() {
-    if command -v readelf >/dev/null 2>&1 && readelf -l "$1" | grep -q 'INTERP'; then
+    if command -v readelf >/dev/null 2>&1 && grep -q 'INTERP' <<<"$(readelf -l "$1")"; then
         echo "build-images.sh: $1 is dynamically linked; a scratch image needs a static binary" >&2
         return 1
     fi

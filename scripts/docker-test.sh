@@ -154,6 +154,28 @@ logs_tail() {
     "${COMPOSE[@]}" logs --no-color --tail=30 2>&1 | sed 's/^/      /'
 }
 
+# What the LB's admin port says about its endpoints and upstream errors,
+# read from the host through the LB's address on the non-internal network
+# (the port is not published).
+lb_diagnostics() {
+    local ip='' a
+    for a in $(docker inspect -f '{{range .NetworkSettings.Networks}}{{println .IPAddress}}{{end}}' "$cid_lb" 2>/dev/null); do
+        if curl -s --max-time 1 -o /dev/null "http://$a:9090/healthz"; then
+            ip=$a
+            break
+        fi
+    done
+    if [ -z "$ip" ]; then
+        note "LB admin port not reachable from the host"
+        return 0
+    fi
+    note "LB admin at $ip:9090: /endpoints and upstream metrics"
+    printf '        %s\n' "$(curl -s --max-time 2 "http://$ip:9090/endpoints" 2>&1)"
+    curl -s --max-time 2 "http://$ip:9090/metrics" 2>&1 |
+        grep -E '^roundhouse_(upstream_errors|retries|ejections|endpoint|requests)' |
+        grep -v ' 0$' | sed 's/^/        /'
+}
+
 echo "docker-test: project $PROJECT, compose '$COMPOSE_NAME', LB on $LB_URL"
 
 # --- 1. images ----------------------------------------------------------------
@@ -298,9 +320,14 @@ else
     docker start "$cid_b2" >/dev/null
     t_start=$(now)
     back_after=''
+    seen=''
     deadline=$(($(date +%s) + BACK_TIMEOUT))
     while [ "$(date +%s)" -lt "$deadline" ]; do
-        if curl -s --max-time 2 "$LB_URL/host" "$LB_URL/host" "$LB_URL/host" 2>/dev/null | grep -qx 'backend-2'; then
+        # Matched in the shell, not with `curl | grep -q`: under pipefail
+        # grep's early exit makes curl fail with a broken pipe whenever
+        # backend-2 is not the last of the three answers.
+        seen=$(curl -s --max-time 2 -w ' [%{http_code}]\n' "$LB_URL/host" "$LB_URL/host" "$LB_URL/host" 2>&1)
+        if [[ $'\n'"$seen"$'\n' == *$'\nbackend-2\n'* ]]; then
             back_after=$(elapsed "$t_start")
             break
         fi
@@ -332,6 +359,9 @@ else
         pass "step 5b: restarted backend-2 answered through the LB ${back_after} s after docker start"
     else
         fail "step 5b: backend-2 got no traffic within ${BACK_TIMEOUT} s after docker start"
+        note "last answers through the LB (body [status]):"
+        printf '%s\n' "$seen" | sed 's/^/        /'
+        lb_diagnostics
         logs_tail
     fi
 fi

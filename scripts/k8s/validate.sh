@@ -84,7 +84,7 @@ check "Upstream examples vs CRD openAPIV3Schema (manifests/01-crd.yaml)" "$PYTHO
 # 4. Vagrantfile. No VirtualBox here: validate without provider config, and
 #    with the libvirt provider when its plugin is installed.
 check "vagrant validate --ignore-provider" vagrant validate --ignore-provider
-if vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt; then
+if grep -q vagrant-libvirt <<<"$(vagrant plugin list 2>/dev/null)"; then
   check "vagrant validate (provider libvirt)" env VAGRANT_DEFAULT_PROVIDER=libvirt vagrant validate
 fi
 

@@ -56,7 +56,9 @@ build_images() {
   done
 }
 
-cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$cluster"; }
+# (The whole list is read first: with pipefail, `kind get clusters | grep -q`
+# fails when grep exits at a match before kind has written every name.)
+cluster_exists() { grep -qx "$cluster" <<<"$(kind get clusters 2>/dev/null)"; }
 
 # cluster_up [create]: start (or, with "create", create) the cluster and wait
 # until the API server and the nodes are ready.

@@ -67,7 +67,9 @@ fi
 have() {
   local tool="$1" want="$2"
   shift 2
-  command -v "$tool" >/dev/null 2>&1 && "$@" 2>/dev/null | grep -qF "$want"
+  # The whole output is read first: with pipefail, `"$@" | grep -q` fails
+  # when grep exits at a match before the tool has written everything.
+  command -v "$tool" >/dev/null 2>&1 && grep -qF "$want" <<<"$("$@" 2>/dev/null)"
 }
 # pinned NAME: the pinned sha256 of NAME for this CPU (may be empty).
 pinned() { local v="${1}_SHA256_${arch}"; printf '%s' "${!v:-}"; }
