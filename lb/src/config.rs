@@ -182,6 +182,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "LB_UPSTREAM_MAX_IDLE", default_value_t = 256)]
     pub upstream_max_idle: usize,
 
+    /// How often freed heap pages are given back to the system
+    /// (`malloc_trim`; glibc only). Without it RSS stays at the highest
+    /// burst ever seen. 0 turns it off.
+    #[arg(long, env = "LB_TRIM_MEMORY_EVERY", default_value = "1s", value_parser = duration)]
+    pub trim_memory_every: Duration,
+
     /// Largest request head in bytes (request line + headers); beyond → 431.
     #[arg(long, env = "LB_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
@@ -427,6 +433,7 @@ impl ProxyArgs {
             max_body_bytes: self.max_body_bytes,
             upstream_idle_timeout: self.upstream_idle_timeout,
             upstream_max_idle: self.upstream_max_idle,
+            trim_memory_every: self.trim_memory_every,
             shutdown_timeout: self.shutdown_timeout,
             host_override,
             max_connections: self.max_connections,
@@ -568,6 +575,7 @@ mod tests {
         let (proxy, policy) = s.proxy.build().unwrap();
         assert_eq!(policy, Policy::default());
         assert_eq!(proxy.upstream_idle_timeout, Duration::from_secs(4));
+        assert_eq!(proxy.trim_memory_every, Duration::from_secs(1));
         assert_eq!(s.static_source().unwrap().targets.len(), 1);
     }
 

@@ -16,7 +16,8 @@
 //!   attempt core (`proxy::attempt`) and the transports around it;
 //! - [`admin`]: probes, metrics exposition and `/endpoints`;
 //! - [`config`]: the flags; [`server`]: the wiring; [`client`]: `lb probe`
-//!   and `lb check`; [`shutdown`], [`telemetry`].
+//!   and `lb check`; [`memory`]: giving freed pages back; [`shutdown`],
+//!   [`telemetry`].
 
 pub mod admin;
 pub mod client;
@@ -25,6 +26,7 @@ pub mod crd;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod discovery;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod selection;

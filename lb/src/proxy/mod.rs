@@ -79,6 +79,9 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per endpoint and worker.
     pub upstream_max_idle: usize,
+    /// How often the server gives freed heap pages back to the system
+    /// ([`crate::memory::release_free_memory`]); zero: never.
+    pub trim_memory_every: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Replaces the `Host` header sent upstream (default: keep the client's).
@@ -112,6 +115,7 @@ impl Default for ProxyConfig {
             max_body_bytes: None,
             upstream_idle_timeout: Duration::from_secs(4),
             upstream_max_idle: 256,
+            trim_memory_every: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(20),
             host_override: None,
             max_connections: 10_000,
