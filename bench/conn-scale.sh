@@ -119,7 +119,8 @@ start_proxy() { # target n [idle_timeout_s] -> proxy_pid, port
             "$here/nginx/proxy.conf.tmpl" >"$d/nginx.conf"
         "$nginx_bin" -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/out.log" 2>&1 &
     else
-        RUST_LOG=warn "$lb_bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)" \
+        admin_port=$(free_port)
+        RUST_LOG=warn "$lb_bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
             --backend "$b1" --backend "$b2" --workers "$workers" --max-connections "$conns" \
             "${lb_extra[@]}" >>"$work/lb.log" 2>&1 &
     fi
@@ -184,7 +185,7 @@ measure() { # target n round
 # a fresh proxy, optionally with idle connections held open during it.
 # Appends: phase target round rps p99_us requests errors cpu_us_per_req
 load() {
-    local ph=$1 t=$2 r=$3 c=$4 held=$5 ps c0 c1 out rps p99 req err cpu
+    local ph=$1 t=$2 r=$3 c=$4 held=$5 ps c0 c1 out rps p99 req err cpu split
     shift 5
     start_proxy "$t" $((held + c))
     mapfile -t ps < <(proxy_pids "$t")
@@ -197,6 +198,15 @@ load() {
     timeout $((duration + 30)) wrk -t2 "-c$c" "-d${duration}s" --latency "$@" "http://127.0.0.1:$port/host" >"$out" 2>&1 ||
         die "wrk failed against $t: $(tail -n 3 "$out")"
     c1=$(cpu_ticks "${ps[@]}")
+    # lb: connections accepted per worker (SO_REUSEPORT's spread), from
+    # roundhouse_accepted_connections_total{worker}: "n0/n1/..."
+    if [[ $t == lb && $ph == close ]]; then
+        split=$(curl -fsS --max-time 2 "http://127.0.0.1:$admin_port/metrics" |
+            sed -n 's/^roundhouse_accepted_connections_total{worker="\([0-9]*\)"} \([0-9]*\).*/\1 \2/p' |
+            sort -n | awk '{ printf "%s%s", (NR > 1 ? "/" : ""), $2 }')
+        printf 'split\t%s\t%s\t%s\n' "$t" "$r" "$split" >>"$results"
+        note "close  lb    round $r: connections accepted per worker $split"
+    fi
     # the idle connections must all still be open: the holder has not exited
     if ((held > 0)); then
         kill -0 "$hpid" 2>/dev/null || die "the holder's idle connections to $t went away during the load: $(tail -n 3 "$hold_out")"
@@ -305,6 +315,10 @@ if has_phase load || has_phase active || has_phase close; then
         errs=$(awk -F'\t' -v p="$ph" '$1 == p { e[$2] += $7 } END { printf "%d / %d", e["lb"], e["nginx"] }' "$results")
         echo "| $label | $l | $g | $(ratio "$l" "$g") | $(med "$ph" lb 5) | $(med "$ph" nginx 5) | $(med "$ph" lb 8) | $(med "$ph" nginx 8) | $errs |"
     done
+fi
+if has_phase close; then
+    echo
+    echo "lb's connections accepted per worker over each \`Connection: close\` run (warm-up included; \`roundhouse_accepted_connections_total{worker}\`, \`SO_REUSEPORT\` spreading them): $(awk -F'\t' '$1 == "split" { printf "%s%s", (n++ ? ", " : ""), $4 }' "$results")."
 fi
 if has_phase reap; then
     echo

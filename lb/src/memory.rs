@@ -7,8 +7,8 @@
 //! the pages stay resident below the long-lived allocations made meanwhile:
 //! RSS then follows the highest burst ever seen rather than what is live.
 //! Measured with 10,000 idle connections each sending a request every 5 s
-//! (docs/benchmarks.md, "Soak with idle connections"): RSS grew 57 % in
-//! three minutes while the live heap stayed within 12–19 MB.
+//! (docs/soak.md): RSS grew 57 % in three minutes while the live heap
+//! stayed within 12–19 MB.
 //! `malloc_trim(0)` walks every arena and `madvise`s its free pages away;
 //! the server calls [`release_free_memory`] once per `--trim-memory-every`.
 //!

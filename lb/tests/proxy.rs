@@ -465,3 +465,44 @@ async fn shutdown_finishes_in_flight_requests() {
         "listener closed"
     );
 }
+
+/// Every accepted client connection is counted on the worker that accepted
+/// it; with `SO_REUSEPORT` the kernel spreads new connections over both
+/// workers' listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_are_counted_per_worker() {
+    const CONNECTIONS: usize = 200;
+    let b1 = TestBackend::start("b1");
+    let lb = TestLb::start(routing(vec![b1.spec()]));
+    let accepted = || -> BTreeMap<String, u64> {
+        lb.running
+            .balancer
+            .metrics()
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("roundhouse_accepted_connections_total{worker=\""))
+            .filter_map(|l| l.split_once("\"} "))
+            .map(|(w, n)| (w.to_owned(), n.trim().parse().unwrap()))
+            .collect()
+    };
+    let before: u64 = accepted().values().sum();
+    for _ in 0..CONNECTIONS {
+        let mut conn = Conn::open(lb.addr).await.unwrap();
+        assert_eq!(conn.get("/host").await.unwrap().0, StatusCode::OK);
+    }
+    let after = accepted();
+    assert_eq!(
+        after.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["0", "1"],
+        "one counter per worker: {after:?}"
+    );
+    assert_eq!(
+        after.values().sum::<u64>() - before,
+        CONNECTIONS as u64,
+        "{after:?}"
+    );
+    assert!(
+        after.values().all(|&n| n > 0),
+        "both workers accepted some: {after:?}"
+    );
+}

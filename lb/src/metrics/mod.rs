@@ -36,6 +36,13 @@ pub struct LocalLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a per-worker metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker's index (0-based; its thread is `lb-worker-<index>`).
+    pub worker: String,
+}
+
 /// Labels of an endpoint-state gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointStateLabels {
@@ -129,6 +136,9 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Client connections refused because `--max-connections` was reached.
     pub refused_connections: Counter,
+    /// Client connections accepted, one counter per worker (indexed by
+    /// worker): how evenly `SO_REUSEPORT` spreads new connections.
+    pub accepted_connections: Vec<Counter>,
     /// Failed `accept(2)` calls by reason (`fd_limit`: EMFILE/ENFILE,
     /// `memory`: ENOBUFS/ENOMEM, `other`); the connection waits in the
     /// kernel's backlog while the worker backs off.
@@ -176,6 +186,21 @@ impl Metrics {
         let active_connections = Gauge::default();
         let refused_connections = Counter::default();
         let accept_errors = Family::<LocalLabels, Counter>::default();
+        let accepted = Family::<WorkerLabels, Counter>::default();
+        let accepted_connections = (0..workers.max(1))
+            .map(|i| {
+                accepted
+                    .get_or_create(&WorkerLabels {
+                        worker: i.to_string(),
+                    })
+                    .clone()
+            })
+            .collect();
+        registry.register(
+            "accepted_connections",
+            "Client connections accepted, by worker",
+            accepted,
+        );
         let endpoints = Family::<EndpointStateLabels, Gauge>::default();
         let retries = Counter::default();
         let ejections = Counter::default();
@@ -321,6 +346,7 @@ impl Metrics {
             duration,
             active_connections,
             refused_connections,
+            accepted_connections,
             accept_errors,
             endpoints,
             retries,

@@ -404,6 +404,9 @@ fn run_worker(
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    if let Some(c) = shared.metrics.accepted_connections.get(id) {
+                        c.inc();
+                    }
                     conn::accept(&worker, &servers, &tracker, &drain, stream, peer, tls);
                 }
                 Err(e) => {
