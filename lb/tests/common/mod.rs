@@ -397,6 +397,20 @@ impl TestLb {
         wait_until(what, || cond(&self.running.balancer.snapshot())).await;
     }
 
+    /// The value of one counter or gauge series (`name{labels}`, exactly as
+    /// /metrics prints it), 0 if it is not there yet.
+    pub fn counter(&self, series: &str) -> u64 {
+        let prefix = format!("{series} ");
+        self.running
+            .balancer
+            .metrics()
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Publishes a new endpoint set and waits until the table has it.
     pub fn update(&self, cfg: RoutingConfig) {
         let before = self.running.balancer.snapshot().version;
