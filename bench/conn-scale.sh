@@ -21,7 +21,10 @@
 # HTTP/1.1 connections, sends one `GET /host` on each, reads the response and
 # keeps the connection open and idle. The proxy's RSS (VmRSS summed over its
 # processes: nginx = master + workers, and Pss from smaps_rollup too) is read
-# before and once all N are held; the report gives (after - before) / N in KB.
+# before, and SETTLE seconds after all N are held (for both proxies: the lb
+# parks a connection idle for --idle-park-after, 1 s, and gives freed pages
+# back once a second; the report says if fewer than N were parked); the
+# report gives (after - before) / N in KB.
 #
 # nginx is configured as in bench/lb-vs-nginx.sh (bench/nginx/proxy.conf.tmpl:
 # WORKERS workers, access_log off, upstream keepalive 64), with only
@@ -41,6 +44,9 @@
 #   DURATION     seconds per wrk run (default 6)
 #   WARMUP       seconds of wrk warm-up before each measured run (default 2)
 #   REAP_TIMEOUT idle timeout of the reap phase, seconds (default 5)
+#   SETTLE       seconds between "all N held" and the idle phase's RSS reading
+#                (default 3)
+#   LB_ARGS      extra `lb serve` flags (e.g. "--idle-park-after 0")
 #   LB_BIN, BACKEND_BIN  binaries (default: target/release/lb, backend)
 #   NGINX_BIN    nginx binary (default: nginx on PATH or /usr/sbin/nginx)
 # Usage: bench/conn-scale.sh > report.md   (progress on stderr)
@@ -59,6 +65,8 @@ active=${ACTIVE:-1000}
 duration=${DURATION:-6}
 reap_timeout=${REAP_TIMEOUT:-5}
 warmup=${WARMUP:-2}
+settle=${SETTLE:-3}
+read -r -a lb_args <<<"${LB_ARGS:-}"
 tdir=${CARGO_TARGET_DIR:-$root/target}
 lb_bin=${LB_BIN:-$tdir/release/lb}
 backend_bin=${BACKEND_BIN:-$tdir/release/backend}
@@ -66,7 +74,7 @@ nginx_bin=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 
 die() { printf 'conn-scale: error: %s\n' "$*" >&2; exit 1; }
 note() { printf '==> %s\n' "$*" >&2; }
-for v in rounds workers sources hold_timeout idle active duration reap_timeout warmup; do
+for v in rounds workers sources hold_timeout idle active duration reap_timeout warmup settle; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 for n in $counts; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "COUNTS must be positive integers, got '$n'"; done
@@ -122,7 +130,7 @@ start_proxy() { # target n [idle_timeout_s] -> proxy_pid, port
         admin_port=$(free_port)
         RUST_LOG=warn "$lb_bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
             --backend "$b1" --backend "$b2" --workers "$workers" --max-connections "$conns" \
-            "${lb_extra[@]}" >>"$work/lb.log" 2>&1 &
+            "${lb_extra[@]}" "${lb_args[@]}" >>"$work/lb.log" 2>&1 &
     fi
     proxy_pid=$!
     wait_ok "http://127.0.0.1:$port/host" "$proxy_pid" || die "$1 did not start (see $work)"
@@ -169,6 +177,13 @@ measure() { # target n round
     mapfile -t ps < <(proxy_pids "$t")
     before=$(mem_of "${ps[@]}")
     hold "$t" "$n" "idle-$t-$n-$r"
+    sleep "$settle"
+    if [[ $t == lb ]]; then
+        local parked
+        parked=$(curl -fsS "http://127.0.0.1:$admin_port/metrics" |
+            awk '$1 == "roundhouse_parked_connections" { print $2 }')
+        [[ ${parked:-0} -ge $n ]] || note "lb: ${parked:-0} of the $n idle connections parked after ${settle} s"
+    fi
     after=$(mem_of "${ps[@]}")
     release
     stop "$proxy_pid"

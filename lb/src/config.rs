@@ -182,6 +182,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "LB_UPSTREAM_MAX_IDLE", default_value_t = 256)]
     pub upstream_max_idle: usize,
 
+    /// A plain HTTP/1.1 client connection idle this long leaves its task and
+    /// is parked in the worker's table (about 0.1 KB instead of 0.9 KB). It
+    /// is still closed at the header-read timeout. 0 turns it off.
+    #[arg(long, env = "LB_IDLE_PARK_AFTER", default_value = "1s", value_parser = duration)]
+    pub idle_park_after: Duration,
+
     /// How often freed heap pages are given back to the system
     /// (`malloc_trim`; glibc only). Without it RSS stays at the highest
     /// burst ever seen. 0 turns it off.
@@ -434,6 +440,7 @@ impl ProxyArgs {
             upstream_idle_timeout: self.upstream_idle_timeout,
             upstream_max_idle: self.upstream_max_idle,
             trim_memory_every: self.trim_memory_every,
+            idle_park_after: self.idle_park_after,
             shutdown_timeout: self.shutdown_timeout,
             host_override,
             max_connections: self.max_connections,
@@ -576,6 +583,7 @@ mod tests {
         assert_eq!(policy, Policy::default());
         assert_eq!(proxy.upstream_idle_timeout, Duration::from_secs(4));
         assert_eq!(proxy.trim_memory_every, Duration::from_secs(1));
+        assert_eq!(proxy.idle_park_after, Duration::from_secs(1));
         assert_eq!(s.static_source().unwrap().targets.len(), 1);
     }
 

@@ -134,6 +134,9 @@ pub struct Metrics {
     pub duration: ShardedHistogram,
     /// Open client connections.
     pub active_connections: Gauge,
+    /// Idle client connections parked outside their tasks
+    /// (`--idle-park-after`); part of `active_connections`.
+    pub parked_connections: Gauge,
     /// Client connections refused because `--max-connections` was reached.
     pub refused_connections: Counter,
     /// Client connections accepted, one counter per worker (indexed by
@@ -184,6 +187,7 @@ impl Metrics {
         let local_responses = Family::<LocalLabels, Counter>::default();
         let duration = ShardedHistogram::new(workers);
         let active_connections = Gauge::default();
+        let parked_connections = Gauge::default();
         let refused_connections = Counter::default();
         let accept_errors = Family::<LocalLabels, Counter>::default();
         let accepted = Family::<WorkerLabels, Counter>::default();
@@ -247,6 +251,11 @@ impl Metrics {
             "active_connections",
             "Open client connections",
             active_connections.clone(),
+        );
+        registry.register(
+            "parked_connections",
+            "Idle client connections parked outside their tasks (part of active_connections)",
+            parked_connections.clone(),
         );
         registry.register(
             "refused_connections",
@@ -345,6 +354,7 @@ impl Metrics {
             local_responses,
             duration,
             active_connections,
+            parked_connections,
             refused_connections,
             accepted_connections,
             accept_errors,

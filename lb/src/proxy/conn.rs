@@ -28,7 +28,7 @@ use super::headers::ClientIp;
 use super::local::Local;
 use super::rewind::Rewind;
 use super::stream::{ClientStream, LocalExec, h2_preface};
-use super::{Worker, fast};
+use super::{Worker, fast, park};
 
 /// The servers a worker runs on its connections.
 pub(crate) struct Servers {
@@ -116,7 +116,7 @@ pub(crate) fn accept(
     let servers = servers.clone();
     let drain = drain.clone();
     if !tls && shared.config.fast_path && shared.config.https_redirect.is_none() {
-        tracker.spawn_local(plain_fast(w, servers, drain, stream, peer));
+        tracker.spawn_local(plain_fast(w, servers, drain, stream, peer, NEW_PLAIN));
     } else {
         tracker.spawn_local(async move {
             Box::pin(serve_connection(
@@ -144,17 +144,65 @@ fn plain_fast(
     drain: CancellationToken,
     stream: TcpStream,
     peer: SocketAddr,
+    start: fast::Start,
 ) -> impl Future<Output = ()> {
     let client = Rc::new(ClientIp::new(peer.ip()).at_port(peer.port()));
     // `then`, not an async block awaiting `fast`: that would hold the fast
     // path's future twice (as captured, and as awaited).
-    w.serve_fast(stream, client, drain.clone(), true)
+    w.serve_fast(stream, client, drain.clone(), start)
         .then(move |outcome| async move {
-            if !matches!(outcome, fast::Outcome::Closed) {
-                Box::pin(after_fast(w.clone(), &servers, &drain, outcome)).await;
+            match outcome {
+                // Still open, in the worker's table.
+                fast::Outcome::Parked => return,
+                fast::Outcome::Closed => {}
+                outcome => Box::pin(after_fast(w.clone(), &servers, &drain, outcome)).await,
             }
             closed(&w);
         })
+}
+
+/// How a new plain connection starts on the fast path.
+const NEW_PLAIN: fast::Start = fast::Start {
+    h2c: true,
+    parkable: true,
+};
+
+/// Runs the worker's table of parked idle connections until the drain:
+/// a connection whose client sent something goes back to the fast path in
+/// a new task (on `tracker`, so the drain waits for it); the ones the table
+/// closes are counted out.
+pub(crate) async fn run_parking(
+    w: Rc<Worker>,
+    servers: Rc<Servers>,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+    poller: park::Poller,
+) {
+    let Some(parking) = &w.parking else {
+        return;
+    };
+    let wake = |p: park::Parked| match TcpStream::from_std(p.stream) {
+        Ok(stream) => {
+            let start = fast::Start {
+                h2c: p.h2c,
+                parkable: true,
+            };
+            let task = plain_fast(
+                w.clone(),
+                servers.clone(),
+                drain.clone(),
+                stream,
+                p.peer,
+                start,
+            );
+            tracker.spawn_local(task);
+        }
+        Err(e) => {
+            debug!(client = %p.peer, error = %e, "cannot resume a parked connection; closing it");
+            closed(&w);
+        }
+    };
+    poller.run(parking, &drain, wake, || closed(&w)).await;
 }
 
 /// Counts a served connection out.
@@ -230,7 +278,11 @@ async fn serve<S: ClientStream>(
     h2c: bool,
 ) {
     if w.shared.config.fast_path && !redirecting(&client, &w) {
-        let outcome = w.serve_fast(stream, client, drain.clone(), h2c).await;
+        let start = fast::Start {
+            h2c,
+            parkable: false,
+        };
+        let outcome = w.serve_fast(stream, client, drain.clone(), start).await;
         return after_fast(w, servers, drain, outcome).await;
     }
     let (stream, prefix) = if h2c {
@@ -267,7 +319,8 @@ async fn after_fast<S: ClientStream>(
     outcome: fast::Outcome<S>,
 ) {
     match outcome {
-        fast::Outcome::Closed => {}
+        // Only a parkable connection is parked, and it is not served here.
+        fast::Outcome::Closed | fast::Outcome::Parked => {}
         fast::Outcome::Http2(stream, prefix, client) => {
             let (peer, stream) = (client.addr(), Rewind::new(prefix.freeze(), stream));
             serve_h2(w, servers, client, drain, stream, peer).await;
@@ -476,8 +529,8 @@ mod tests {
             TcpStream::connect(a).await.unwrap(),
             TcpStream::connect(a).await.unwrap(),
         );
-        let task = plain_fast(w.clone(), servers, drain.clone(), s1, a);
-        let fast = w.serve_fast(s2, Rc::new(ClientIp::new(a.ip())), drain, true);
+        let task = plain_fast(w.clone(), servers, drain.clone(), s1, a, NEW_PLAIN);
+        let fast = w.serve_fast(s2, Rc::new(ClientIp::new(a.ip())), drain, NEW_PLAIN);
         let (task, fast) = (std::mem::size_of_val(&task), std::mem::size_of_val(&fast));
         assert!(
             task <= fast + 64 && task <= 288,

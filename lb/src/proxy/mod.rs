@@ -28,6 +28,7 @@ mod general;
 mod h2;
 pub mod headers;
 pub mod local;
+mod park;
 mod rewind;
 pub mod stream;
 mod throttle;
@@ -82,6 +83,11 @@ pub struct ProxyConfig {
     /// How often the server gives freed heap pages back to the system
     /// ([`crate::memory::release_free_memory`]); zero: never.
     pub trim_memory_every: Duration,
+    /// A plain HTTP/1.1 client connection idle this long leaves its task
+    /// and waits in the worker's table of parked connections (`park`), at a
+    /// tenth of the memory; zero: never (it waits in its task until the
+    /// header-read timeout).
+    pub idle_park_after: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// Replaces the `Host` header sent upstream (default: keep the client's).
@@ -116,6 +122,7 @@ impl Default for ProxyConfig {
             upstream_idle_timeout: Duration::from_secs(4),
             upstream_max_idle: 256,
             trim_memory_every: Duration::from_secs(1),
+            idle_park_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(20),
             host_override: None,
             max_connections: 10_000,
@@ -198,11 +205,18 @@ pub(crate) struct Worker {
     pub(crate) last_forward: std::cell::Cell<attempt::Forwarded>,
     /// Rate limit of the "connection limit reached" warning.
     pub(crate) limit_warn: RefCell<Throttle>,
+    /// Where idle plain connections are parked (`None`: parking is off).
+    pub(crate) parking: Option<park::Parking>,
 }
 
 impl Worker {
     /// Worker `id`'s state: an empty pool, the current table.
-    fn new(id: usize, shared: Arc<Shared>, log: Option<access_log::WorkerLog>) -> Self {
+    fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        log: Option<access_log::WorkerLog>,
+        parking: Option<park::Parking>,
+    ) -> Self {
         let metrics = shared.metrics.clone();
         let body_error: BodyErrorHook =
             Rc::new(move |addr, e| attempt::body_failed(&metrics, addr, e));
@@ -225,6 +239,7 @@ impl Worker {
             log: log.map(RefCell::new),
             last_forward: std::cell::Cell::default(),
             limit_warn: RefCell::new(Throttle::new(throttle::WARN_EVERY)),
+            parking,
         }
     }
 
@@ -365,7 +380,18 @@ fn run_worker(
     local.block_on(&rt, async move {
         let listener = TcpListener::from_std(listener)?;
         let tls_listener = tls_listener.map(TcpListener::from_std).transpose()?;
-        let worker = Rc::new(Worker::new(id, shared.clone(), log));
+        let (parking, poller) = if shared.config.idle_park_after.is_zero() {
+            (None, None)
+        } else {
+            match park::new(shared.metrics.parked_connections.clone()) {
+                Ok((parking, poller)) => (Some(parking), Some(poller)),
+                Err(e) => {
+                    warn!(error = %e, "cannot create the table for idle connections; they stay in their tasks");
+                    (None, None)
+                }
+            }
+        };
+        let worker = Rc::new(Worker::new(id, shared.clone(), log, parking));
         let servers = conn::Servers::new(&worker, shared.tls.clone());
         let sweeper = {
             let (pool, h2_pool) = (worker.pool.clone(), worker.h2_pool.clone());
@@ -395,6 +421,15 @@ fn run_worker(
         });
         let tracker = TaskTracker::new();
         let drain = CancellationToken::new();
+        if let Some(poller) = poller {
+            tracker.spawn_local(conn::run_parking(
+                worker.clone(),
+                servers.clone(),
+                tracker.clone(),
+                drain.clone(),
+                poller,
+            ));
+        }
         let mut accept_warn = Throttle::new(throttle::WARN_EVERY);
         loop {
             let (accepted, tls) = tokio::select! {
@@ -420,8 +455,11 @@ fn run_worker(
         drop(listener);
         drop(tls_listener);
         tracker.close();
+        let open = worker.parking.as_ref().map_or(tracker.len(), |p| {
+            // The parking task is not a connection; its connections are.
+            tracker.len().saturating_sub(1) + p.len()
+        });
         drain.cancel();
-        let open = tracker.len();
         if open > 0 {
             info!(connections = open, "draining connections");
         }
@@ -489,7 +527,7 @@ pub(crate) mod tests {
 
     /// A worker over `balancer`, as a worker thread builds it.
     pub(crate) fn worker(balancer: Arc<Balancer>, config: ProxyConfig) -> Worker {
-        Worker::new(0, Arc::new(Shared::new(balancer, config, None)), None)
+        Worker::new(0, Arc::new(Shared::new(balancer, config, None)), None, None)
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,17 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// The plain socket, out of tokio's reactor, for an idle connection to
+    /// be parked (`park`); `Err(self)` for a stream that cannot be (TLS:
+    /// its session state would have to be parked too). An inner error
+    /// means the socket was lost on the way (and so closed).
+    fn into_parkable(self) -> Result<io::Result<std::net::TcpStream>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -36,6 +47,10 @@ impl ClientStream for TcpStream {
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    fn into_parkable(self) -> Result<io::Result<std::net::TcpStream>, Self> {
+        Ok(self.into_std())
     }
 }
 

@@ -26,6 +26,7 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,7 @@ use super::attempt::{
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
 use super::headers::ClientIp;
 use super::local::Local;
+use super::park::Parked;
 use super::stream::{ClientStream, h2_preface};
 use super::timer::LazyTimer;
 use super::upstream::{Pool, UpConn};
@@ -73,6 +75,32 @@ pub(crate) enum Outcome<S> {
     /// knowledge): to be served by the HTTP/2 server, starting with these
     /// bytes.
     Http2(S, BytesMut, Rc<ClientIp>),
+    /// Idle for `--idle-park-after`: it waits in the worker's table of
+    /// parked connections (`park`), still open and counted.
+    Parked,
+}
+
+/// How a connection starts on the fast path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start {
+    /// Nothing was read on it yet: it may open with the HTTP/2 preface.
+    pub(crate) h2c: bool,
+    /// A plain socket from the plain listener, which may be parked when
+    /// idle. (One taken out of the table is due from now again, as a new
+    /// one is: the idle wait and the wait for a request head are timed
+    /// separately, as in nginx.)
+    pub(crate) parkable: bool,
+}
+
+/// What woke a connection waiting for its next request.
+#[derive(PartialEq, Eq)]
+enum Woke {
+    /// Bytes or a close (`false`: an error).
+    Readable(bool),
+    /// Idle for `--idle-park-after`.
+    Park,
+    /// The header-read timeout, or the worker is draining.
+    Done,
 }
 
 /// How relaying a response body ended.
@@ -192,6 +220,8 @@ struct Conn<S> {
     drain: CancellationToken,
     /// The connection may still open with the HTTP/2 preface.
     h2c: bool,
+    /// It is parked after `--idle-park-after` without a byte.
+    park: bool,
     header_timer: LazyTimer,
     /// Method, target and request id of the current request, kept for its
     /// access log line (only when the log is on; reused by the next one).
@@ -223,6 +253,17 @@ enum Step {
 async fn burst<S: ClientStream>(w: Rc<Worker>, mut conn: Conn<S>, mut due: Instant) -> Burst<S> {
     // On loan until the buffer is empty again.
     let mut bufs = ClientLoan::take();
+    if conn.park {
+        // tokio takes a new connection to be readable before it has seen
+        // it so (saving a wait when the request is there already), and a
+        // woken one's readiness may be a close: read once without waiting,
+        // and go back to the idle wait (which parks) if nothing is there.
+        match read_some(&mut conn.stream, &mut bufs.inb, CLIENT_BUF).now_or_never() {
+            None => return Ok(conn),
+            Some(Ok(0) | Err(_)) => return Err(Outcome::Closed),
+            Some(Ok(_)) => {}
+        }
+    }
     loop {
         match serve_one(&w, &mut conn, &mut bufs, due).await {
             Step::Next => due = Instant::now() + w.shared.config.header_read_timeout,
@@ -254,6 +295,7 @@ async fn serve_one<S: ClientStream>(
         h2c,
         header_timer,
         meta,
+        ..
     } = conn;
     let ClientBufs { inb, up_head, out } = bufs;
     let cancelled = drain.cancelled();
@@ -347,32 +389,44 @@ async fn serve_one<S: ClientStream>(
 }
 
 impl Worker {
-    /// Serves a client connection on the fast path until it closes or a
-    /// request needs the general path. With `h2c`, a connection that
-    /// opens with the HTTP/2 preface is handed to the HTTP/2 server.
+    /// Serves a client connection on the fast path until it closes, a
+    /// request needs the general path, or it is parked. With `start.h2c`,
+    /// a connection that opens with the HTTP/2 preface is handed to the
+    /// HTTP/2 server.
     ///
     /// Between requests the connection waits here for readability holding
     /// no buffer and no request state; each time the client sends, its
     /// requests are served in a box from the worker's free list
     /// ([`pooled`]), which goes back to the list when the buffer is empty
-    /// again. No allocation per request once the list is warm.
+    /// again. No allocation per request once the list is warm. A parkable
+    /// connection idle for `--idle-park-after` leaves its task for the
+    /// worker's table ([`Outcome::Parked`]).
     pub(crate) fn serve_fast<S: ClientStream>(
         self: &Rc<Self>,
         stream: S,
         client: Rc<ClientIp>,
         drain: CancellationToken,
-        h2c: bool,
+        start: Start,
     ) -> impl Future<Output = Outcome<S>> + use<S> {
         let w = self.clone();
         let token = drain.clone();
+        let config = &self.shared.config;
+        let park = start.parkable
+            && self.parking.is_some()
+            && !config.idle_park_after.is_zero()
+            && config.idle_park_after < config.header_read_timeout;
         let mut conn = Conn {
             stream,
             client,
             drain,
-            h2c,
+            h2c: start.h2c,
+            park,
             header_timer: LazyTimer::new(),
             meta: None,
         };
+        // The deadline of the next request head, from when the connection
+        // became idle.
+        let mut due = Instant::now() + config.header_read_timeout;
         // Only what is captured here is in the task while it is idle; a
         // captured future that were pinned (moved) inside would be there
         // twice.
@@ -380,23 +434,64 @@ impl Worker {
             let cancelled = token.cancelled();
             tokio::pin!(cancelled);
             loop {
-                let due = Instant::now() + w.shared.config.header_read_timeout;
                 // Polled by hand rather than with `select!`: less state in
                 // the task of every idle connection. In this order: bytes
-                // (or a close) first, then the timeout, then draining.
-                let woke = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = conn.stream.poll_readable(cx) {
-                        return Poll::Ready(Some(r.is_ok()));
+                // (or a close) first, then the timer (parking, or the
+                // timeout), then draining.
+                // A `move` closure over references: one capture each, not
+                // one per field used (the closure is in every idle task).
+                let (c, idle_due, config) = (&mut conn, &due, &w.shared.config);
+                let mut cancel = cancelled.as_mut();
+                let woke = std::future::poll_fn(move |cx| {
+                    if let Poll::Ready(r) = c.stream.poll_readable(cx) {
+                        return Poll::Ready(Woke::Readable(r.is_ok()));
                     }
-                    if conn.header_timer.poll_until(cx, due).is_ready() {
-                        debug!(client = %conn.client.ip, "no request within the header-read timeout; closing the idle connection");
-                        return Poll::Ready(None);
+                    let park_at = if c.park {
+                        // idle since `due - timeout`
+                        (*idle_due - config.header_read_timeout + config.idle_park_after).min(*idle_due)
+                    } else {
+                        *idle_due
+                    };
+                    if c.header_timer.poll_until(cx, park_at).is_ready() {
+                        if park_at < *idle_due {
+                            return Poll::Ready(Woke::Park);
+                        }
+                        debug!(client = %c.client.ip, "no request within the header-read timeout; closing the idle connection");
+                        return Poll::Ready(Woke::Done);
                     }
-                    cancelled.as_mut().poll(cx).map(|()| None)
+                    cancel.as_mut().poll(cx).map(|()| Woke::Done)
                 })
                 .await;
-                if woke != Some(true) {
-                    return Outcome::Closed;
+                match woke {
+                    Woke::Readable(true) => {}
+                    Woke::Park => {
+                        let Conn {
+                            stream,
+                            client,
+                            drain,
+                            h2c,
+                            header_timer,
+                            meta,
+                            park: _,
+                        } = conn;
+                        match stream.into_parkable() {
+                            Ok(stream) => return w.park_idle(stream, &client, due, h2c),
+                            Err(stream) => {
+                                // Not a plain socket after all: it waits here.
+                                conn = Conn {
+                                    stream,
+                                    client,
+                                    drain,
+                                    h2c,
+                                    park: false,
+                                    header_timer,
+                                    meta,
+                                };
+                                continue;
+                            }
+                        }
+                    }
+                    Woke::Readable(false) | Woke::Done => return Outcome::Closed,
                 }
                 // Built outside any await, so the burst's state is never
                 // part of this (the connection task's) future.
@@ -405,6 +500,36 @@ impl Worker {
                     Ok(conn) => conn,
                     Err(outcome) => return outcome,
                 };
+                due = Instant::now() + w.shared.config.header_read_timeout;
+            }
+        }
+    }
+
+    /// Puts an idle connection's socket in the worker's table.
+    fn park_idle<S>(
+        &self,
+        stream: io::Result<std::net::TcpStream>,
+        client: &ClientIp,
+        due: Instant,
+        h2c: bool,
+    ) -> Outcome<S> {
+        let parked = stream.and_then(|stream| {
+            let parking = self
+                .parking
+                .as_ref()
+                .ok_or_else(|| io::Error::other("parking is off"))?;
+            parking.park(Parked {
+                stream,
+                peer: client.addr(),
+                due,
+                h2c,
+            })
+        });
+        match parked {
+            Ok(()) => Outcome::Parked,
+            Err(e) => {
+                debug!(client = %client.ip, error = %e, "cannot park the idle connection; closing it");
+                Outcome::Closed
             }
         }
     }
