@@ -21,7 +21,8 @@
 # HTTP/1.1 connections, sends one `GET /host` on each, reads the response and
 # keeps the connection open and idle. The proxy's RSS (VmRSS summed over its
 # processes: nginx = master + workers, and Pss from smaps_rollup too) is read
-# before, and SETTLE seconds after all N are held (for both proxies: the lb
+# before (after WARM_CONNS connections were held and closed, SETTLE s
+# earlier), and SETTLE seconds after all N are held (for both proxies: the lb
 # parks a connection idle for --idle-park-after, 1 s, and gives freed pages
 # back once a second; the report says if fewer than N were parked); the
 # report gives (after - before) / N in KB.
@@ -46,6 +47,10 @@
 #   REAP_TIMEOUT idle timeout of the reap phase, seconds (default 5)
 #   SETTLE       seconds between "all N held" and the idle phase's RSS reading
 #                (default 3)
+#   WARM_CONNS   idle phase: connections opened (as the N are) and closed
+#                before the baseline reading, so that fixed memory that fills
+#                on first use is not counted per connection (default 200;
+#                0: a cold baseline, as before 2026-12-04)
 #   LB_ARGS      extra `lb serve` flags (e.g. "--idle-park-after 0")
 #   LB_BIN, BACKEND_BIN  binaries (default: target/release/lb, backend)
 #   NGINX_BIN    nginx binary (default: nginx on PATH or /usr/sbin/nginx)
@@ -66,6 +71,7 @@ duration=${DURATION:-6}
 reap_timeout=${REAP_TIMEOUT:-5}
 warmup=${WARMUP:-2}
 settle=${SETTLE:-3}
+warm_conns=${WARM_CONNS:-200}
 read -r -a lb_args <<<"${LB_ARGS:-}"
 tdir=${CARGO_TARGET_DIR:-$root/target}
 lb_bin=${LB_BIN:-$tdir/release/lb}
@@ -77,6 +83,7 @@ note() { printf '==> %s\n' "$*" >&2; }
 for v in rounds workers sources hold_timeout idle active duration reap_timeout warmup settle; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
+[[ $warm_conns =~ ^[0-9]+$ ]] || die "WARM_CONNS must be a non-negative integer, got '$warm_conns'"
 for n in $counts; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "COUNTS must be positive integers, got '$n'"; done
 for ph in $phases; do [[ $ph =~ ^(idle|load|active|close|reap)$ ]] || die "unknown phase '$ph' in PHASES"; done
 has_phase() { [[ " $phases " == *" $1 "* ]]; }
@@ -175,6 +182,16 @@ measure() { # target n round
     local t=$1 n=$2 r=$3 ps before after
     start_proxy "$t" "$n"
     mapfile -t ps < <(proxy_pids "$t")
+    if ((warm_conns > 0)); then
+        # A warm proxy: the same way of opening connections once, closed
+        # again, so that what fills once and stays (nginx's connection
+        # arrays are preallocated; the lb's bounded free lists and upstream
+        # pool fill on first use) is in the baseline, not in the per-
+        # connection figure.
+        hold "$t" "$warm_conns" "warm-$t-$n-$r"
+        release
+        sleep "$settle"
+    fi
     before=$(mem_of "${ps[@]}")
     hold "$t" "$n" "idle-$t-$n-$r"
     sleep "$settle"

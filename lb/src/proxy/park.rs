@@ -181,13 +181,24 @@ impl Parking {
         self.table.borrow().slots.len()
     }
 
-    /// Takes slot `key` out of the table and the poll.
+    /// Takes slot `key` out of the table and the poll, to be served again.
     fn take(&self, key: usize) -> Option<Parked> {
+        let parked = self.remove(key)?;
+        // The socket stays open, so it must leave the poll explicitly.
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&parked.stream.as_raw_fd()));
+        Some(parked)
+    }
+
+    /// Takes slot `key` out of the table and closes its socket (which
+    /// takes it out of the poll too: no descriptor shares the socket).
+    fn close(&self, key: usize) -> bool {
+        self.remove(key).is_some()
+    }
+
+    fn remove(&self, key: usize) -> Option<Parked> {
         let slot = self.table.borrow_mut().slots.try_remove(key)?;
-        let fd = slot.parked.stream.as_raw_fd();
-        // Closing or handing the socket to tokio would remove it too; the
-        // explicit removal keeps a stale event from naming a reused slot.
-        let _ = self.registry.deregister(&mut SourceFd(&fd));
         self.gauge.dec();
         Some(slot.parked)
     }
@@ -218,7 +229,7 @@ impl Parking {
                 }
                 key
             };
-            if self.take(key).is_some() {
+            if self.close(key) {
                 closed();
             }
         }
@@ -228,7 +239,7 @@ impl Parking {
     fn close_all(&self, closed: &mut impl FnMut()) {
         let keys: Vec<usize> = self.table.borrow().slots.iter().map(|(k, _)| k).collect();
         for key in keys {
-            if self.take(key).is_some() {
+            if self.close(key) {
                 closed();
             }
         }
@@ -402,6 +413,21 @@ mod tests {
         };
         assert_eq!(p.stream.read(&mut [0u8; 8]).unwrap(), 0);
         assert_eq!(parking.len(), 0);
+    }
+
+    /// What a parked connection costs in the table (besides the slab's and
+    /// heap's spare capacity, at most as much again): the figure
+    /// docs/benchmarks.md gives. A connection waiting in its own task costs
+    /// about 860 bytes (`conn::tests::connection_task_stays_small` and the
+    /// DHAT breakdown there).
+    #[test]
+    fn a_parked_connection_costs_under_a_hundred_bytes() {
+        let slot = std::mem::size_of::<Slot>();
+        let deadline = std::mem::size_of::<Reverse<(Instant, usize, u32)>>();
+        assert!(
+            slot + deadline <= 100,
+            "slot {slot} + deadline {deadline} bytes"
+        );
     }
 
     #[test]
