@@ -15,7 +15,9 @@ them. With --every SECONDS each connection also sends one more `GET /host`
 every SECONDS (each at its own phase, so the N are spread evenly), which keeps
 them open past a server's idle timeout; it then ignores stdin, stops at
 SIGTERM only and prints "requests R failed F" (F: requests that got no 200,
-or a connection that went away) before closing them. Used by scripts/soak.sh
+or a connection that went away) and a line "failures KIND=N ... between T1
+and T2 s" (kinds: timeout, closed, status ..., or the OSError's name; times
+since the holder was ready) before closing them. Used by scripts/soak.sh
 (SOAK_IDLE).
 
 With --reap TIMEOUT (seconds) it waits instead for the server to close every
@@ -59,17 +61,28 @@ async def one(sem, held, port, source):
         held.append((r, w, time.monotonic()))
 
 
-async def refresh(r, w, every, counts):
-    """A request every `every` seconds until cancelled or the connection fails."""
+async def refresh(r, w, every, counts, failures, start):
+    """A request every `every` seconds until cancelled or the connection fails
+    (recorded in `failures` as (seconds since start, kind))."""
     await asyncio.sleep(random.uniform(0, every))
     while True:
         try:
             await get(r, w)
             counts[0] += 1
-        except (OSError, RuntimeError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-            counts[1] += 1
-            return
-        await asyncio.sleep(every)
+        except asyncio.TimeoutError:
+            kind = "timeout"
+        except asyncio.IncompleteReadError:
+            kind = "closed"
+        except RuntimeError as e:
+            kind = "status " + str(e).replace(" ", "_")
+        except OSError as e:
+            kind = type(e).__name__
+        else:
+            await asyncio.sleep(every)
+            continue
+        counts[1] += 1
+        failures.append((time.monotonic() - start, kind))
+        return
 
 
 async def closed_at(r):
@@ -103,9 +116,12 @@ async def main():
     )
     print("ready", len(held), flush=True)
     if reap is None:
-        counts, tasks = [0, 0], []
+        counts, failures, tasks, start = [0, 0], [], [], time.monotonic()
         if every is not None:
-            tasks = [asyncio.create_task(refresh(r, w, every, counts)) for r, w, _ in held]
+            tasks = [
+                asyncio.create_task(refresh(r, w, every, counts, failures, start))
+                for r, w, _ in held
+            ]
         loop, stop = asyncio.get_running_loop(), asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         if every is None:
@@ -116,6 +132,16 @@ async def main():
             t.cancel()
         if every is not None:
             print("requests %d failed %d" % tuple(counts), flush=True)
+            kinds = {}
+            for _, kind in failures:
+                kinds[kind] = kinds.get(kind, 0) + 1
+            times = sorted(t for t, _ in failures)
+            print(
+                "failures",
+                " ".join("%s=%d" % kv for kv in sorted(kinds.items())) or "none",
+                "between %.0f and %.0f s" % (times[0], times[-1]) if times else "",
+                flush=True,
+            )
         for _, w, _ in held:
             w.close()
         # the stdin reader thread may still be blocked: leave without it
