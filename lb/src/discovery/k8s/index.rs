@@ -400,6 +400,7 @@ impl Index {
                 .values()
                 .filter_map(|r| r.upstream.clone())
                 .collect(),
+            routes: Vec::new(),
         }
     }
 
