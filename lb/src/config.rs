@@ -12,8 +12,9 @@ use http::HeaderValue;
 
 use crate::discovery::certs::CertFiles;
 use crate::discovery::file::{self, FileError, parse_duration};
+use crate::discovery::k8s::ingress::IngressConfig;
 use crate::discovery::static_dns::TargetError;
-use crate::discovery::{DefaultUpstream, Protocol, Source, StaticSource};
+use crate::discovery::{DefaultUpstream, IngressSource, Protocol, Source, StaticSource};
 use crate::proxy::{ProxyConfig, access_log};
 use crate::selection::Policy;
 
@@ -143,6 +144,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Ingress mode.
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+
     /// After SIGTERM, keep accepting (while /readyz reports 503) for this
     /// long before draining, so load balancers in front can react.
     #[arg(long, env = "LB_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
@@ -151,6 +156,51 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+}
+
+/// Ingress mode (`--ingress`): the LB routes by the `networking.k8s.io/v1`
+/// Ingresses of the IngressClasses naming `roundhouse.dev/ingress-controller`
+/// (with the ingress-nginx annotations it supports) instead of Upstream
+/// objects (docs/ingress.md).
+#[derive(Debug, Clone, Args)]
+pub struct IngressArgs {
+    /// Route by Ingress objects (cluster-wide watches; needs the
+    /// ClusterRole of manifests/ingress/).
+    #[arg(long, env = "LB_INGRESS", requires = "kubernetes")]
+    pub ingress: bool,
+
+    /// Serve only these IngressClasses (repeatable; default: every class
+    /// naming roundhouse.dev/ingress-controller).
+    #[arg(
+        long = "ingress-class",
+        env = "LB_INGRESS_CLASSES",
+        value_delimiter = ',',
+        value_name = "NAME",
+        requires = "ingress"
+    )]
+    pub ingress_classes: Vec<String>,
+
+    /// An address of the LB written to the Ingresses' status.loadBalancer
+    /// (repeatable).
+    #[arg(
+        long = "ingress-address",
+        env = "LB_INGRESS_ADDRESSES",
+        value_delimiter = ',',
+        value_name = "IP|HOSTNAME",
+        requires = "ingress"
+    )]
+    pub ingress_addresses: Vec<String>,
+
+    /// The LB's Service (in its namespace) whose load-balancer, external
+    /// or cluster addresses the Ingresses' status gets, when
+    /// --ingress-address is unset.
+    #[arg(
+        long = "ingress-service",
+        env = "LB_INGRESS_SERVICE",
+        value_name = "NAME",
+        requires = "ingress"
+    )]
+    pub ingress_service: Option<String>,
 }
 
 /// Data-plane flags shared by `serve` and `demo`.
@@ -486,6 +536,33 @@ impl ServeArgs {
                     .into(),
             ));
         }
+        if self.ingress.ingress {
+            if default_upstream.is_some() || !self.tls.tls_secret.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--ingress routes by Ingress objects: --default-upstream and --tls-secret do \
+                     not apply (certificates come from the Ingresses' tls sections)"
+                        .into(),
+                ));
+            }
+            for a in &self.ingress.ingress_addresses {
+                let host_ok = crate::discovery::HostMatch::parse(a)
+                    .is_ok_and(|h| matches!(h, crate::discovery::HostMatch::Exact(_)));
+                if a.parse::<std::net::IpAddr>().is_err() && !host_ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "--ingress-address {a:?}: expected an IP address or a DNS name"
+                    )));
+                }
+            }
+            return Ok(Source::Ingress(Box::new(IngressSource {
+                namespace: self.namespace.clone(),
+                config: IngressConfig {
+                    classes: self.ingress.ingress_classes.clone(),
+                    https_port: self.tls.https_port,
+                    addresses: self.ingress.ingress_addresses.clone(),
+                },
+                service: self.ingress.ingress_service.clone(),
+            })));
+        }
         Ok(Source::Kubernetes {
             namespace: self.namespace.clone(),
             default_upstream,
@@ -712,6 +789,76 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--service-port")
+        );
+    }
+
+    #[test]
+    fn ingress_flags() {
+        let s = serve(&[
+            "--kubernetes",
+            "--ingress",
+            "--ingress-class",
+            "roundhouse,internal",
+            "--ingress-address",
+            "10.0.0.5,lb.example",
+            "--ingress-service",
+            "lb",
+            "--https-port",
+            "8443",
+        ])
+        .unwrap();
+        let source = s.source().unwrap();
+        assert!(source.has_tls(), "the TLS listener is on");
+        match source {
+            Source::Ingress(i) => {
+                assert_eq!(i.config.classes, ["roundhouse", "internal"]);
+                assert_eq!(i.config.addresses, ["10.0.0.5", "lb.example"]);
+                assert_eq!(i.config.https_port, 8443);
+                assert_eq!(i.service.as_deref(), Some("lb"));
+                assert_eq!(i.namespace, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let defaults = serve(&["--kubernetes", "--ingress"]).unwrap();
+        match defaults.source().unwrap() {
+            Source::Ingress(i) => assert_eq!(i.config, IngressConfig::default()),
+            other => panic!("{other:?}"),
+        }
+        let bad = serve(&[
+            "--kubernetes",
+            "--ingress",
+            "--ingress-address",
+            "not an address",
+        ])
+        .unwrap();
+        assert!(
+            bad.source()
+                .unwrap_err()
+                .to_string()
+                .contains("--ingress-address")
+        );
+        let mixed = serve(&[
+            "--kubernetes",
+            "--ingress",
+            "--default-upstream",
+            "b",
+            "--service",
+            "b",
+        ])
+        .unwrap();
+        assert!(
+            mixed
+                .source()
+                .unwrap_err()
+                .to_string()
+                .contains("--ingress")
+        );
+        let secret = serve(&["--kubernetes", "--ingress", "--tls-secret", "x"]).unwrap();
+        assert!(secret.source().is_err());
+        assert!(serve(&["--ingress"]).is_err(), "needs --kubernetes");
+        assert!(
+            serve(&["--kubernetes", "--ingress-class", "x"]).is_err(),
+            "needs --ingress"
         );
     }
 }

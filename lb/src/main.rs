@@ -129,8 +129,8 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
                 })
             }
             _ => {
-                let why = if matches!(source, Source::Kubernetes { .. }) {
-                    "SIGHUP does nothing in Kubernetes mode: the Upstream objects are the live configuration"
+                let why = if matches!(source, Source::Kubernetes { .. } | Source::Ingress(_)) {
+                    "SIGHUP does nothing in Kubernetes mode: the Kubernetes objects are the live configuration"
                 } else {
                     "SIGHUP: nothing to reload (no --config file; --backend flags need a restart)"
                 };
@@ -143,7 +143,11 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
             }
         };
         let built = source.build(reload).await?;
-        if let Some(tls) = &settings.tls {
+        // In Ingress mode the certificates come later, from the Ingresses'
+        // Secrets: the TLS listener starts with none.
+        if let Some(tls) = &settings.tls
+            && !built.certs.is_empty()
+        {
             tls.certs.replace(&built.certs).map_err(ConfigError::Tls)?;
         }
         server::run(

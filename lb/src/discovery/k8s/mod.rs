@@ -39,6 +39,7 @@ pub mod conditions;
 pub mod conflicts;
 pub mod endpoints;
 pub mod index;
+pub mod ingress;
 pub mod secrets;
 pub mod status;
 pub mod store;
