@@ -60,18 +60,29 @@ for v in $versions; do
   check "kubernetes-validate --strict manifests/ (k8s $v)" kv_strict "$v" "${manifest_files[@]}"
 done
 
-# 2. Helm: lint (default + custom values) and render through Helm's engine.
+# 1b. The Ingress mode's files (manifests/ingress/, its examples): built-in
+#     kinds only, so the same strict schemas apply.
+mapfile -t ingress_files < <(find manifests/ingress -type f \( -name '*.yaml' -o -name '*.yml' \) | sort)
+for v in $versions; do
+  check "kubernetes-validate --strict manifests/ingress/ (k8s $v)" kv_strict "$v" "${ingress_files[@]}"
+done
+
+# 2. Helm: lint (default, custom and Ingress-mode values) and render through
+#    Helm's engine.
 custom=helm/roundhouse/ci/values-custom.yaml
+ingress=helm/roundhouse/ci/values-ingress.yaml
 check "helm lint helm/roundhouse (default values)" "$PYTHON" tests/k8s/k8scheck.py lint
 check "helm lint helm/roundhouse -f $custom" "$PYTHON" tests/k8s/k8scheck.py lint "$custom"
+check "helm lint helm/roundhouse -f $ingress" "$PYTHON" tests/k8s/k8scheck.py lint "$ingress"
 check "helm render (default values)" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-default"
 check "helm render -f $custom" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-custom" "$custom"
+check "helm render -f $ingress" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-ingress" "$ingress"
 # The rendered chart (built-in kinds + test hook) against the oldest and
 # newest supported versions; Upstream objects are checked against the CRD below.
 oldest="${versions%% *}"
 newest="${versions##* }"
 kv_both() { kv_strict "$oldest" "$1" && kv_strict "$newest" "$1"; }
-for r in default custom; do
+for r in default custom ingress; do
   if [[ -s "$work/render-$r/objects.yaml" && -n "$newest" ]]; then
     check "kubernetes-validate --strict chart render ($r; k8s $oldest and $newest)" \
       kv_both "$work/render-$r/objects.yaml"
