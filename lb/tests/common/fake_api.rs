@@ -63,10 +63,13 @@ pub enum Kind {
     Namespace,
     Secret,
     Service,
+    Ingress,
+    IngressClass,
+    Event,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 13] = [
         Kind::Slice,
         Kind::Upstream,
         Kind::GatewayClass,
@@ -77,6 +80,9 @@ impl Kind {
         Kind::Namespace,
         Kind::Secret,
         Kind::Service,
+        Kind::Ingress,
+        Kind::IngressClass,
+        Kind::Event,
     ];
     fn api_version(self) -> &'static str {
         match self {
@@ -87,6 +93,8 @@ impl Kind {
                 "gateway.networking.k8s.io/v1"
             }
             Kind::Namespace | Kind::Secret | Kind::Service => "v1",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
+            Kind::Event => "events.k8s.io/v1",
         }
     }
     fn kind(self) -> &'static str {
@@ -101,6 +109,9 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Secret => "Secret",
             Kind::Service => "Service",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Event => "Event",
         }
     }
     fn plural(self) -> &'static str {
@@ -115,10 +126,16 @@ impl Kind {
             Kind::Namespace => "namespaces",
             Kind::Secret => "secrets",
             Kind::Service => "services",
+            Kind::Ingress => "ingresses",
+            Kind::IngressClass => "ingressclasses",
+            Kind::Event => "events",
         }
     }
     fn namespaced(self) -> bool {
-        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+        !matches!(
+            self,
+            Kind::GatewayClass | Kind::Namespace | Kind::IngressClass
+        )
     }
     /// The kind served at `group`/`version`/`plural`.
     fn at(group: &str, version: &str, plural: &str) -> Option<Kind> {
@@ -370,6 +387,8 @@ pub enum Rbac {
     /// The ClusterRole and the Role (namespace [`NS`]) of
     /// `manifests/gateway-api/20-rbac.yaml`.
     GatewayApi,
+    /// The ClusterRole of `manifests/ingress/20-rbac.yaml`.
+    Ingress,
 }
 
 pub struct FakeApi {
@@ -584,7 +603,14 @@ fn error_response(code: u16, reason: &str, message: &str) -> Response {
 
 /// Whether a change or object is in the scope of a list or watch: its kind,
 /// the namespace asked for (`None`: all), the selectors.
-fn in_scope(kind: Kind, ns: Option<&str>, q: &ListQuery, k: Kind, obj_ns: &str, obj: &Value) -> bool {
+fn in_scope(
+    kind: Kind,
+    ns: Option<&str>,
+    q: &ListQuery,
+    k: Kind,
+    obj_ns: &str,
+    obj: &Value,
+) -> bool {
     k == kind
         && ns.is_none_or(|ns| ns == obj_ns)
         && selector_matches(q.label_selector.as_deref(), obj)
@@ -861,7 +887,7 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     let q: ListQuery = req
         .uri()
         .query()
-        .and_then(|q| serde_urlencoded_like(q))
+        .and_then(serde_urlencoded_like)
         .unwrap_or_default();
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), 16 << 20)
@@ -1002,6 +1028,12 @@ impl FakeApi {
         Self::start_with(Rbac::GatewayApi)
     }
 
+    /// A fake whose requests are checked against the Ingress mode's RBAC
+    /// (`manifests/ingress/20-rbac.yaml`) when it is dropped.
+    pub fn start_ingress() -> FakeApi {
+        Self::start_with(Rbac::Ingress)
+    }
+
     fn start_with(rbac: Rbac) -> FakeApi {
         let (changes, _) = broadcast::channel(4096);
         let (drop_watches, _) = broadcast::channel(16);
@@ -1101,7 +1133,10 @@ impl FakeApi {
     /// status the server has is kept unless the object brings one.
     pub fn put(&self, kind: Kind, mut obj: Value) -> Value {
         let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or(NS).to_owned();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(NS)
+            .to_owned();
         let old = self.shared.object_in(kind, &ns, &name);
         let type_ = match &old {
             Some(o) => {
@@ -1112,8 +1147,11 @@ impl FakeApi {
                 obj["metadata"]["annotations"] = annotations;
                 let spec_changed = o["spec"] != obj["spec"];
                 let generation = o["metadata"]["generation"].as_i64().unwrap_or(1);
-                obj["metadata"]["generation"] =
-                    json!(if spec_changed { generation + 1 } else { generation });
+                obj["metadata"]["generation"] = json!(if spec_changed {
+                    generation + 1
+                } else {
+                    generation
+                });
                 if obj["status"].is_null() && !o["status"].is_null() {
                     obj["status"] = o["status"].clone();
                 }
@@ -1131,8 +1169,8 @@ impl FakeApi {
     /// `apiVersion`/`kind`).
     pub fn put_yaml(&self, yaml: &str) {
         for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap())
-                .unwrap();
+            let v: Value =
+                serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
             if v.is_null() {
                 continue;
             }
@@ -1146,6 +1184,19 @@ impl FakeApi {
         if let Some(obj) = self.shared.object_in(kind, ns, name) {
             self.shared.commit(kind, "DELETED", obj);
         }
+    }
+
+    /// Every stored object of `kind` (all namespaces).
+    pub fn all(&self, kind: Kind) -> Vec<Value> {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// An object as stored (`ns` ignored for cluster-scoped kinds).
@@ -1283,11 +1334,27 @@ pub fn gateway_grants() -> (BTreeSet<Access>, BTreeSet<Access>) {
         if role["kind"] == "ClusterRole" {
             cluster.extend(granted_by_role(&role));
         } else {
-            assert_eq!(role["metadata"]["namespace"], NS, "{path}: the Role's namespace");
+            assert_eq!(
+                role["metadata"]["namespace"], NS,
+                "{path}: the Role's namespace"
+            );
             namespaced.extend(granted_by_role(&role));
         }
     }
     (cluster, namespaced)
+}
+
+/// What the Ingress mode's ClusterRole grants (cluster-wide).
+pub fn ingress_grants() -> BTreeSet<Access> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/ingress/20-rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let roles = roles_in(&text);
+    assert_eq!(roles.len(), 1, "one ClusterRole in {path}");
+    assert_eq!(roles[0]["kind"], "ClusterRole", "{path}");
+    granted_by_role(&roles[0])
 }
 
 /// The requests in `served` that `rbac` does not grant.
@@ -1306,13 +1373,20 @@ pub fn not_granted(rbac: Rbac, served: &BTreeSet<(Access, Option<String>)>) -> V
             served
                 .iter()
                 .filter(|(a, ns)| {
-                    !(cluster.contains(a)
-                        || (ns.as_deref() == Some(NS) && namespaced.contains(a)))
+                    !(cluster.contains(a) || (ns.as_deref() == Some(NS) && namespaced.contains(a)))
                 })
                 .map(|(a, ns)| match ns {
                     Some(ns) => format!("{a} in {ns}"),
                     None => format!("{a} cluster-wide"),
                 })
+                .collect()
+        }
+        Rbac::Ingress => {
+            let granted = ingress_grants();
+            served
+                .iter()
+                .filter(|(a, _)| !granted.contains(a))
+                .map(|(a, _)| a.to_string())
                 .collect()
         }
     }

@@ -4,9 +4,10 @@
 //! annotation.
 //!
 //! Each distinct report (reason and message) is made once per object
-//! generation: a changed spec or annotations (a new generation) reports
-//! what is still wrong again, a re-computation for another reason (an
-//! endpoint moved) does not. Every replica of the LB reports what it sees.
+//! generation and annotations (Kubernetes does not bump the generation for
+//! an annotation change): a changed spec or changed annotations report what
+//! is still wrong again, a re-computation for another reason (an endpoint
+//! moved) does not. Every replica of the LB reports what it sees.
 //!
 //! Bounded: Events wait in a queue of [`QUEUE`] (beyond, they are dropped
 //! and counted), [`IN_FLIGHT`] are created at once, each note is cut to
@@ -64,9 +65,20 @@ impl EventSink for ApiEvents {
     }
 }
 
-/// Per Ingress: the generation reported for, and what was reported
-/// (reason, message).
-type Seen = HashMap<String, (Option<i64>, HashSet<(&'static str, String)>)>;
+/// Which version of an Ingress was reported on: its generation and a hash
+/// of its annotations.
+type Version = (Option<i64>, u64);
+
+/// Per Ingress: the version reported for, and what was reported (reason,
+/// message).
+type Seen = HashMap<String, (Version, HashSet<(&'static str, String)>)>;
+
+fn version(ingress: &Ingress) -> Version {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ingress.metadata.annotations.hash(&mut h);
+    (ingress.metadata.generation, h.finish())
+}
 
 /// Makes reports visible once per object generation.
 pub struct Reporter<S> {
@@ -114,11 +126,8 @@ impl<S: EventSink> Reporter<S> {
     /// Takes the reports of a computation over `ingresses` (by
     /// `namespace/name`); makes the new ones visible.
     pub fn report(&mut self, reports: &[Report], ingresses: &BTreeMap<String, Ingress>) {
-        self.seen.retain(|key, (generation, _)| {
-            ingresses
-                .get(key)
-                .is_some_and(|i| i.metadata.generation == *generation)
-        });
+        self.seen
+            .retain(|key, (v, _)| ingresses.get(key).is_some_and(|i| version(i) == *v));
         for r in reports {
             let Some(ingress) = ingresses.get(&r.ingress) else {
                 continue;
@@ -126,7 +135,7 @@ impl<S: EventSink> Reporter<S> {
             let (_, done) = self
                 .seen
                 .entry(r.ingress.clone())
-                .or_insert_with(|| (ingress.metadata.generation, HashSet::new()));
+                .or_insert_with(|| (version(ingress), HashSet::new()));
             if !done.insert((r.reason, r.message.clone())) {
                 continue;
             }
@@ -369,7 +378,7 @@ mod tests {
             count("nginx.ingress.kubernetes.io/limit-rps", "unsupported"),
             1
         );
-        // A new generation reports again.
+        // A new generation reports again, and so do new annotations.
         objects.insert("web/a".into(), ingress("a", 2));
         r.report(&reports, &objects);
         settle(&mut r).await;
@@ -383,6 +392,12 @@ mod tests {
             .get_or_create(&ResultLabels { result: "created" })
             .get();
         assert_eq!(created, 4);
+        let mut annotated = ingress("a", 2);
+        annotated.metadata.annotations = Some([("x".to_owned(), "y".to_owned())].into());
+        objects.insert("web/a".into(), annotated);
+        r.report(&reports, &objects);
+        settle(&mut r).await;
+        assert_eq!(sink.0.lock().unwrap().len(), 6);
         // Failures are counted, not retried.
         *sink.1.lock().unwrap() = true;
         objects.insert("web/a".into(), ingress("a", 3));
