@@ -8,7 +8,8 @@
 //! [`conflicts`] (the oldest claim wins), [`conditions`] (status
 //! conditions), [`status`] (the status writer, generic over the kind), and
 //! one adapter per kind that turns its objects into route intents and
-//! statuses ([`upstream`]); [`index`] keeps them up to date per event.
+//! statuses ([`upstream`]; [`ingress`], the Ingress mode's own source);
+//! [`index`] keeps them up to date per event.
 //!
 //! Rules: slices of one Service are merged and de-duplicated; endpoints
 //! with `ready` true or unset take traffic; serving-but-terminating

@@ -80,10 +80,6 @@ const CANARY_OWN: &[&str] = &[
     "canary-by-header-value",
     "canary-weight",
     "canary-weight-total",
-    "affinity",
-    "session-cookie-max-age",
-    "session-cookie-name",
-    "session-cookie-path",
 ];
 
 /// ingress-nginx's default CORS methods.
@@ -862,7 +858,6 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Annotations, Vec<Proble
     }
     let mut a = Annotations {
         canary: canary(&mut r),
-        affinity: affinity(&mut r),
         ..Annotations::default()
     };
     if a.canary.is_some() {
@@ -1007,6 +1002,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Annotations, Vec<Proble
             }
         };
     }
+    a.affinity = affinity(&mut r);
     a.access = access(&mut r);
     a.cors = cors(&mut r);
     (a, r.problems)
@@ -1336,11 +1332,14 @@ mod tests {
             c.header,
             Some((HeaderName::from_static("x-canary"), HeaderRule::AlwaysNever))
         );
-        assert!(a.affinity.is_some(), "affinity applies on a canary");
+        assert_eq!(a.affinity, None, "the main Ingress's applies");
         assert_eq!(a.rewrite_target, None, "the main Ingress's applies");
         assert_eq!(
             problems(&p),
-            [("rewrite-target".into(), ProblemKind::NotApplied)]
+            [
+                ("affinity".into(), ProblemKind::NotApplied),
+                ("rewrite-target".into(), ProblemKind::NotApplied),
+            ]
         );
         let (a, p) = parse(&ann(&[
             ("canary", "true"),
