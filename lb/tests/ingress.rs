@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::fake_api::{FakeApi, Kind, ingress_grants};
-use common::wait_until;
+use common::{HANG, get_once, tls_client_with, tls_connect, wait_until};
 use lb::discovery::k8s::ingress::{IngressConfig, IngressDiscovery};
 use lb::discovery::{Discovery, RouteKind, Subscriber};
 use serde_json::{Value, json};
@@ -114,13 +114,11 @@ fn ingress(ns: &str, name: &str, class: &str, annotations: Value, tls: Option<&s
     })
 }
 
-fn tls_secret(api: &FakeApi, ns: &str, name: &str, host: &str) {
+/// Puts a `kubernetes.io/tls` Secret for `host`; returns its certificate
+/// (DER), for clients to trust.
+fn tls_secret(api: &FakeApi, ns: &str, name: &str, host: &str) -> Vec<u8> {
     use k8s_openapi::ByteString;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (pair, der) = common::cert(name, &[host]);
     let secret = k8s_openapi::api::core::v1::Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
@@ -130,11 +128,8 @@ fn tls_secret(api: &FakeApi, ns: &str, name: &str, host: &str) {
         type_: Some("kubernetes.io/tls".into()),
         data: Some(
             [
-                ("tls.crt".to_owned(), ByteString(cert.pem().into_bytes())),
-                (
-                    "tls.key".to_owned(),
-                    ByteString(key.serialize_pem().into_bytes()),
-                ),
+                ("tls.crt".to_owned(), ByteString(pair.chain_pem)),
+                ("tls.key".to_owned(), ByteString(pair.key_pem)),
             ]
             .into_iter()
             .collect(),
@@ -142,6 +137,7 @@ fn tls_secret(api: &FakeApi, ns: &str, name: &str, host: &str) {
         ..Default::default()
     };
     api.put(Kind::Secret, serde_json::to_value(secret).unwrap());
+    der
 }
 
 /// The Events on `name`: (reason, note).
@@ -432,4 +428,89 @@ async fn ingress_cluster_role_grants_exactly_what_the_lb_calls() {
         "every read is cluster-wide: {:?}",
         api.served_in()
     );
+}
+
+/// The real `lb` binary in Ingress mode (`lb serve --kubernetes --ingress`,
+/// the API server from `KUBECONFIG`): ready once the watches listed, the
+/// TLS listener, started without a certificate, serves the Ingress's
+/// Secret by SNI, the status and an Event are written, and the pod's name
+/// (`HOSTNAME`) names the replica in the Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lb_binary_in_ingress_mode() {
+    let api = FakeApi::start_ingress();
+    class(&api, "roundhouse", "roundhouse.dev/ingress-controller");
+    backend(&api, NS);
+    let der = tls_secret(&api, NS, "web-tls", "web.example");
+    api.put(
+        Kind::Ingress,
+        ingress(
+            NS,
+            "web",
+            "roundhouse",
+            json!({"nginx.ingress.kubernetes.io/auth-url": "http://auth"}),
+            Some("web-tls"),
+        ),
+    );
+    let dir = std::env::temp_dir().join(format!("rh-ingress-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (plain, tls, admin) = (port(), port(), port());
+    struct Lb(std::process::Child);
+    impl Drop for Lb {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let lb = Lb(std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["serve", "--kubernetes", "--ingress", "--workers", "1"])
+        .args(["--namespace", NS, "--ingress-address", "10.0.0.7"])
+        .args(["--listen", &format!("127.0.0.1:{plain}")])
+        .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOSTNAME", "lb-bin-0")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = std::time::Instant::now() + HANG;
+    while !matches!(get_once(admin, "/readyz").await, Ok((s, _)) if s == 200) {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = tls_client_with(std::slice::from_ref(&der), &[b"http/1.1"], false);
+    let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        if let Ok(s) = tls_connect(&client, tls_addr, "web.example").await {
+            assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0].to_vec(), der);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Secret's certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until("status written", || lb_addresses(&api, NS, "web").is_some()).await;
+    assert_eq!(
+        lb_addresses(&api, NS, "web").unwrap(),
+        json!([{"ip": "10.0.0.7"}])
+    );
+    wait_until("the auth-url Event", || !events_on(&api, "web").is_empty()).await;
+    let event = api.all(Kind::Event).into_iter().next().unwrap();
+    assert_eq!(event["reason"], "UnsupportedAnnotation");
+    assert_eq!(event["reportingInstance"], "lb-bin-0");
+    drop(lb);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
