@@ -748,9 +748,15 @@ impl Builder<'_, '_> {
                 (vec![matched.clone()], filters, action)
             }
         };
+        // Redirects are answered before any access check (nginx's rewrite
+        // phase comes before its access phase), so lists do not apply to
+        // them.
+        if matches!(action, Action::Redirect(_)) {
+            filters.source = None;
+        }
         let action = match deny_all {
             // An allow- or deny-list that cannot be read refuses everyone.
-            Some(why) if !matches!(e.what, What::AppRoot(_)) => {
+            Some(why) if matches!(action, Action::Forward(_)) => {
                 filters = Filters::default();
                 Action::Respond(FixedResponse {
                     status: http::StatusCode::FORBIDDEN,

@@ -740,6 +740,20 @@ spec:
         ranges.permits("10.1.2.3".parse().unwrap())
             && !ranges.permits("192.168.0.1".parse().unwrap())
     );
+    let redirected = MAIN
+        .replace("name: main,", "name: redirected,")
+        .replace("app.example", "redirected.example")
+        .replace(
+            "namespace: web}",
+            "namespace: web, annotations: {nginx.ingress.kubernetes.io/permanent-redirect: \"https://new.example/\", nginx.ingress.kubernetes.io/whitelist-source-range: \"10.0.0.0/8\"}}",
+        );
+    let c2 = compute(&index(vec![ingress(1, &redirected)], vec![]));
+    let rule = &routes_of(&c2, "redirected")[0].rules[0];
+    assert!(matches!(rule.action, Action::Redirect(_)));
+    assert_eq!(
+        rule.filters.source, None,
+        "redirected before any access check, as nginx does"
+    );
     let Action::Respond(denied) = &routes_of(&c, "broken")[0].rules[0].action else {
         panic!("an unreadable allow-list refuses everyone")
     };
