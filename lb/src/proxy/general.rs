@@ -495,11 +495,18 @@ impl Worker {
             return self.local(Local::UnsupportedCoding, grpc);
         }
         let table = self.table();
-        let host = req.uri().host().or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        // The authority the client addressed, with its port (a redirect
+        // keeps it): absolute-form's or `:authority` (without userinfo),
+        // else `Host`.
+        let host = req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().rsplit('@').next())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
         let decision = self.decide(&table, &client, host, &HyperView(&req));
         if self.log.is_some() {
             *route = decision.label().map(Arc::from);
