@@ -39,7 +39,9 @@ use super::headers::ClientIp;
 use super::local::{Local, Reply};
 use super::upstream::{self, ConnectError, Pool, UpConn};
 use crate::metrics::Metrics;
-use crate::selection::{Hit, Pick, Policy, RequestView, RoutingTable, RuleAction, Upstream};
+use crate::selection::{
+    Forward, Hit, Pick, Policy, RequestView, RouteRule, RoutingTable, RuleAction, Upstream,
+};
 
 /// Why one attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,6 +310,9 @@ pub(crate) struct Target<'t> {
     pub idx: usize,
     /// Retries and timeouts.
     pub policy: &'t Policy,
+    /// The affinity key of the client's session cookie, when the rule has
+    /// cookie affinity and the cookie's endpoint was chosen.
+    pub sticky: Option<u64>,
 }
 
 /// What [`Worker::decide`] made of a request.
@@ -384,26 +389,30 @@ impl Worker {
             }
         }
         match &rule.action {
-            RuleAction::Forward(forward) => match forward.pick() {
-                Pick::Endpoint {
-                    upstream,
-                    idx,
-                    policy,
-                } => Decision::Forward(Target {
+            RuleAction::Forward(forward) => match self.pick(rule, forward, req) {
+                (
+                    Pick::Endpoint {
+                        upstream,
+                        idx,
+                        policy,
+                    },
+                    sticky,
+                ) => Decision::Forward(Target {
                     hit,
                     upstream,
                     idx,
                     policy,
+                    sticky,
                 }),
-                Pick::NoEndpoints(upstream) => {
+                (Pick::NoEndpoints(upstream), _) => {
                     warn!(upstream = %upstream.name, "no endpoints available; answering 503");
                     reply(Reply::new(Local::NoEndpoints))
                 }
-                Pick::Invalid => {
+                (Pick::Invalid, _) => {
                     debug!(route = %rule.label, "this share goes to an invalid backend reference; answering 500");
                     reply(Reply::new(Local::InvalidBackend))
                 }
-                Pick::NoBackends => {
+                (Pick::NoBackends, _) => {
                     debug!(route = %rule.label, "the rule has no backend; answering 500");
                     reply(Reply::new(Local::NoBackends))
                 }
@@ -429,6 +438,25 @@ impl Worker {
                 ..Reply::new(Local::Fixed(fixed.status))
             }),
         }
+    }
+
+    /// The pick for a request to a forwarding rule: with cookie affinity,
+    /// the endpoint its session cookie names when that one is still
+    /// available (and the key, so no new cookie is set); else the next one
+    /// in the rule's exact rotation.
+    fn pick<'r>(
+        &self,
+        rule: &RouteRule,
+        forward: &'r Forward,
+        req: &dyn RequestView,
+    ) -> (Pick<'r>, Option<u64>) {
+        if let Some(affinity) = rule.filters.as_ref().and_then(|f| f.affinity.as_ref())
+            && let Some(key) = filters::affinity_cookie_key(req, &affinity.name)
+            && let Some(pick) = forward.sticky(key)
+        {
+            return (pick, Some(key));
+        }
+        (forward.pick(), None)
     }
 
     /// Forwards one request to `target` through `transport`: sends, and
