@@ -15,7 +15,7 @@ use http::{HeaderName, Method};
 
 use crate::discovery::route::{HeaderEdits, PathMatch};
 use crate::proxy::attempt::is_idempotent;
-use crate::proxy::filters::rewrite_path;
+use crate::proxy::filters::rewrite_target;
 use crate::proxy::headers::{
     ClientIp, Rule, VIA_NAME, added_fields, connection_tokens, edited_away, is_hop_by_hop, rule,
 };
@@ -295,12 +295,14 @@ impl Parsed<'_, '_> {
         out.push(b' ');
         match rewrite.and_then(|(r, m)| r.path.as_ref().map(|p| (p, m))) {
             Some((path_rewrite, matched)) => {
-                let mut path = String::with_capacity(self.target.len() + 16);
-                rewrite_path(path_rewrite, matched, self.path, &mut path);
-                out.extend_from_slice(path.as_bytes());
-                if let Some(q) = self.query {
-                    out.push(b'?');
-                    out.extend_from_slice(q.as_bytes());
+                let mut target = String::with_capacity(self.target.len() + 16);
+                rewrite_target(path_rewrite, matched, self.path, self.query, &mut target);
+                if target.bytes().all(target_byte) {
+                    out.extend_from_slice(target.as_bytes());
+                } else {
+                    // As the hyper path does with a target it cannot parse.
+                    tracing::warn!(path = %target, "rewritten path is not a valid request target; forwarding the original");
+                    out.extend_from_slice(self.target.as_bytes());
                 }
             }
             None => out.extend_from_slice(self.target.as_bytes()),

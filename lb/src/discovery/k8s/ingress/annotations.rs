@@ -24,6 +24,7 @@ use http::{Method, Uri};
 use crate::discovery::Protocol;
 use crate::discovery::route::{
     Cidr, CookieAffinity, Cors, PathRewrite, Pattern, Redirect, RedirectStatus, SourceRanges,
+    TemplatePart, template_parts,
 };
 
 /// The prefix of the annotations read here.
@@ -424,8 +425,30 @@ fn redirect_code(r: &mut Reader<'_>, name: &str, default: RedirectStatus) -> Red
     }
 }
 
+/// A `rewrite-target` roundhouse can substitute into: a path starting
+/// with `/` or a group (the result always starts with `/`) whose text (the template's parts other than `$1`…`$9` and
+/// `$name`/`${name}`, see [`template_parts`]) is made of request-target
+/// characters. Whether each `$name` is a named group of the Ingress's
+/// paths is checked with the paths.
+fn check_template(t: &str) -> Result<(), &'static str> {
+    if !t.starts_with(['/', '$']) {
+        return Err("is not a path (starting with / or a capture group)");
+    }
+    let text_ok = template_parts(t).all(|part| match part {
+        TemplatePart::Text(text) => text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)),
+        TemplatePart::Group(_) | TemplatePart::Named(_) => true,
+    });
+    if text_ok {
+        Ok(())
+    } else {
+        Err("has characters that are not allowed in a URL path (spaces, quotes, `#`, `{`, …)")
+    }
+}
+
 /// An absolute path without spaces or control characters (a target of
-/// `app-root`, `rewrite-target`, `session-cookie-path`).
+/// `app-root`, `session-cookie-path`).
 fn is_path(v: &str) -> bool {
     v.starts_with('/') && v.bytes().all(|b| b.is_ascii_graphic()) && !v.contains('#')
 }
@@ -516,11 +539,7 @@ fn cors(r: &mut Reader<'_>) -> Option<Cors> {
             r.invalid(
                 "cors-allow-origin",
                 origin,
-                if origin.contains("://*.") {
-                    "is a wildcard-subdomain origin, which roundhouse does not match; left out"
-                } else {
-                    "is not an origin (scheme://host[:port]); left out"
-                },
+                "is not an origin (scheme://host[:port], or scheme://*.host[:port]); left out",
             );
             continue;
         }
@@ -615,8 +634,8 @@ fn names(v: &str, star: bool) -> Option<Vec<HeaderName>> {
         .collect()
 }
 
-/// `scheme://host[:port]` (or `null`), as ingress-nginx accepts an origin,
-/// without wildcard subdomains.
+/// `scheme://host[:port]` (or `null`), or `scheme://*.host[:port]` (any
+/// one label in place of the `*`), as ingress-nginx accepts an origin.
 fn valid_origin(o: &str) -> bool {
     if o == "null" {
         return true;
@@ -624,6 +643,7 @@ fn valid_origin(o: &str) -> bool {
     let Some((scheme, rest)) = o.split_once("://") else {
         return false;
     };
+    let rest = rest.strip_prefix("*.").unwrap_or(rest);
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (rest, None),
@@ -906,14 +926,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Annotations, Vec<Proble
     }
     a.use_regex = r.bool("use-regex", false);
     if let Some(t) = r.get("rewrite-target") {
-        if is_path(t) {
-            a.rewrite_target = Some(t.to_owned());
-        } else {
-            r.invalid(
-                "rewrite-target",
-                t,
-                "is not a path starting with / (without spaces); no rewrite",
-            );
+        match check_template(t) {
+            Ok(()) => a.rewrite_target = Some(t.to_owned()),
+            Err(why) => r.invalid("rewrite-target", t, format!("{why}; no rewrite")),
         }
     }
     if let Some(root) = r.get("app-root") {
@@ -1289,7 +1304,8 @@ mod tests {
             c.allow_origins,
             [
                 Box::<str>::from("https://a.example:4443"),
-                "http://b.example".into()
+                "http://b.example".into(),
+                "https://*.c.example".into(),
             ]
         );
         assert_eq!(c.allow_methods, [Method::PUT, Method::GET]);
@@ -1299,16 +1315,9 @@ mod tests {
         assert_eq!(c.max_age, Some(600));
         assert_eq!(
             problems(&p),
-            [
-                ("cors-allow-origin".into(), ProblemKind::Invalid),
-                ("cors-allow-origin".into(), ProblemKind::Invalid),
-            ]
+            [("cors-allow-origin".into(), ProblemKind::Invalid)]
         );
-        assert!(
-            p[0].message.contains("wildcard-subdomain"),
-            "{}",
-            p[0].message
-        );
+        assert!(p[0].message.contains("\"bad\""), "{}", p[0].message);
         let (a, p) = parse(&ann(&[("cors-allow-origin", "https://a.example")]));
         assert_eq!(a.cors, None);
         assert_eq!(
@@ -1420,6 +1429,34 @@ mod tests {
         assert!(p.is_empty());
         let (a, _) = parse(&ann(&[("rewrite-target", "/")]));
         assert!(a.regex_paths(), "rewrite-target alone makes regex paths");
+        for good in [
+            "/$1/x?a=1&b=$2",
+            "/${name}-$1",
+            "/a$",
+            "/~user/$9;v=1",
+            "$1",
+        ] {
+            let (a, p) = parse(&ann(&[("rewrite-target", good)]));
+            assert_eq!(a.rewrite_target.as_deref(), Some(good));
+            assert!(p.is_empty(), "{good}: {p:?}");
+        }
+        for bad in [
+            "a/$1",
+            "https://x/$1",
+            "/a b",
+            "/a#b",
+            "/{x",
+            "/\"a\"",
+            "/${a b}",
+        ] {
+            let (a, p) = parse(&ann(&[("rewrite-target", bad)]));
+            assert_eq!(a.rewrite_target, None, "{bad}");
+            assert_eq!(
+                problems(&p),
+                [("rewrite-target".into(), ProblemKind::Invalid)],
+                "{bad}"
+            );
+        }
         let (a, _) = parse(&ann(&[("app-root", "/app1")]));
         assert_eq!(a.app_root.as_deref(), Some("/app1"));
         let (a, p) = parse(&ann(&[("proxy-send-timeout", "60")]));

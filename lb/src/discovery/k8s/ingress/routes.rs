@@ -41,7 +41,8 @@ use super::backends::{Backends, Overrides};
 use crate::discovery::route::{
     Action, BackendRef, Filters, FixedResponse, HeaderMatch, HostMatch, ListenerId, Listeners,
     Match, Order, Origin, PathMatch, PathRewrite, Pattern, Redirect, RedirectStatus, Rewrite,
-    Route, RouteKind, Rule, RulePolicy, Scope, ValueMatch, WeightedBackend,
+    Route, RouteKind, Rule, RulePolicy, Scope, TemplatePart, ValueMatch, WeightedBackend,
+    template_parts,
 };
 
 /// One of our Ingresses, ready to translate.
@@ -200,7 +201,9 @@ pub fn translate(ours: &[Ours<'_>], backends: &mut Backends<'_>, settings: Setti
                 let path = p.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
                 let raw = (host.clone(), path.to_owned(), p.path_type.clone());
                 let (matched, claim_path) = if a.regex_paths() {
-                    match Pattern::new(&format!("(?i){path}.*")) {
+                    // Ranked by the path as written, as ingress-nginx
+                    // orders its locations.
+                    match Pattern::with_rank(&format!("(?i){path}.*"), path.len()) {
                         Ok(pattern) => (
                             Match {
                                 path: PathMatch::Regex(pattern),
@@ -263,7 +266,24 @@ pub fn translate(ours: &[Ours<'_>], backends: &mut Backends<'_>, settings: Setti
                     .rewrite_target
                     .as_deref()
                     .filter(|t| *t != path)
-                    .map(|t| PathRewrite::Captures(t.into()));
+                    .and_then(|t| match unknown_name(t, &matched.path) {
+                        None => Some(PathRewrite::Captures(t.into())),
+                        Some(name) => {
+                            out.reports.push(Report {
+                                ingress: o.key.to_owned(),
+                                warning: true,
+                                reason: "InvalidAnnotation",
+                                annotation: Some(format!("{PREFIX}rewrite-target")),
+                                message: format!(
+                                    "{PREFIX}rewrite-target {t:?} refers to ${name}, which is not \
+                                     a named group of path {path:?} (nginx variables are not \
+                                     supported; $1…$9 and named groups are); path {path:?} is \
+                                     forwarded without a rewrite"
+                                ),
+                            });
+                            None
+                        }
+                    });
                 paths.push(Entry {
                     owner: i,
                     host: host.clone(),
@@ -548,6 +568,21 @@ pub fn translate(ours: &[Ours<'_>], backends: &mut Backends<'_>, settings: Setti
         }
     }
     out
+}
+
+/// The first `$name` of a capture template that is not a named group of
+/// the path's expression (an nginx variable, which roundhouse does not
+/// have).
+fn unknown_name<'t>(template: &'t str, path: &PathMatch) -> Option<&'t str> {
+    let PathMatch::Regex(pattern) = path else {
+        return None;
+    };
+    template_parts(template).find_map(|part| match part {
+        TemplatePart::Named(name) if !pattern.regex().capture_names().any(|n| n == Some(name)) => {
+            Some(name)
+        }
+        _ => None,
+    })
 }
 
 /// The plain-listener twin of a rule on a host served over TLS: the same

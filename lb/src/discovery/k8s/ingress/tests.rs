@@ -679,6 +679,78 @@ spec:
 }
 
 #[test]
+fn regex_paths_rank_by_the_path_written_and_templates_name_only_groups() {
+    let regex = r#"
+metadata:
+  name: regex
+  namespace: web
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /$host/$1
+spec:
+  ingressClassName: roundhouse
+  rules:
+  - host: api.example
+    http:
+      paths:
+      - {path: /api(.*), pathType: ImplementationSpecific, backend: {service: {name: backend, port: {number: 80}}}}
+      - path: "/v(?<version>[0-9]+)/"
+        pathType: ImplementationSpecific
+        backend: {service: {name: backend, port: {number: 80}}}
+"#;
+    let named = regex
+        .replace("name: regex", "name: named")
+        .replace("/$host/$1", "/${version}/$1")
+        .replace("api.example", "named.example");
+    let prefix = r#"
+metadata: {name: prefix, namespace: web}
+spec:
+  ingressClassName: roundhouse
+  rules:
+  - host: api.example
+    http:
+      paths:
+      - {path: /api/v1/users, pathType: Prefix, backend: {service: {name: canary, port: {number: 80}}}}
+"#;
+    let c = compute(&index(
+        vec![ingress(1, regex), ingress(2, &named), ingress(3, prefix)],
+        vec![],
+    ));
+    // `$host` is an nginx variable: reported once per path, not
+    // rewritten; so is `${version}` on the path without that group.
+    assert_eq!(
+        reasons(&c),
+        [
+            ("web/regex".to_owned(), "InvalidAnnotation"),
+            ("web/regex".to_owned(), "InvalidAnnotation"),
+            ("web/named".to_owned(), "InvalidAnnotation"),
+        ]
+    );
+    assert!(
+        c.reports[0].message.contains("$host"),
+        "{}",
+        c.reports[0].message
+    );
+    let rules = &routes_of(&c, "regex")[0].rules;
+    assert!(rules.iter().all(|r| r.filters.rewrite.is_none()));
+    // Ranked by the 8 characters of `/api(.*)`, not the 14 of
+    // `(?i)/api(.*).*`: the other Ingress's `/api/v1/users` prefix (13)
+    // wins, as in ingress-nginx (longest location first).
+    let regex_match = &rules[0].matches[0];
+    let prefix_match = &routes_of(&c, "prefix")[0].rules[0].matches[0];
+    assert!(prefix_match.specificity() > regex_match.specificity());
+    // A named group of the path is a capture, not a variable.
+    let named = &routes_of(&c, "named")[0].rules;
+    assert_eq!(
+        named[1].filters.rewrite.as_ref().unwrap().path,
+        Some(PathRewrite::Captures("/${version}/$1".into()))
+    );
+    assert!(
+        named[0].filters.rewrite.is_none(),
+        "`/api(.*)` has no group `version`"
+    );
+}
+
+#[test]
 fn app_root_permanent_redirect_and_source_ranges() {
     let approot = r#"
 metadata:
