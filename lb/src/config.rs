@@ -201,6 +201,26 @@ pub struct IngressArgs {
         requires = "ingress"
     )]
     pub ingress_service: Option<String>,
+
+    /// The request body limit of an Ingress without the proxy-body-size
+    /// annotation, in nginx's sizes (`8m`, `512k`; `0`: none). The default
+    /// is ingress-nginx's (its ConfigMap's proxy-body-size); larger bodies
+    /// are answered 413.
+    #[arg(
+        long = "ingress-max-body-size",
+        env = "LB_INGRESS_MAX_BODY_SIZE",
+        default_value = "1m",
+        value_name = "SIZE",
+        value_parser = nginx_size,
+        requires = "ingress"
+    )]
+    pub ingress_max_body_size: u64,
+}
+
+/// An nginx size (`1m`, `512k`, bytes).
+fn nginx_size(s: &str) -> Result<u64, String> {
+    crate::discovery::k8s::ingress::annotations::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with k, m or g)"))
 }
 
 /// Data-plane flags shared by `serve` and `demo`.
@@ -560,6 +580,7 @@ impl ServeArgs {
                     classes: self.ingress.ingress_classes.clone(),
                     https_port: self.tls.https_port,
                     addresses: self.ingress.ingress_addresses.clone(),
+                    max_body_bytes: Some(self.ingress.ingress_max_body_size).filter(|n| *n > 0),
                 },
                 service: self.ingress.ingress_service.clone(),
             })));
@@ -825,6 +846,26 @@ mod tests {
             Source::Ingress(i) => assert_eq!(i.config, IngressConfig::default()),
             other => panic!("{other:?}"),
         }
+        for (size, want) in [
+            ("8m", Some(8 << 20)),
+            ("512k", Some(512 << 10)),
+            ("0", None),
+        ] {
+            let s = serve(&["--kubernetes", "--ingress", "--ingress-max-body-size", size]).unwrap();
+            match s.source().unwrap() {
+                Source::Ingress(i) => assert_eq!(i.config.max_body_bytes, want, "{size}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            serve(&[
+                "--kubernetes",
+                "--ingress",
+                "--ingress-max-body-size",
+                "lots"
+            ])
+            .is_err()
+        );
         let bad = serve(&[
             "--kubernetes",
             "--ingress",

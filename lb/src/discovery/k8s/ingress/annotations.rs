@@ -190,7 +190,9 @@ pub struct Annotations {
     pub ssl_redirect: bool,
     /// `force-ssl-redirect`: redirected even without TLS on the Ingress.
     pub force_ssl_redirect: bool,
-    /// `proxy-body-size` (`None`: the LB-wide limit only; `0` is none).
+    /// `proxy-body-size` in bytes (`0`: no limit of the Ingress's own);
+    /// `None` when not given or unusable: the Ingress default applies
+    /// (`--ingress-max-body-size`, ingress-nginx's 1m).
     pub max_body_bytes: Option<u64>,
     /// `proxy-connect-timeout`.
     pub connect_timeout: Option<Duration>,
@@ -904,12 +906,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Annotations, Vec<Proble
     a.force_ssl_redirect = r.bool("force-ssl-redirect", false);
     if let Some(v) = r.get("proxy-body-size") {
         match parse_size(v) {
-            Some(0) => a.max_body_bytes = None,
             Some(n) => a.max_body_bytes = Some(n),
             None => r.invalid(
                 "proxy-body-size",
                 v,
-                "is not a size (e.g. \"8m\", \"512k\"); the LB-wide limit applies",
+                "is not a size (e.g. \"8m\", \"512k\"); the default (--ingress-max-body-size) applies",
             ),
         }
     }
@@ -1115,7 +1116,9 @@ mod tests {
         assert!(!a.ssl_redirect && a.force_ssl_redirect);
         assert!(p.is_empty(), "{p:?}");
         let (a, _) = parse(&ann(&[("proxy-body-size", "0")]));
-        assert_eq!(a.max_body_bytes, None, "0: no per-route limit");
+        assert_eq!(a.max_body_bytes, Some(0), "0: no limit of its own");
+        let (a, _) = parse(&ann(&[]));
+        assert_eq!(a.max_body_bytes, None, "not given: the default");
     }
 
     #[test]

@@ -63,7 +63,14 @@ pub struct IngressConfig {
     /// The addresses written to the Ingresses' `status.loadBalancer`
     /// (IPs or host names); empty: the LB Service's, if one is named.
     pub addresses: Vec<String>,
+    /// The request body limit of an Ingress without `proxy-body-size`
+    /// (`--ingress-max-body-size`; `None`: none).
+    pub max_body_bytes: Option<u64>,
 }
+
+/// ingress-nginx's default `proxy-body-size` (nginx's
+/// `client_max_body_size`): 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 
 impl Default for IngressConfig {
     fn default() -> Self {
@@ -71,6 +78,7 @@ impl Default for IngressConfig {
             classes: Vec::new(),
             https_port: 443,
             addresses: Vec::new(),
+            max_body_bytes: Some(DEFAULT_MAX_BODY_BYTES),
         }
     }
 }
@@ -215,6 +223,7 @@ impl IngressIndex {
             &mut backends,
             Settings {
                 https_port: config.https_port,
+                max_body_bytes: config.max_body_bytes,
             },
         );
         out.routing.routes = translated.routes;

@@ -29,6 +29,10 @@
 //!    `"false"`, its rules serve the TLS listener only and the plain
 //!    listener answers the same matches with a 308 to HTTPS;
 //!    `force-ssl-redirect` does so without TLS too.
+//! 5. **Hosts are closed.** A host named by our Ingresses answers `404` to
+//!    a path none of them serves (unless one gives it a `defaultBackend`),
+//!    as ingress-nginx's server for that host does: a request for it never
+//!    falls through to a wildcard host or to the rules without a host.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -44,6 +48,9 @@ use crate::discovery::route::{
     Route, RouteKind, Rule, RulePolicy, Scope, TemplatePart, ValueMatch, WeightedBackend,
     template_parts,
 };
+
+/// The name of the rule that answers `404` for a host's unknown paths.
+pub const NO_PATH: &str = "no-path";
 
 /// One of our Ingresses, ready to translate.
 #[derive(Debug)]
@@ -148,6 +155,9 @@ pub struct Translated {
 pub struct Settings {
     /// The HTTPS port clients reach (for redirects to HTTPS).
     pub https_port: u16,
+    /// The request body limit of an Ingress without `proxy-body-size`
+    /// (`None`: none).
+    pub max_body_bytes: Option<u64>,
 }
 
 /// Translates `ours` (sorted oldest first, then by `namespace/name`).
@@ -478,6 +488,7 @@ pub fn translate(ours: &[Ours<'_>], backends: &mut Backends<'_>, settings: Setti
     let mut builder = Builder {
         ours,
         backends,
+        settings,
         reported: BTreeSet::new(),
         reports: Vec::new(),
     };
@@ -551,6 +562,44 @@ pub fn translate(ours: &[Ours<'_>], backends: &mut Backends<'_>, settings: Setti
                 rules,
             });
         }
+    }
+    // 6. A host of our Ingresses answers 404 to the paths none of them
+    //    has, unless one of them gives it a defaultBackend: ingress-nginx
+    //    answers from the host's own server, never from a wider wildcard
+    //    host or the rules without a host.
+    let mut hosts: Vec<(&HostMatch, usize)> = Vec::new();
+    let mut defaulted: BTreeSet<&HostMatch> = BTreeSet::new();
+    for e in &kept {
+        let Some(h) = &e.host else { continue };
+        if matches!(e.what, What::Default(_)) {
+            defaulted.insert(h);
+        }
+        if !hosts.iter().any(|(k, _)| *k == h) {
+            hosts.push((h, e.owner));
+        }
+    }
+    for (host, owner) in hosts {
+        if defaulted.contains(host) {
+            continue;
+        }
+        out.routes.push(Route {
+            origin: ours[owner].origin(),
+            order: Order { created: None },
+            scopes: vec![Scope {
+                listeners: Listeners::ALL,
+                hostnames: vec![host.clone()],
+            }],
+            rules: vec![Rule {
+                name: Some(NO_PATH.into()),
+                matches: vec![Match::prefix("/")],
+                filters: Filters::default(),
+                action: Action::Respond(FixedResponse {
+                    status: http::StatusCode::NOT_FOUND,
+                    body: "no Ingress path of this host matches this request\n".into(),
+                }),
+                policy: RulePolicy::default(),
+            }],
+        });
     }
     out.reports.extend(builder.reports);
     for r in &out.routes {
@@ -627,6 +676,7 @@ fn cookie_is(name: &str, value: &str) -> Option<HeaderMatch> {
 struct Builder<'a, 'b> {
     ours: &'a [Ours<'a>],
     backends: &'a mut Backends<'b>,
+    settings: Settings,
     /// (Ingress, message) already reported in this computation.
     reported: BTreeSet<(String, String)>,
     reports: Vec<Report>,
@@ -695,7 +745,11 @@ impl Builder<'_, '_> {
                 _ => None,
             },
             cors: a.cors.clone(),
-            max_body_bytes: a.max_body_bytes,
+            max_body_bytes: match a.max_body_bytes {
+                None => self.settings.max_body_bytes,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
             affinity: a.affinity.clone().map(|mut c| {
                 if c.path.is_none() {
                     c.path = cookie_path.map(Into::into);

@@ -227,10 +227,12 @@ impl Discovery for IngressDiscovery {
                 }
                 let addresses = self.addresses(&index);
                 let computed = index.compute(&self.config, &addresses);
-                publisher.publish(computed.routing, true);
+                // Certificates first: the routing snapshot makes the lb
+                // ready, and a ready lb should have its hosts' certificates.
                 if !computed.certs.is_empty() {
                     publisher.publish_certs(computed.certs);
                 }
+                publisher.publish(computed.routing, true);
                 metrics.ingress_conflicts.set(computed.conflicts as i64);
                 statuses.retain(|k| computed.statuses.contains_key(k));
                 for (k, s) in &computed.statuses {

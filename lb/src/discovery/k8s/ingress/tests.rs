@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::Event;
 
-use super::routes::shares;
+use super::routes::{self, shares};
 use super::*;
 use crate::discovery::k8s::endpoints::tests::{ep, slice};
 use crate::discovery::route::{
@@ -139,13 +139,27 @@ fn compute(index: &IngressIndex) -> Computed {
     index.compute(&IngressConfig::default(), &[])
 }
 
-/// The routes of one Ingress.
+/// The routes of one Ingress (without the `404` of its hosts' unknown
+/// paths: [`closed_hosts`]).
 fn routes_of<'c>(c: &'c Computed, name: &str) -> Vec<&'c Route> {
     c.routing
         .routes
         .iter()
-        .filter(|r| &*r.origin.name == name)
+        .filter(|r| &*r.origin.name == name && closed_host(r).is_none())
         .collect()
+}
+
+/// The host of a route that answers `404` to its unknown paths.
+fn closed_host(r: &Route) -> Option<String> {
+    (r.rules.len() == 1 && r.rules[0].name.as_deref() == Some(routes::NO_PATH))
+        .then(|| r.scopes[0].hostnames[0].to_string())
+}
+
+/// The hosts closed by `404` routes, sorted.
+fn closed_hosts(c: &Computed) -> Vec<String> {
+    let mut hosts: Vec<String> = c.routing.routes.iter().filter_map(closed_host).collect();
+    hosts.sort();
+    hosts
 }
 
 fn reasons(c: &Computed) -> Vec<(String, &'static str)> {
@@ -231,6 +245,23 @@ fn host_and_path_fan_out() {
     );
     assert!(c.statuses.is_empty(), "no address known: no status");
     assert!(c.routing.upstreams.is_empty());
+    // Both hosts are closed: an unknown path is a 404 of the host itself,
+    // ranked below all its paths, on every listener.
+    assert_eq!(closed_hosts(&c), ["*.example.com", "shop.example.com"]);
+    let closed = c
+        .routing
+        .routes
+        .iter()
+        .find(|r| closed_host(r).as_deref() == Some("shop.example.com"))
+        .unwrap();
+    assert_eq!(closed.origin.to_string(), "Ingress web/fanout");
+    assert_eq!(closed.order.created, None);
+    assert_eq!(closed.scopes[0].listeners, Listeners::ALL);
+    assert_eq!(closed.rules[0].matches, [Match::prefix("/")]);
+    assert!(matches!(
+        &closed.rules[0].action,
+        Action::Respond(f) if f.status == http::StatusCode::NOT_FOUND
+    ));
 }
 
 #[test]
@@ -309,6 +340,10 @@ spec:
     assert_eq!(all.len(), 1);
     assert!(all[0].scopes[0].hostnames.is_empty(), "any host");
     assert_eq!(all[0].order.created, None, "ranks below explicit paths");
+    assert!(
+        closed_hosts(&c).is_empty(),
+        "a host with a defaultBackend needs no 404 of its own"
+    );
 }
 
 #[test]
@@ -893,6 +928,25 @@ spec:
     assert_eq!(b.protocol, Protocol::H2c);
     assert_eq!(b.policy.connect_timeout, Some(Duration::from_secs(3)));
     assert_eq!(&*b.name, "web/backend:80 (Ingress web/tuned)");
+}
+
+#[test]
+fn body_limits_default_to_ingress_nginx_s_1m() {
+    let unlimited = FANOUT.replace(
+        "metadata: {name: fanout, namespace: web}",
+        "metadata: {name: fanout, namespace: web, annotations: {nginx.ingress.kubernetes.io/proxy-body-size: \"0\"}}",
+    );
+    let limit = |c: &Computed| routes_of(c, "fanout")[0].rules[0].filters.max_body_bytes;
+    let c = compute(&index(vec![ingress(1, FANOUT)], vec![]));
+    assert_eq!(limit(&c), Some(1 << 20), "ingress-nginx's default");
+    let c = compute(&index(vec![ingress(1, &unlimited)], vec![]));
+    assert_eq!(limit(&c), None, "0: none of its own");
+    let config = IngressConfig {
+        max_body_bytes: Some(50 << 20),
+        ..IngressConfig::default()
+    };
+    let c = index(vec![ingress(1, FANOUT)], vec![]).compute(&config, &[]);
+    assert_eq!(limit(&c), Some(50 << 20), "--ingress-max-body-size");
 }
 
 #[test]
