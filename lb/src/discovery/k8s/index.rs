@@ -199,6 +199,7 @@ impl Index {
                 .values()
                 .filter_map(|r| r.upstream.clone())
                 .collect(),
+            routes: Vec::new(),
         }
     }
 
