@@ -30,6 +30,9 @@ pub mod grants;
 pub mod listeners;
 pub mod routes;
 pub mod sinks;
+pub mod source;
+
+pub use self::source::GatewayDiscovery;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
