@@ -598,10 +598,10 @@ impl ServeArgs {
                         .into(),
                 ));
             }
-            Some(GatewaySource {
+            Some(Box::new(GatewaySource {
                 config: self.gateway.config()?,
                 service: self.gateway.gateway_service.clone(),
-            })
+            }))
         } else {
             None
         };

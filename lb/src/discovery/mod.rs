@@ -389,7 +389,7 @@ pub enum Source {
         tls_secrets: Vec<String>,
         /// Gateway API mode: route by Gateway API objects instead of
         /// Upstreams.
-        gateway: Option<GatewaySource>,
+        gateway: Option<Box<GatewaySource>>,
     },
 }
 

@@ -125,6 +125,9 @@ pub fn service_addresses(svc: &Service) -> Vec<String> {
     }
 }
 
+/// One watch event of any kind. Each is moved once, into the index, so
+/// the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Watched {
     Class(Result<Event<GatewayClass>, watcher::Error>),
     Gateway(Result<Event<Gateway>, watcher::Error>),
