@@ -584,7 +584,14 @@ fn error_response(code: u16, reason: &str, message: &str) -> Response {
 
 /// Whether a change or object is in the scope of a list or watch: its kind,
 /// the namespace asked for (`None`: all), the selectors.
-fn in_scope(kind: Kind, ns: Option<&str>, q: &ListQuery, k: Kind, obj_ns: &str, obj: &Value) -> bool {
+fn in_scope(
+    kind: Kind,
+    ns: Option<&str>,
+    q: &ListQuery,
+    k: Kind,
+    obj_ns: &str,
+    obj: &Value,
+) -> bool {
     k == kind
         && ns.is_none_or(|ns| ns == obj_ns)
         && selector_matches(q.label_selector.as_deref(), obj)
@@ -861,7 +868,7 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     let q: ListQuery = req
         .uri()
         .query()
-        .and_then(|q| serde_urlencoded_like(q))
+        .and_then(serde_urlencoded_like)
         .unwrap_or_default();
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), 16 << 20)
@@ -1101,7 +1108,10 @@ impl FakeApi {
     /// status the server has is kept unless the object brings one.
     pub fn put(&self, kind: Kind, mut obj: Value) -> Value {
         let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or(NS).to_owned();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(NS)
+            .to_owned();
         let old = self.shared.object_in(kind, &ns, &name);
         let type_ = match &old {
             Some(o) => {
@@ -1112,8 +1122,11 @@ impl FakeApi {
                 obj["metadata"]["annotations"] = annotations;
                 let spec_changed = o["spec"] != obj["spec"];
                 let generation = o["metadata"]["generation"].as_i64().unwrap_or(1);
-                obj["metadata"]["generation"] =
-                    json!(if spec_changed { generation + 1 } else { generation });
+                obj["metadata"]["generation"] = json!(if spec_changed {
+                    generation + 1
+                } else {
+                    generation
+                });
                 if obj["status"].is_null() && !o["status"].is_null() {
                     obj["status"] = o["status"].clone();
                 }
@@ -1131,8 +1144,8 @@ impl FakeApi {
     /// `apiVersion`/`kind`).
     pub fn put_yaml(&self, yaml: &str) {
         for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap())
-                .unwrap();
+            let v: Value =
+                serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
             if v.is_null() {
                 continue;
             }
@@ -1283,7 +1296,10 @@ pub fn gateway_grants() -> (BTreeSet<Access>, BTreeSet<Access>) {
         if role["kind"] == "ClusterRole" {
             cluster.extend(granted_by_role(&role));
         } else {
-            assert_eq!(role["metadata"]["namespace"], NS, "{path}: the Role's namespace");
+            assert_eq!(
+                role["metadata"]["namespace"], NS,
+                "{path}: the Role's namespace"
+            );
             namespaced.extend(granted_by_role(&role));
         }
     }
@@ -1306,8 +1322,7 @@ pub fn not_granted(rbac: Rbac, served: &BTreeSet<(Access, Option<String>)>) -> V
             served
                 .iter()
                 .filter(|(a, ns)| {
-                    !(cluster.contains(a)
-                        || (ns.as_deref() == Some(NS) && namespaced.contains(a)))
+                    !(cluster.contains(a) || (ns.as_deref() == Some(NS) && namespaced.contains(a)))
                 })
                 .map(|(a, ns)| match ns {
                     Some(ns) => format!("{a} in {ns}"),

@@ -37,7 +37,7 @@ pub use self::source::GatewayDiscovery;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -47,7 +47,7 @@ use self::listeners::{Failed, GatewayPlan};
 use self::routes::{ActionIntent, Parent, RouteView, RuleIntent};
 use super::conditions::{condition, truth};
 use super::conflicts::seniority;
-use super::endpoints::{self, PortError, ServiceRef, service_of};
+use super::endpoints::{self, H2C_APP_PROTOCOL, PortError, ServiceRef, service_of};
 use super::gateway_api::{
     CONTROLLER_NAME, GRPCRoute, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus,
     GatewayStatus, HTTPRoute, ParentReference, ReferenceGrant, RouteParentStatus, RouteStatus,
@@ -59,6 +59,7 @@ use crate::discovery::route::{
     WeightedBackend,
 };
 use crate::discovery::{CertPair, Protocol, RoutingConfig, UpstreamPolicy};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use super::gateway_api::CONTROLLER_NAME as CONTROLLER;
 
@@ -181,6 +182,9 @@ pub struct GatewayIndex {
     pub secrets: Buffered<Secret>,
     /// EndpointSlices.
     pub slices: Buffered<EndpointSlice>,
+    /// Services (a backendRef names a Service port, whose name finds the
+    /// port on the slices).
+    pub services: Buffered<Service>,
 }
 
 impl Default for GatewayIndex {
@@ -194,6 +198,7 @@ impl Default for GatewayIndex {
             namespaces: Buffered::keyed(by_name),
             secrets: Buffered::keyed(by_namespace_and_name),
             slices: Buffered::keyed(by_namespace_and_name),
+            services: Buffered::keyed(by_namespace_and_name),
         }
     }
 }
@@ -241,6 +246,7 @@ impl GatewayIndex {
             && self.namespaces.synced()
             && self.secrets.synced()
             && self.slices.synced()
+            && self.services.synced()
     }
 
     /// Applies a GatewayClass event.
@@ -274,6 +280,10 @@ impl GatewayIndex {
     /// Applies an EndpointSlice event.
     pub fn apply_slice(&mut self, e: Event<EndpointSlice>) -> Applied {
         touched(self.slices.apply(e))
+    }
+    /// Applies a Service event.
+    pub fn apply_service(&mut self, e: Event<Service>) -> Applied {
+        touched(self.services.apply(e))
     }
 
     /// Whether `class` is served by this LB.
@@ -371,6 +381,7 @@ impl GatewayIndex {
         }
         let mut backends = Backends {
             slices: &slices_by_service,
+            services: self.services.live(),
             built: HashMap::new(),
         };
         let namespaces = self.namespaces.live();
@@ -551,6 +562,7 @@ impl GatewayIndex {
 /// shared by every rule that names them.
 struct Backends<'a> {
     slices: &'a HashMap<String, Vec<&'a EndpointSlice>>,
+    services: &'a BTreeMap<String, Service>,
     built: HashMap<(String, bool), Result<Arc<Backend>, Failed>>,
 }
 
@@ -560,52 +572,68 @@ impl Backends<'_> {
         if let Some(b) = self.built.get(&(key.clone(), force_h2c)) {
             return b.clone();
         }
-        let slices = self
-            .slices
-            .get(&format!("{}/{}", s.namespace, s.name))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let built = if slices.is_empty() {
-            Err((
-                "BackendNotFound",
-                format!(
-                    "Service {}/{} not found (it has no EndpointSlices)",
-                    s.namespace, s.name
-                ),
-            ))
-        } else {
-            match endpoints::resolve(slices, s.port.as_ref()) {
-                Ok(r) => {
-                    let protocol = if force_h2c || r.h2c {
-                        Protocol::H2c
-                    } else {
-                        Protocol::Http1
-                    };
-                    let name = if force_h2c && !r.h2c {
-                        format!("{key} h2c")
-                    } else {
-                        key.clone()
-                    };
-                    Ok(Arc::new(Backend {
-                        name: name.into(),
-                        endpoints: r.routed,
-                        protocol,
-                        policy: UpstreamPolicy::default(),
-                    }))
-                }
-                Err(PortError::Unknown | PortError::Ambiguous { .. }) => Err((
-                    "BackendNotFound",
-                    format!(
-                        "Service {}/{} has no port {}",
-                        s.namespace,
-                        s.name,
-                        s.port_text()
-                    ),
-                )),
-            }
-        };
+        let built = self.build(s, &key, force_h2c);
         self.built.insert((key, force_h2c), built.clone());
         built
+    }
+
+    /// A Service port: the Service must exist and have the port; the
+    /// port's name (unnamed: the slices' only port) finds the endpoints'
+    /// port on the Service's EndpointSlices.
+    fn build(&self, s: &ServiceRef, key: &str, force_h2c: bool) -> Result<Arc<Backend>, Failed> {
+        let svc_key = format!("{}/{}", s.namespace, s.name);
+        let Some(svc) = self.services.get(&svc_key) else {
+            return Err(("BackendNotFound", format!("Service {svc_key} not found")));
+        };
+        let wanted = match &s.port {
+            Some(IntOrString::Int(n)) => *n,
+            _ => 0,
+        };
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.ports.as_deref())
+            .unwrap_or_default();
+        let Some(port) = ports.iter().find(|p| p.port == wanted) else {
+            return Err((
+                "BackendNotFound",
+                format!("Service {svc_key} has no port {wanted}"),
+            ));
+        };
+        let slice_port = port
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .map(|n| IntOrString::String(n.to_owned()));
+        let slices = self
+            .slices
+            .get(&svc_key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let resolved = match endpoints::resolve(slices, slice_port.as_ref()) {
+            Ok(r) => r,
+            Err(PortError::Unknown | PortError::Ambiguous { .. }) => {
+                // The slices do not have the port (yet): no endpoints.
+                endpoints::resolve(&[], None).expect("no slices resolve")
+            }
+        };
+        let h2c = resolved.h2c || port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL);
+        let protocol = if force_h2c || h2c {
+            Protocol::H2c
+        } else {
+            Protocol::Http1
+        };
+        let name = if force_h2c && !h2c {
+            format!("{key} h2c")
+        } else {
+            key.to_owned()
+        };
+        Ok(Arc::new(Backend {
+            name: name.into(),
+            endpoints: resolved.routed,
+            protocol,
+            policy: UpstreamPolicy::default(),
+        }))
     }
 
     /// The model rule of `r`, noting the first unresolved reference.

@@ -32,7 +32,6 @@ use crate::discovery::k8s::gateway_api::{
     GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant,
 };
 use crate::discovery::k8s::status::{StatusWriter, WRITE_TIMEOUT};
-use crate::discovery::k8s::store::Buffered;
 use crate::discovery::k8s::watch;
 use crate::discovery::{Discovery, Publisher};
 
@@ -46,6 +45,7 @@ pub const RESOURCES: &[&str] = &[
     "namespaces",
     "secrets",
     "endpointslices",
+    "services",
 ];
 
 /// The Gateway API source.
@@ -210,17 +210,11 @@ impl Discovery for GatewayDiscovery {
                 )
                 .map(Watched::Slice)
                 .boxed(),
+                watch_all(Api::<Service>::all(c.clone()), watcher::Config::default())
+                    .map(Watched::Service)
+                    .boxed(),
             ]);
-            let service_events = match &self.service {
-                Some(name) => watch_all(
-                    Api::<Service>::namespaced(c.clone(), &self.namespace),
-                    watcher::Config::default().fields(&format!("metadata.name={name}")),
-                )
-                .map(Watched::Service)
-                .boxed(),
-                None => stream::pending().boxed(),
-            };
-            let mut events = std::pin::pin!(stream::select(events, service_events));
+            let mut events = std::pin::pin!(events);
 
             let metrics = publisher.metrics().clone();
             let mut classes = StatusWriter::new(
@@ -244,15 +238,10 @@ impl Discovery for GatewayDiscovery {
             )
             .with_timeout(self.status_timeout);
 
-            let mut resources: Vec<&'static str> = RESOURCES.to_vec();
-            if self.service.is_some() {
-                resources.push("services");
-            }
-            let mut health = watch::Health::new(&resources, publisher.clone());
+            let mut health = watch::Health::new(RESOURCES, publisher.clone());
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut index = GatewayIndex::default();
-            let mut service: Buffered<Service> = Buffered::default();
             let mut missing_crds_logged = false;
             info!(
                 controller = super::CONTROLLER,
@@ -313,26 +302,23 @@ impl Discovery for GatewayDiscovery {
                         }
                         Watched::Secret(r) => apply!("secrets", r, |e| index.apply_secret(e)),
                         Watched::Slice(r) => apply!("endpointslices", r, |e| index.apply_slice(e)),
-                        Watched::Service(r) => apply!("services", r, |e| {
-                            match service.apply(e) {
-                                crate::discovery::k8s::store::Touched::Nothing => Applied::Nothing,
-                                _ => Applied::Changed,
-                            }
-                        }),
+                        Watched::Service(r) => apply!("services", r, |e| index.apply_service(e)),
                     }
                     if applied < 512 {
                         next = events.next().now_or_never().flatten();
                     }
                 }
-                if !changed || !index.synced() || (self.service.is_some() && !service.synced()) {
+                if !changed || !index.synced() {
                     continue;
                 }
                 let mut config = self.config.clone();
-                if config.addresses.is_empty() {
-                    config.addresses = service
+                if config.addresses.is_empty()
+                    && let Some(name) = &self.service
+                {
+                    config.addresses = index
+                        .services
                         .live()
-                        .values()
-                        .next()
+                        .get(&format!("{}/{name}", self.namespace))
                         .map(service_addresses)
                         .unwrap_or_default();
                 }
