@@ -53,7 +53,6 @@ async fn gateway_class_observed_generation_bump() {
 /// HTTPRouteSimpleSameNamespace: a route in the Gateway's namespace
 /// reaches its backend; the route is Accepted with resolved references.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the data plane that routes by RoutingConfig.routes (gw-dataplane step 2)"]
 async fn httproute_simple_same_namespace() {
     let c = Cluster::base();
     c.apply(
@@ -100,7 +99,6 @@ spec:
 /// The route-attached case shared by most tests: a route in `yaml`
 /// attached to Gateway `gw`, served by one LB for that Gateway, once the
 /// route is Accepted on it.
-#[allow(dead_code)]
 async fn serve(c: &Cluster, yaml: &str, gw: &str, routes: &[(&str, &str)]) -> Lb {
     c.apply(yaml);
     let lb = c.lb(&[&format!("{INFRA}/{gw}")]);
@@ -852,6 +850,1256 @@ status:
                             .any(|e| e["controllerName"] == "example.com/other-controller")
                 })
         },
+    )
+    .await;
+}
+
+// === HTTPRoute routing ===
+
+fn route(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n---\n"
+    )
+}
+
+const V1: &str = "infra-backend-v1";
+const V2: &str = "infra-backend-v2";
+const V3: &str = "infra-backend-v3";
+
+/// HTTPRouteCrossNamespace: a route in a namespace the listener's
+/// selector admits reaches a backend of its own namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_cross_namespace() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "cross-namespace",
+            WEB,
+            "  parentRefs: [{name: backend-namespaces, namespace: gateway-conformance-infra}]\n  rules: [{backendRefs: [{name: web-backend, port: 8080}]}]",
+        ),
+        "backend-namespaces",
+        &[(WEB, "cross-namespace")],
+    )
+    .await;
+    c.wait_status(
+        Kind::HttpRoute,
+        WEB,
+        "cross-namespace",
+        "ResolvedRefs",
+        |s| {
+            route_has(
+                s,
+                "backend-namespaces",
+                "ResolvedRefs",
+                "True",
+                "ResolvedRefs",
+            )
+        },
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(WEB, "web-backend"),
+    )
+    .await;
+}
+
+/// HTTPRouteExactPathMatching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_exact_path_matching() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "exact-matching",
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules:\n  - {matches: [{path: {type: Exact, value: /one}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}\n  - {matches: [{path: {type: Exact, value: /two}}], backendRefs: [{name: infra-backend-v2, port: 8080}]}",
+        ),
+        "same-namespace",
+        &[(INFRA, "exact-matching")],
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/one"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/two"),
+        &Expect::backend(INFRA, V2),
+    )
+    .await;
+    for path in ["/", "/one/example", "/two/", "/Two"] {
+        expect(
+            lb.plain,
+            &Req::get("example.com", path),
+            &Expect::status(404),
+        )
+        .await;
+    }
+}
+
+/// HTTPRouteHeaderMatching: exact header matches, ANDed within a match,
+/// ORed across matches; the most header conditions win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_header_matching() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "header-matching",
+            INFRA,
+            r#"  parentRefs: [{name: same-namespace}]
+  rules:
+  - {matches: [{headers: [{name: version, value: one}]}], backendRefs: [{name: infra-backend-v1, port: 8080}]}
+  - {matches: [{headers: [{name: version, value: two}]}], backendRefs: [{name: infra-backend-v2, port: 8080}]}
+  - {matches: [{headers: [{name: version, value: two}, {name: color, value: orange}]}], backendRefs: [{name: infra-backend-v1, port: 8080}]}
+  - {matches: [{headers: [{name: color, value: blue}]}, {headers: [{name: color, value: green}]}], backendRefs: [{name: infra-backend-v1, port: 8080}]}
+  - {matches: [{headers: [{name: color, value: red}]}, {headers: [{name: color, value: yellow}]}], backendRefs: [{name: infra-backend-v2, port: 8080}]}"#,
+        ),
+        "same-namespace",
+        &[(INFRA, "header-matching")],
+    )
+    .await;
+    let r = |h: &[(&str, &str)]| {
+        h.iter()
+            .fold(Req::get("example.com", "/"), |r, (k, v)| r.header(k, v))
+    };
+    for (headers, want) in [
+        (&[("Version", "one")][..], Some(V1)),
+        (&[("Version", "two")], Some(V2)),
+        (&[("Version", "two"), ("Color", "orange")], Some(V1)),
+        (&[("Version", "two"), ("Color", "blue")], Some(V2)),
+        (&[("Color", "orange")], None),
+        (&[("Some-Other-Header", "one")], None),
+        (&[("Color", "blue")], Some(V1)),
+        (&[("Color", "green")], Some(V1)),
+        (&[("Color", "red")], Some(V2)),
+        (&[("Color", "yellow")], Some(V2)),
+        (&[("Color", "purple")], None),
+    ] {
+        let e = match want {
+            Some(b) => Expect::backend(INFRA, b),
+            None => Expect::status(404),
+        };
+        expect(lb.plain, &r(headers), &e).await;
+    }
+}
+
+/// HTTPRouteHostnameIntersection: route hostnames intersected with the
+/// listeners' (exact and wildcard both ways); no intersection: not attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_hostname_intersection() {
+    let c = Cluster::base();
+    let mut yaml = String::from(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: httproute-hostname-intersection, namespace: gateway-conformance-infra}
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+  - {name: listener-1, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: very.specific.com}
+  - {name: listener-2, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: "*.wildcard.io"}
+  - {name: listener-3, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: "*.anotherwildcard.io"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: httproute-hostname-intersection-all, namespace: gateway-conformance-infra}
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+  - {name: listener-1, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}
+---
+"#,
+    );
+    let gw = "  parentRefs: [{name: httproute-hostname-intersection, namespace: gateway-conformance-infra}]\n";
+    for (name, hosts, prefix, backend) in [
+        (
+            "specific-host-matches-listener-specific-host",
+            r#"[non.matching.com, "*.nonmatchingwildcard.io", very.specific.com]"#,
+            "/s1",
+            V1,
+        ),
+        (
+            "specific-host-matches-listener-wildcard-host",
+            "[non.matching.com, wildcard.io, foo.wildcard.io, bar.wildcard.io, foo.bar.wildcard.io]",
+            "/s2",
+            V2,
+        ),
+        (
+            "wildcard-host-matches-listener-specific-host",
+            r#"[non.matching.com, "*.specific.com"]"#,
+            "/s3",
+            V3,
+        ),
+        (
+            "wildcard-host-matches-listener-wildcard-host",
+            r#"["*.anotherwildcard.io"]"#,
+            "/s4",
+            V1,
+        ),
+        (
+            "no-intersecting-hosts",
+            "[specific.but.wrong.com, wildcard.io]",
+            "/s5",
+            V2,
+        ),
+    ] {
+        yaml.push_str(&route(
+            name,
+            INFRA,
+            &format!("{gw}  hostnames: {hosts}\n  rules: [{{matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}], backendRefs: [{{name: {backend}, port: 8080}}]}}]"),
+        ));
+    }
+    yaml.push_str(&route(
+        "httproute-hostname-intersection-all",
+        INFRA,
+        "  parentRefs: [{name: httproute-hostname-intersection-all, namespace: gateway-conformance-infra}]\n  hostnames: [first.com, sub.first.com, second.com, sub.second.com]\n  rules: [{backendRefs: [{name: infra-backend-v2, port: 8080}]}]",
+    ));
+    c.apply(&yaml);
+    let lb = c.lb(&["gateway-conformance-infra/httproute-hostname-intersection"]);
+    let all = c.lb(&["gateway-conformance-infra/httproute-hostname-intersection-all"]);
+    c.wait_status(
+        Kind::HttpRoute,
+        INFRA,
+        "no-intersecting-hosts",
+        "NoMatchingListenerHostname",
+        |s| {
+            route_has(
+                s,
+                "httproute-hostname-intersection",
+                "Accepted",
+                "False",
+                "NoMatchingListenerHostname",
+            )
+        },
+    )
+    .await;
+    for (host, path, want) in [
+        ("very.specific.com", "/s1", Some(V1)),
+        ("very.specific.com:1234", "/s1", Some(V1)),
+        ("non.matching.com", "/s1", None),
+        ("foo.nonmatchingwildcard.io", "/s1", None),
+        ("foo.wildcard.io", "/s1", None),
+        ("very.specific.com", "/non-matching-prefix", None),
+        ("foo.wildcard.io", "/s2", Some(V2)),
+        ("bar.wildcard.io", "/s2", Some(V2)),
+        ("foo.bar.wildcard.io", "/s2", Some(V2)),
+        ("non.matching.com", "/s2", None),
+        ("wildcard.io", "/s2", None),
+        ("very.specific.com", "/s2", None),
+        ("foo.wildcard.io", "/non-matching-prefix", None),
+        ("very.specific.com", "/s3", Some(V3)),
+        ("non.matching.com", "/s3", None),
+        ("foo.specific.com", "/s3", None),
+        ("foo.wildcard.io", "/s3", None),
+        ("foo.anotherwildcard.io", "/s4", Some(V1)),
+        ("bar.anotherwildcard.io", "/s4", Some(V1)),
+        ("foo.bar.anotherwildcard.io", "/s4", Some(V1)),
+        ("anotherwildcard.io", "/s4", None),
+        ("foo.wildcard.io", "/s4", None),
+        ("very.specific.com", "/s4", None),
+        ("foo.anotherwildcard.io", "/non-matching-prefix", None),
+        ("specific.but.wrong.com", "/s5", None),
+        ("wildcard.io", "/s5", None),
+    ] {
+        let e = match want {
+            Some(b) => Expect::backend(INFRA, b),
+            None => Expect::status(404),
+        };
+        expect(lb.plain, &Req::get(host, path), &e).await;
+    }
+    for (host, want) in [
+        ("first.com", Some(V2)),
+        ("sub.first.com", Some(V2)),
+        ("second.com", Some(V2)),
+        ("sub.second.com", Some(V2)),
+        ("third.com", None),
+        ("sub.third.com", None),
+    ] {
+        let e = match want {
+            Some(b) => Expect::backend(INFRA, b),
+            None => Expect::status(404),
+        };
+        expect(all.plain, &Req::get(host, "/"), &e).await;
+    }
+}
+
+/// HTTPRouteHTTPSListener: routes on HTTPS listeners, by SNI and host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_https_listener() {
+    let c = Cluster::base();
+    let mut yaml = route(
+        "httproute-https-test",
+        INFRA,
+        "  parentRefs: [{name: same-namespace-with-https-listener}]\n  hostnames: [example.org]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]",
+    );
+    yaml.push_str(&route(
+        "httproute-https-test-no-hostname",
+        INFRA,
+        "  parentRefs: [{name: same-namespace-with-https-listener, sectionName: https-with-hostname}]\n  rules: [{backendRefs: [{name: infra-backend-v2, port: 8080}]}]",
+    ));
+    let gw = "same-namespace-with-https-listener";
+    let lb = serve(
+        &c,
+        &yaml,
+        gw,
+        &[
+            (INFRA, "httproute-https-test"),
+            (INFRA, "httproute-https-test-no-hostname"),
+        ],
+    )
+    .await;
+    for (host, want) in [
+        ("example.org", Some(V1)),
+        ("unknown-example.org", None),
+        ("second-example.org", Some(V2)),
+    ] {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let got = c.send_tls(lb.tls, host, &Req::get(host, "/")).await;
+            let ok = match (&got, want) {
+                (Ok(a), Some(b)) => a.status == 200 && a.pod().starts_with(&format!("{b}-")),
+                (Ok(a), None) => a.status == 404,
+                _ => false,
+            };
+            if ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{host}: {got:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// HTTPRouteInvalidBackendRefUnknownKind: ResolvedRefs=False InvalidKind; 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_backendref_unknown_kind() {
+    let c = Cluster::base();
+    let name = "invalid-backend-ref-unknown-kind";
+    let lb = serve(
+        &c,
+        &route(
+            name,
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules: [{backendRefs: [{group: unknownkind.example.com, kind: NonExistent, name: infra-backend-v1, port: 8080}]}]",
+        ),
+        "same-namespace",
+        &[(INFRA, name)],
+    )
+    .await;
+    c.wait_status(Kind::HttpRoute, INFRA, name, "InvalidKind", |s| {
+        route_has(s, "same-namespace", "ResolvedRefs", "False", "InvalidKind")
+    })
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/v2"),
+        &Expect::status(500),
+    )
+    .await;
+}
+
+/// HTTPRouteInvalidCrossNamespaceBackendRef: no ReferenceGrant: RefNotPermitted; 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_cross_namespace_backend_ref() {
+    let c = Cluster::base();
+    let name = "invalid-cross-namespace-backend-ref";
+    let lb = serve(
+        &c,
+        &route(
+            name,
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules: [{backendRefs: [{name: web-backend, namespace: gateway-conformance-web-backend, port: 8080}]}]",
+        ),
+        "same-namespace",
+        &[(INFRA, name)],
+    )
+    .await;
+    c.wait_status(Kind::HttpRoute, INFRA, name, "RefNotPermitted", |s| {
+        route_has(
+            s,
+            "same-namespace",
+            "ResolvedRefs",
+            "False",
+            "RefNotPermitted",
+        )
+    })
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::status(500),
+    )
+    .await;
+}
+
+/// HTTPRouteInvalidNonExistentBackendRef: BackendNotFound; 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_nonexistent_backendref() {
+    let c = Cluster::base();
+    let name = "invalid-nonexistent-backend-ref";
+    let lb = serve(
+        &c,
+        &route(
+            name,
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules: [{backendRefs: [{name: nonexistent, namespace: gateway-conformance-infra, port: 8080}]}]",
+        ),
+        "same-namespace",
+        &[(INFRA, name)],
+    )
+    .await;
+    c.wait_status(Kind::HttpRoute, INFRA, name, "BackendNotFound", |s| {
+        route_has(
+            s,
+            "same-namespace",
+            "ResolvedRefs",
+            "False",
+            "BackendNotFound",
+        )
+    })
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::status(500),
+    )
+    .await;
+}
+
+fn service_grant(name: &str, ns: &str, from: (&str, &str, &str), to: (&str, &str, &str)) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  from: [{{group: \"{}\", kind: {}, namespace: {}}}]\n  to: [{{group: \"{}\", kind: {}, name: {}}}]\n---\n",
+        from.0, from.1, from.2, to.0, to.1, to.2
+    )
+}
+
+/// HTTPRouteInvalidReferenceGrant: grants that are wrong in one field
+/// each do not permit the cross-namespace backend: RefNotPermitted, 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_reference_grant() {
+    let c = Cluster::base();
+    let ok_from = (GW_GROUP, "HTTPRoute", INFRA);
+    let mut yaml = String::new();
+    for (name, ns, from, to) in [
+        (
+            "wrong-namespace",
+            INFRA,
+            ok_from,
+            ("", "Service", "web-backend"),
+        ),
+        (
+            "wrong-from-group",
+            WEB,
+            ("not-the-group", "HTTPRoute", INFRA),
+            ("", "Service", "web-backend"),
+        ),
+        (
+            "wrong-from-kind",
+            WEB,
+            (GW_GROUP, "Gateway", INFRA),
+            ("", "Service", "web-backend"),
+        ),
+        (
+            "wrong-from-namespace",
+            WEB,
+            (GW_GROUP, "HTTPRoute", "elsewhere"),
+            ("", "Service", "web-backend"),
+        ),
+        (
+            "wrong-to-group",
+            WEB,
+            ok_from,
+            ("not-the-group", "Service", "web-backend"),
+        ),
+        ("wrong-to-kind", WEB, ok_from, ("", "Secret", "web-backend")),
+        (
+            "wrong-to-name",
+            WEB,
+            ok_from,
+            ("", "Service", "not-the-service"),
+        ),
+    ] {
+        yaml.push_str(&service_grant(
+            &format!("reference-grant-{name}"),
+            ns,
+            from,
+            to,
+        ));
+    }
+    yaml.push_str(&route(
+        "reference-grant",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  rules: [{backendRefs: [{name: web-backend, namespace: gateway-conformance-web-backend, port: 8080}]}]",
+    ));
+    let lb = serve(&c, &yaml, "same-namespace", &[(INFRA, "reference-grant")]).await;
+    c.wait_status(
+        Kind::HttpRoute,
+        INFRA,
+        "reference-grant",
+        "RefNotPermitted",
+        |s| {
+            route_has(
+                s,
+                "same-namespace",
+                "ResolvedRefs",
+                "False",
+                "RefNotPermitted",
+            )
+        },
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::status(500),
+    )
+    .await;
+}
+
+/// HTTPRouteListenerHostnameMatching: a route bound to a listener by
+/// sectionName serves that listener's hostname only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_listener_hostname_matching() {
+    let c = Cluster::base();
+    let mut yaml = String::from(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: httproute-listener-hostname-matching, namespace: gateway-conformance-infra}
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+  - {name: listener-1, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: bar.com}
+  - {name: listener-2, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: foo.bar.com}
+  - {name: listener-3, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: "*.bar.com"}
+  - {name: listener-4, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}, hostname: "*.foo.com"}
+---
+"#,
+    );
+    let p = |l: &str| {
+        format!(
+            "{{name: httproute-listener-hostname-matching, namespace: gateway-conformance-infra, sectionName: {l}}}"
+        )
+    };
+    yaml.push_str(&route("backend-v1", INFRA, &format!("  parentRefs: [{}]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]", p("listener-1"))));
+    yaml.push_str(&route("backend-v2", INFRA, &format!("  parentRefs: [{}]\n  rules: [{{backendRefs: [{{name: infra-backend-v2, port: 8080}}]}}]", p("listener-2"))));
+    yaml.push_str(&route("backend-v3", INFRA, &format!("  parentRefs: [{}, {}]\n  rules: [{{backendRefs: [{{name: infra-backend-v3, port: 8080}}]}}]", p("listener-3"), p("listener-4"))));
+    let lb = serve(
+        &c,
+        &yaml,
+        "httproute-listener-hostname-matching",
+        &[
+            (INFRA, "backend-v1"),
+            (INFRA, "backend-v2"),
+            (INFRA, "backend-v3"),
+        ],
+    )
+    .await;
+    for (host, want) in [
+        ("bar.com", Some(V1)),
+        ("foo.bar.com", Some(V2)),
+        ("baz.bar.com", Some(V3)),
+        ("boo.bar.com", Some(V3)),
+        ("multiple.prefixes.bar.com", Some(V3)),
+        ("multiple.prefixes.foo.com", Some(V3)),
+        ("foo.com", None),
+        ("no.matching.host", None),
+    ] {
+        let e = match want {
+            Some(b) => Expect::backend(INFRA, b),
+            None => Expect::status(404),
+        };
+        expect(lb.plain, &Req::get(host, "/"), &e).await;
+    }
+}
+
+const MATCHING_RULES: &str = "  rules:\n  - {matches: [{path: {type: PathPrefix, value: /}}, {headers: [{name: version, value: one}]}], backendRefs: [{name: infra-backend-v1, port: 8080}]}\n  - {matches: [{path: {type: PathPrefix, value: /v2}}, {headers: [{name: version, value: two}]}], backendRefs: [{name: infra-backend-v2, port: 8080}]}";
+
+/// HTTPRouteMatching: prefix matches on segment boundaries, headers,
+/// and their precedence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matching() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "matching",
+            INFRA,
+            &format!("  parentRefs: [{{name: same-namespace}}]\n{MATCHING_RULES}"),
+        ),
+        "same-namespace",
+        &[(INFRA, "matching")],
+    )
+    .await;
+    for (path, header, want) in [
+        ("/", None, V1),
+        ("/example", None, V1),
+        ("/", Some("one"), V1),
+        ("/v2", None, V2),
+        ("/v2/example", None, V2),
+        ("/", Some("two"), V2),
+        ("/v2/", None, V2),
+        ("/v2example", None, V1),
+        ("/foo/v2/example", None, V1),
+    ] {
+        let mut r = Req::get("example.com", path);
+        if let Some(v) = header {
+            r = r.header("Version", v);
+        }
+        expect(lb.plain, &r, &Expect::backend(INFRA, want)).await;
+    }
+}
+
+/// HTTPRouteMatchingAcrossRoutes: two routes with overlapping hostnames
+/// merge their rules by precedence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matching_across_routes() {
+    let c = Cluster::base();
+    let mut yaml = route(
+        "matching-part1",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  hostnames: [example.com, example.net]\n  rules:\n  - {matches: [{path: {type: PathPrefix, value: /}}, {headers: [{name: version, value: one}]}], backendRefs: [{name: infra-backend-v1, port: 8080}]}",
+    );
+    yaml.push_str(&route(
+        "matching-part2",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  hostnames: [example.com]\n  rules:\n  - {matches: [{path: {type: PathPrefix, value: /v2}}, {headers: [{name: version, value: two}]}], backendRefs: [{name: infra-backend-v2, port: 8080}]}",
+    ));
+    let lb = serve(
+        &c,
+        &yaml,
+        "same-namespace",
+        &[(INFRA, "matching-part1"), (INFRA, "matching-part2")],
+    )
+    .await;
+    for (host, path, header, want) in [
+        ("example.com", "/", None, V1),
+        ("example.com", "/example", None, V1),
+        ("example.net", "/example", None, V1),
+        ("example.com", "/example", Some("one"), V1),
+        ("example.com", "/v2", None, V2),
+        ("example.net", "/v2", None, V1),
+        ("example.com", "/v2/example", None, V2),
+        ("example.com", "/", Some("two"), V2),
+    ] {
+        let mut r = Req::get(host, path);
+        if let Some(v) = header {
+            r = r.header("Version", v);
+        }
+        expect(lb.plain, &r, &Expect::backend(INFRA, want)).await;
+    }
+}
+
+/// HTTPRouteMultipleGateways: two Gateways on port 80, each with its own
+/// `/` route and one shared route, isolated: one LB per Gateway (the
+/// deployment docs/gateway-api.md describes for isolated Gateways).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_multiple_gateways() {
+    let c = Cluster::base();
+    let mut yaml = route(
+        "multiple-gateways-shared-route",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}, {name: all-namespaces}]\n  rules: [{matches: [{path: {type: PathPrefix, value: /shared}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}]",
+    );
+    yaml.push_str(&route(
+        "same-namespace-dedicated-route",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  rules: [{matches: [{path: {type: PathPrefix, value: /}}], backendRefs: [{name: infra-backend-v2, port: 8080}]}]",
+    ));
+    yaml.push_str(&route(
+        "all-namespaces-dedicated-route",
+        INFRA,
+        "  parentRefs: [{name: all-namespaces}]\n  rules: [{matches: [{path: {type: PathPrefix, value: /}}], backendRefs: [{name: infra-backend-v3, port: 8080}]}]",
+    ));
+    c.apply(&yaml);
+    let same = c.lb(&["gateway-conformance-infra/same-namespace"]);
+    let all = c.lb(&["gateway-conformance-infra/all-namespaces"]);
+    c.wait_status(
+        Kind::HttpRoute,
+        INFRA,
+        "multiple-gateways-shared-route",
+        "accepted by both",
+        |s| {
+            route_has(s, "same-namespace", "Accepted", "True", "")
+                && route_has(s, "all-namespaces", "Accepted", "True", "")
+        },
+    )
+    .await;
+    expect(
+        same.plain,
+        &Req::get("example.com", "/shared"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    expect(
+        all.plain,
+        &Req::get("example.com", "/shared"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    expect(
+        same.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(INFRA, V2),
+    )
+    .await;
+    expect(
+        all.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(INFRA, V3),
+    )
+    .await;
+}
+
+/// HTTPRouteNoBackendRefs: rules without backends answer 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_no_backend_refs() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "omitted-backendrefs",
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules:\n  - {matches: [{path: {type: Exact, value: /omitted-no-forward}}]}\n  - {matches: [{path: {type: Exact, value: /empty-no-forward}}], backendRefs: []}\n  - {matches: [{path: {type: PathPrefix, value: /}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}",
+        ),
+        "same-namespace",
+        &[(INFRA, "omitted-backendrefs")],
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/forward"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/omitted-no-forward"),
+        &Expect::status(500),
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/empty-no-forward"),
+        &Expect::status(500),
+    )
+    .await;
+}
+
+/// HTTPRoutePartiallyInvalidViaInvalidReferenceGrant: the rule whose
+/// backend is not granted answers 500, the other one serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_partially_invalid_via_invalid_reference_grant() {
+    let c = Cluster::base();
+    let mut yaml = service_grant(
+        "invalid-reference-grant",
+        APP,
+        (GW_GROUP, "HTTPRoute", INFRA),
+        ("", "Service", "app-backend-v1"),
+    );
+    yaml.push_str(&route(
+        "invalid-reference-grant",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  rules:\n  - {matches: [{path: {type: PathPrefix, value: /v2}}], backendRefs: [{name: app-backend-v2, namespace: gateway-conformance-app-backend, port: 8080}]}\n  - {backendRefs: [{name: app-backend-v1, namespace: gateway-conformance-app-backend, port: 8080}]}",
+    ));
+    let lb = serve(
+        &c,
+        &yaml,
+        "same-namespace",
+        &[(INFRA, "invalid-reference-grant")],
+    )
+    .await;
+    c.wait_status(
+        Kind::HttpRoute,
+        INFRA,
+        "invalid-reference-grant",
+        "RefNotPermitted",
+        |s| {
+            route_has(
+                s,
+                "same-namespace",
+                "ResolvedRefs",
+                "False",
+                "RefNotPermitted",
+            )
+        },
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/v2"),
+        &Expect::status(500),
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(APP, "app-backend-v1"),
+    )
+    .await;
+}
+
+/// HTTPRoutePathMatchOrder: Exact before prefix, longest prefix first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_path_match_order() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "path-matching-order",
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules:\n  - {matches: [{path: {type: Exact, value: /match}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}\n  - {matches: [{path: {type: Exact, value: /match/exact}}], backendRefs: [{name: infra-backend-v2, port: 8080}]}\n  - {matches: [{path: {type: Exact, value: /match/exact/one}}], backendRefs: [{name: infra-backend-v3, port: 8080}]}\n  - {matches: [{path: {type: PathPrefix, value: /match/}}], backendRefs: [{name: infra-backend-v3, port: 8080}]}\n  - {matches: [{path: {type: PathPrefix, value: /match/prefix/}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}\n  - {matches: [{path: {type: PathPrefix, value: /match/prefix/one}}], backendRefs: [{name: infra-backend-v2, port: 8080}]}",
+        ),
+        "same-namespace",
+        &[(INFRA, "path-matching-order")],
+    )
+    .await;
+    for (path, want) in [
+        ("/match/exact/one", V3),
+        ("/match/exact", V2),
+        ("/match", V1),
+        ("/match/prefix/one/any", V2),
+        ("/match/prefix/any", V1),
+        ("/match/any", V3),
+    ] {
+        expect(
+            lb.plain,
+            &Req::get("example.com", path),
+            &Expect::backend(INFRA, want),
+        )
+        .await;
+    }
+}
+
+/// HTTPRouteRedirectHostAndStatus: redirect to another host, 302 by
+/// default, or the status asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_redirect_host_and_status() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "redirect-host-and-status",
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules:\n  - {matches: [{path: {type: PathPrefix, value: /hostname-redirect}}], filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}]}\n  - {matches: [{path: {type: PathPrefix, value: /host-and-status}}], filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301, hostname: example.org}}]}",
+        ),
+        "same-namespace",
+        &[(INFRA, "redirect-host-and-status")],
+    )
+    .await;
+    for (path, status) in [("/hostname-redirect", 302), ("/host-and-status", 301)] {
+        let a = expect(
+            lb.plain,
+            &Req::get("example.com", path),
+            &Expect::status(status),
+        )
+        .await;
+        let location = a.header("location").unwrap_or_default();
+        assert_eq!(location, format!("http://example.org{path}"), "{a:?}");
+    }
+}
+
+/// HTTPRouteReferenceGrant: a grant permits the cross-namespace backend;
+/// without it (deleted) the share answers 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_reference_grant() {
+    let c = Cluster::base();
+    let mut yaml = service_grant(
+        "reference-grant",
+        WEB,
+        (GW_GROUP, "HTTPRoute", INFRA),
+        ("", "Service", "web-backend"),
+    );
+    yaml.push_str(&route(
+        "reference-grant",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  rules: [{backendRefs: [{name: web-backend, namespace: gateway-conformance-web-backend, port: 8080}]}]",
+    ));
+    let lb = serve(&c, &yaml, "same-namespace", &[(INFRA, "reference-grant")]).await;
+    c.wait_status(
+        Kind::HttpRoute,
+        INFRA,
+        "reference-grant",
+        "ResolvedRefs",
+        |s| route_has(s, "same-namespace", "ResolvedRefs", "True", ""),
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(WEB, "web-backend"),
+    )
+    .await;
+    c.api.delete(Kind::ReferenceGrant, WEB, "reference-grant");
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::status(500),
+    )
+    .await;
+    c.wait_status(
+        Kind::HttpRoute,
+        INFRA,
+        "reference-grant",
+        "RefNotPermitted",
+        |s| {
+            route_has(
+                s,
+                "same-namespace",
+                "ResolvedRefs",
+                "False",
+                "RefNotPermitted",
+            )
+        },
+    )
+    .await;
+}
+
+/// HTTPRouteRequestHeaderModifier: set, add, remove (names compared
+/// case-insensitively) on the request the backend sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_request_header_modifier() {
+    let c = Cluster::base();
+    let rule = |prefix: &str, modifier: &str| {
+        format!(
+            "  - {{matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}], filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {modifier}}}], backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}\n"
+        )
+    };
+    let mut spec = String::from("  parentRefs: [{name: same-namespace}]\n  rules:\n");
+    spec.push_str(&rule(
+        "/set",
+        "{set: [{name: X-Header-Set, value: set-overwrites-values}]}",
+    ));
+    spec.push_str(&rule(
+        "/add",
+        "{add: [{name: X-Header-Add, value: add-appends-values}]}",
+    ));
+    spec.push_str(&rule("/remove", "{remove: [X-Header-Remove]}"));
+    spec.push_str(&rule(
+        "/multiple",
+        "{set: [{name: X-Header-Set-1, value: header-set-1}, {name: X-Header-Set-2, value: header-set-2}], add: [{name: X-Header-Add-1, value: header-add-1}, {name: X-Header-Add-2, value: header-add-2}, {name: X-Header-Add-3, value: header-add-3}], remove: [X-Header-Remove-1, X-Header-Remove-2]}",
+    ));
+    spec.push_str(&rule(
+        "/case-insensitivity",
+        "{set: [{name: X-Header-Set, value: header-set}], add: [{name: X-Header-Add, value: header-add}], remove: [X-Header-Remove]}",
+    ));
+    let lb = serve(
+        &c,
+        &route("request-header-modifier", INFRA, spec.trim_end()),
+        "same-namespace",
+        &[(INFRA, "request-header-modifier")],
+    )
+    .await;
+    let ok = Expect::backend(INFRA, V1);
+    let seen = |a: &Answer, h: &str| a.seen(h);
+    let a = expect(
+        lb.plain,
+        &Req::get("example.com", "/set").header("Some-Other-Header", "val"),
+        &ok,
+    )
+    .await;
+    assert_eq!(
+        seen(&a, "X-Header-Set").as_deref(),
+        Some("set-overwrites-values")
+    );
+    assert_eq!(seen(&a, "Some-Other-Header").as_deref(), Some("val"));
+    let a = expect(
+        lb.plain,
+        &Req::get("example.com", "/set").header("X-Header-Set", "some-other-value"),
+        &ok,
+    )
+    .await;
+    assert_eq!(
+        seen(&a, "X-Header-Set").as_deref(),
+        Some("set-overwrites-values")
+    );
+    let a = expect(lb.plain, &Req::get("example.com", "/add"), &ok).await;
+    assert_eq!(
+        seen(&a, "X-Header-Add").as_deref(),
+        Some("add-appends-values")
+    );
+    let a = expect(
+        lb.plain,
+        &Req::get("example.com", "/add").header("X-Header-Add", "some-other-value"),
+        &ok,
+    )
+    .await;
+    assert_eq!(
+        seen(&a, "X-Header-Add").as_deref(),
+        Some("some-other-value,add-appends-values")
+    );
+    let a = expect(
+        lb.plain,
+        &Req::get("example.com", "/remove").header("X-Header-Remove", "val"),
+        &ok,
+    )
+    .await;
+    assert_eq!(seen(&a, "X-Header-Remove"), None);
+    let a = expect(
+        lb.plain,
+        &Req::get("example.com", "/multiple")
+            .header("Another-Header", "another-header-val")
+            .header("X-Header-Remove-1", "val")
+            .header("X-Header-Remove-2", "val")
+            .header("X-Header-Set-2", "set-val-2")
+            .header("X-Header-Add-2", "add-val-2"),
+        &ok,
+    )
+    .await;
+    for (h, v) in [
+        ("Another-Header", "another-header-val"),
+        ("X-Header-Set-1", "header-set-1"),
+        ("X-Header-Set-2", "header-set-2"),
+        ("X-Header-Add-1", "header-add-1"),
+        ("X-Header-Add-2", "add-val-2,header-add-2"),
+        ("X-Header-Add-3", "header-add-3"),
+    ] {
+        assert_eq!(seen(&a, h).as_deref(), Some(v), "{h}: {a:?}");
+    }
+    assert_eq!(
+        (seen(&a, "X-Header-Remove-1"), seen(&a, "X-Header-Remove-2")),
+        (None, None)
+    );
+    let a = expect(
+        lb.plain,
+        &Req::get("example.com", "/case-insensitivity")
+            .header("x-header-set", "original-val-set")
+            .header("x-header-add", "original-val-add")
+            .header("x-header-remove", "original-val-remove")
+            .header("Another-Header", "another-header-val"),
+        &ok,
+    )
+    .await;
+    assert_eq!(seen(&a, "X-Header-Set").as_deref(), Some("header-set"));
+    assert_eq!(
+        seen(&a, "X-Header-Add").as_deref(),
+        Some("original-val-add,header-add")
+    );
+    assert_eq!(
+        seen(&a, "Another-Header").as_deref(),
+        Some("another-header-val")
+    );
+    assert_eq!(seen(&a, "X-Header-Remove"), None);
+}
+
+/// HTTPRouteServiceTypes: a headless Service, a Service without a
+/// selector and manually managed EndpointSlices (IPv4 and IPv6), and a
+/// headless one with manual slices: all reach the pods behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_service_types() {
+    let c = Cluster::base();
+    let v1_ports: Vec<u16> = c.services[0].pods.iter().map(|p| p.addr.port()).collect();
+    for (name, headless) in [
+        ("manual-endpointslices", false),
+        ("headless", true),
+        ("headless-manual-endpointslices", true),
+    ] {
+        let mut spec = serde_json::json!({"ports": [{"name": "first-port", "protocol": "TCP", "port": 8080, "targetPort": 3000}]});
+        if headless {
+            spec["clusterIP"] = "None".into();
+        }
+        c.api.put(
+            Kind::Service,
+            serde_json::json!({"metadata": {"name": name, "namespace": INFRA}, "spec": spec}),
+        );
+        for (i, port) in v1_ports.iter().enumerate() {
+            c.api.put(
+                Kind::Slice,
+                serde_json::json!({"metadata": {"name": format!("{name}-ip4-{i}"), "namespace": INFRA,
+                                    "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "first-port", "port": port, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                                   "targetRef": {"kind": "Pod", "name": format!("infra-backend-v1-{i}")}}]}),
+            );
+        }
+        // An IPv6 slice of the same Service (no IPv6 endpoint answers here:
+        // its endpoint is not ready, as on a cluster without IPv6 pods).
+        c.api.put(
+            Kind::Slice,
+            serde_json::json!({"metadata": {"name": format!("{name}-ip6"), "namespace": INFRA,
+                                "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv6",
+                "ports": [{"name": "first-port", "port": 3000, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["::1"], "conditions": {"ready": false}}]}),
+        );
+    }
+    let lb = serve(
+        &c,
+        &route(
+            "service-types",
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules:\n  - {matches: [{path: {type: Exact, value: /manual-endpointslices}}], backendRefs: [{name: manual-endpointslices, port: 8080}]}\n  - {matches: [{path: {type: Exact, value: /headless}}], backendRefs: [{name: headless, port: 8080}]}\n  - {matches: [{path: {type: Exact, value: /headless-manual-endpointslices}}], backendRefs: [{name: headless-manual-endpointslices, port: 8080}]}",
+        ),
+        "same-namespace",
+        &[(INFRA, "service-types")],
+    )
+    .await;
+    for path in [
+        "/manual-endpointslices",
+        "/headless",
+        "/headless-manual-endpointslices",
+    ] {
+        expect(
+            lb.plain,
+            &Req::get("example.com", path),
+            &Expect::backend(INFRA, V1),
+        )
+        .await;
+    }
+}
+
+/// HTTPRouteWeight: 70/30/0 across three Services. The upstream suite
+/// allows a tolerance; roundhouse's split is exact: over 100 requests
+/// (one cycle of the summed weights) exactly 70 and 30, none to weight 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_weight() {
+    let c = Cluster::base();
+    let lb = serve(
+        &c,
+        &route(
+            "weighted-backends",
+            INFRA,
+            "  parentRefs: [{name: same-namespace}]\n  rules:\n  - backendRefs:\n    - {name: infra-backend-v1, port: 8080, weight: 70}\n    - {name: infra-backend-v2, port: 8080, weight: 30}\n    - {name: infra-backend-v3, port: 8080, weight: 0}",
+        ),
+        "same-namespace",
+        &[(INFRA, "weighted-backends")],
+    )
+    .await;
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::status(200),
+    )
+    .await;
+    // Whatever the cursor's position, any 100 consecutive requests are
+    // one full cycle.
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let a = send(lb.plain, &Req::get("example.com", "/")).await.unwrap();
+        let svc = a
+            .pod()
+            .rsplit_once('-')
+            .map(|(s, _)| s.to_owned())
+            .unwrap_or_default();
+        *counts.entry(svc).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        [(V1.to_owned(), 70), (V2.to_owned(), 30)]
+            .into_iter()
+            .collect(),
+        "exact 70/30, nothing to weight 0"
+    );
+}
+
+/// GatewayModifyListeners: a listener added to a Gateway serves its route;
+/// a listener removed stops serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_modify_listeners() {
+    let c = Cluster::base();
+    let https = r#"{name: https, port: 443, protocol: HTTPS, hostname: secure.test.com, allowedRoutes: {namespaces: {from: All}}, tls: {certificateRefs: [{group: "", kind: Secret, name: tls-validity-checks-certificate, namespace: gateway-conformance-infra}]}}"#;
+    let mut yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gateway-add-listener, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: \"{{GATEWAY_CLASS_NAME}}\"\n  listeners:\n  - {https}\n---\n"
+    );
+    yaml.push_str(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gateway-remove-listener, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: \"{{GATEWAY_CLASS_NAME}}\"\n  listeners:\n  - {https}\n  - {{name: http, port: 80, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}\n---\n"
+    ));
+    yaml.push_str(&route("http-route-1", INFRA, "  parentRefs: [{kind: Gateway, name: gateway-add-listener, namespace: gateway-conformance-infra}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]"));
+    yaml.push_str(&route("http-route-2", INFRA, "  parentRefs: [{kind: Gateway, name: gateway-remove-listener, namespace: gateway-conformance-infra}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]"));
+    c.apply(&yaml);
+    let add = c.lb(&["gateway-conformance-infra/gateway-add-listener"]);
+    let remove = c.lb(&["gateway-conformance-infra/gateway-remove-listener"]);
+    // Add an HTTP listener with a hostname: it takes the route too.
+    c.wait_status(
+        Kind::Gateway,
+        INFRA,
+        "gateway-add-listener",
+        "generation 1",
+        |s| latest(s, 1),
+    )
+    .await;
+    let mut gw = c
+        .api
+        .get(Kind::Gateway, INFRA, "gateway-add-listener")
+        .unwrap();
+    gw["spec"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+        {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "data.test.com",
+         "allowedRoutes": {"namespaces": {"from": "All"}}}));
+    c.api.put(Kind::Gateway, gw);
+    c.wait_status(
+        Kind::Gateway,
+        INFRA,
+        "gateway-add-listener",
+        "two listeners, one route each",
+        |s| {
+            latest(s, 2)
+                && ["https", "http"].iter().all(|n| {
+                    listener(s, n).is_some_and(|l| {
+                        has(&l["conditions"], "Accepted", "True", "")
+                            && has(&l["conditions"], "ResolvedRefs", "True", "")
+                            && l["attachedRoutes"] == 1
+                    })
+                })
+        },
+    )
+    .await;
+    expect(
+        add.plain,
+        &Req::get("data.test.com", "/"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    // Remove the HTTPS listener of the other Gateway: the HTTP one stays.
+    c.wait_status(
+        Kind::Gateway,
+        INFRA,
+        "gateway-remove-listener",
+        "generation 1",
+        |s| latest(s, 1),
+    )
+    .await;
+    expect(
+        remove.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    let mut gw = c
+        .api
+        .get(Kind::Gateway, INFRA, "gateway-remove-listener")
+        .unwrap();
+    gw["spec"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|l| l["name"] != "https");
+    c.api.put(Kind::Gateway, gw);
+    c.wait_status(
+        Kind::Gateway,
+        INFRA,
+        "gateway-remove-listener",
+        "one listener left",
+        |s| {
+            latest(s, 2)
+                && s["listeners"].as_array().is_some_and(|l| l.len() == 1)
+                && listener(s, "http").is_some_and(|l| l["attachedRoutes"] == 1)
+        },
+    )
+    .await;
+    expect(
+        remove.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(INFRA, V1),
     )
     .await;
 }

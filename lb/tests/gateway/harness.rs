@@ -130,7 +130,13 @@ impl Cluster {
         c.secret(
             INFRA,
             "tls-validity-checks-certificate",
-            &["*.org", "*.wildcard.org", "example.org"],
+            &[
+                "*.wildcard.org",
+                "example.org",
+                "second-example.org",
+                "unknown-example.org",
+                "secure.test.com",
+            ],
         );
         c.secret(WEB, "certificate", &["example.org", "*.example.org"]);
         c
