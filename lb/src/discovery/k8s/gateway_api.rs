@@ -103,7 +103,7 @@ pub struct GatewaySpec {
     /// The GatewayClass.
     pub gateway_class_name: String,
     /// Listeners (1–64).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<Listener>,
     /// Requested addresses (roundhouse does not assign addresses).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -151,7 +151,7 @@ pub struct ListenerTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Certificates (Secrets of type `kubernetes.io/tls`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate_refs: Vec<SecretObjectReference>,
     /// Implementation-specific options.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -360,13 +360,13 @@ pub struct HeaderMatch {
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteSpec {
     /// The Gateways (and listeners) it attaches to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parent_refs: Vec<ParentReference>,
     /// Host names (exact or `*.suffix`); empty: the listeners'.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     /// Rules (default: one rule with a `/` prefix match and no backends).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<HttpRouteRule>,
 }
 
@@ -378,13 +378,13 @@ pub struct HttpRouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// OR of matches (empty: one `/` prefix match).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpRouteMatch>,
     /// Filters, in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<HttpRouteFilter>,
     /// Weighted backends.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<BackendRef>,
     /// Timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -399,10 +399,10 @@ pub struct HttpRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<HttpPathMatch>,
     /// Headers, all of which must match.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
     /// Query parameters, all of which must match.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<HeaderMatch>,
     /// Method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -449,13 +449,13 @@ pub struct HttpRouteFilter {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeaderFilter {
     /// Replace (or add) these.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set: Vec<HttpHeader>,
     /// Append these.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub add: Vec<HttpHeader>,
     /// Remove these names.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
 }
 
@@ -534,13 +534,13 @@ pub struct HttpRouteTimeouts {
 #[serde(rename_all = "camelCase")]
 pub struct GRPCRouteSpec {
     /// The Gateways (and listeners) it attaches to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parent_refs: Vec<ParentReference>,
     /// Host names.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     /// Rules.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<GrpcRouteRule>,
 }
 
@@ -552,13 +552,13 @@ pub struct GrpcRouteRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// OR of matches (empty: every call).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<GrpcRouteMatch>,
     /// Filters (the header modifiers; `RequestMirror` is not supported).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<HttpRouteFilter>,
     /// Weighted backends.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<BackendRef>,
 }
 
@@ -569,7 +569,7 @@ pub struct GrpcRouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<GrpcMethodMatch>,
     /// Headers, all of which must match.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
 }
 
