@@ -2103,3 +2103,114 @@ async fn gateway_modify_listeners() {
     )
     .await;
 }
+
+// === GRPCRoute (standard channel; not in the GATEWAY-HTTP core list) ===
+
+/// GRPCRoute: calls of one gRPC service go to its backends over h2c,
+/// balanced per call: 100 calls on ONE HTTP/2 connection split exactly
+/// 50/50; another service's calls go elsewhere; an unknown service gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcroute_per_call_exact_split() {
+    let c = Cluster::base();
+    let mut grpc = Vec::new();
+    for (svc, pods) in [("grpc-hosts", 2), ("grpc-other", 1)] {
+        c.api.put(
+            Kind::Service,
+            serde_json::json!({"metadata": {"name": svc, "namespace": INFRA},
+                "spec": {"ports": [{"name": "grpc", "port": 9000, "appProtocol": "kubernetes.io/h2c"}]}}),
+        );
+        for i in 0..pods {
+            let b = common::H2cBackend::start(&format!("{svc}-{i}"), true).await;
+            c.api.put(
+                Kind::Slice,
+                serde_json::json!({"metadata": {"name": format!("{svc}-{i}"), "namespace": INFRA,
+                                    "labels": {"kubernetes.io/service-name": svc}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "grpc", "port": b.addr.port(), "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}],
+                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                                   "targetRef": {"kind": "Pod", "name": format!("{svc}-{i}")}}]}),
+            );
+            grpc.push(b);
+        }
+    }
+    c.apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: hosts, namespace: gateway-conformance-infra}
+spec:
+  parentRefs: [{name: same-namespace}]
+  rules:
+  - matches: [{method: {service: roundhouse.v1.Hosts}}]
+    backendRefs: [{name: grpc-hosts, port: 9000}]
+  - matches: [{method: {service: example.Other, method: Call}}]
+    backendRefs: [{name: grpc-other, port: 9000}]
+"#,
+    );
+    let lb = c.lb(&["gateway-conformance-infra/same-namespace"]);
+    c.wait_status(
+        Kind::GrpcRoute,
+        INFRA,
+        "hosts",
+        "Accepted, ResolvedRefs",
+        |s| {
+            route_has(s, "same-namespace", "Accepted", "True", "Accepted")
+                && route_has(s, "same-namespace", "ResolvedRefs", "True", "ResolvedRefs")
+        },
+    )
+    .await;
+    let call = |path: &str| {
+        http::Request::post(format!("http://example.com{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 0,
+            ])))
+            .unwrap()
+    };
+    // Wait for the route to serve, on a connection of its own.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut tx = common::h2c_client(lb.plain).await;
+        let (status, _, body, _) = common::h2_send(&mut tx, call("/roundhouse.v1.Hosts/Get")).await;
+        if status == 200 && body.starts_with("grpc-hosts-") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut tx = common::h2c_client(lb.plain).await;
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let (status, _, body, trailers) =
+            common::h2_send(&mut tx, call("/roundhouse.v1.Hosts/Get")).await;
+        assert_eq!(status, 200);
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        *counts.entry(body.trim().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts,
+        [
+            ("grpc-hosts-0".to_owned(), 50),
+            ("grpc-hosts-1".to_owned(), 50)
+        ]
+        .into_iter()
+        .collect(),
+        "one HTTP/2 connection, balanced per call"
+    );
+    let (status, _, body, _) = common::h2_send(&mut tx, call("/example.Other/Call")).await;
+    assert_eq!((status.as_u16(), body.trim()), (200, "grpc-other-0"));
+    // The LB's own answer to a call no rule matches is a gRPC status (HTTP
+    // 200, grpc-status not OK), not a backend's.
+    let (_, headers, body, trailers) =
+        common::h2_send(&mut tx, call("/example.Other/Unknown")).await;
+    let grpc_status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| headers.get("grpc-status"))
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        grpc_status.is_some_and(|s| s != "0") && !body.starts_with("grpc-"),
+        "a method no rule matches is not routed: {headers:?} {body:?}"
+    );
+}
