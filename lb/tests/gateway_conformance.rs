@@ -2214,3 +2214,48 @@ spec:
         "a method no rule matches is not routed: {headers:?} {body:?}"
     );
 }
+
+/// Without the Gateway API CRDs the lb keeps running: one WARN line saying
+/// what to install, `/readyz` 503 while they are missing, and ready with the
+/// route served once they appear, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_crds_are_logged_once_and_not_ready_until_installed() {
+    let c = Cluster::base();
+    c.apply(&route(
+        "after-crds",
+        INFRA,
+        "  parentRefs: [{name: same-namespace}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]",
+    ));
+    c.api.hide_group(GW_GROUP, true);
+    let lb = c.lb(&["gateway-conformance-infra/same-namespace"]);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while lb
+        .logged("the Gateway API CRDs are not installed")
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line: {}",
+            lb.log.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(lb.readyz().await, 503, "not ready without the CRDs");
+    // A few seconds of retries (back-off up to 2 s): still one such line.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(lb.readyz().await, 503);
+    let lines = lb.logged("the Gateway API CRDs are not installed");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("v1.6"),
+        "{lines:#?}"
+    );
+    c.api.hide_group(GW_GROUP, false);
+    expect(
+        lb.plain,
+        &Req::get("example.com", "/"),
+        &Expect::backend(INFRA, V1),
+    )
+    .await;
+    assert_eq!(lb.readyz().await, 200);
+}

@@ -351,6 +351,8 @@ struct Inner {
     served_in: BTreeSet<(Access, Option<String>)>,
     /// Every status write accepted: (kind, namespace/name, body).
     status_log: Vec<(Kind, String, Value)>,
+    /// API groups answered 404, as a server without their CRDs does.
+    hidden_groups: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -864,6 +866,10 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     let Some(t) = target(req.uri().path()) else {
         return not_found();
     };
+    let group = t.kind.api_version().rsplit_once('/').map_or("", |(g, _)| g);
+    if s.inner.lock().unwrap().hidden_groups.contains(group) {
+        return not_found();
+    }
     let method = req.method().clone();
     let q: ListQuery = req
         .uri()
@@ -1081,6 +1087,17 @@ impl FakeApi {
     /// Answer server-side apply on the status subresource with 415.
     pub fn reject_status_apply(&self, reject: bool) {
         self.shared.inner.lock().unwrap().reject_status_apply = reject;
+    }
+
+    /// Answer every request for `group` with 404, as an API server does
+    /// while the group's CRDs are not installed (`false`: serve it again).
+    pub fn hide_group(&self, group: &str, hidden: bool) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        if hidden {
+            inner.hidden_groups.insert(group.to_owned());
+        } else {
+            inner.hidden_groups.remove(group);
+        }
     }
 
     /// Upstream creates wait this long before they are stored and answered.

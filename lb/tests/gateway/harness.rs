@@ -220,9 +220,24 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("lb starts");
+        let mut child = cmd.spawn().expect("lb starts");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         Lb {
             child,
+            log,
             plain: ([127, 0, 0, 1], plain).into(),
             tls: ([127, 0, 0, 1], tls).into(),
             admin: ([127, 0, 0, 1], admin).into(),
@@ -358,9 +373,32 @@ spec:
 /// A running `lb` process.
 pub struct Lb {
     child: Child,
+    /// What it wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
     pub plain: SocketAddr,
     pub tls: SocketAddr,
     pub admin: SocketAddr,
+}
+
+impl Lb {
+    /// The status code of its `/readyz`.
+    pub async fn readyz(&self) -> u16 {
+        send(self.admin, &Req::get("admin", "/readyz"))
+            .await
+            .map(|a| a.status)
+            .unwrap_or(0)
+    }
+
+    /// Its stderr lines containing `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for Lb {
