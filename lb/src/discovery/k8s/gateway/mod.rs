@@ -220,18 +220,53 @@ pub struct Computed {
     pub grpc: BTreeMap<String, Vec<RouteParentStatus>>,
 }
 
-/// An apply of one watch event, as the loop needs it.
+impl Computed {
+    /// The keys of the objects of `resource` (`gatewayclasses`, `gateways`,
+    /// `httproutes`, `grpcroutes`) that have a computed status.
+    pub fn keys(&self, resource: &str) -> Vec<String> {
+        match resource {
+            "gatewayclasses" => self.classes.keys().cloned().collect(),
+            "gateways" => self.gateways.keys().cloned().collect(),
+            "httproutes" => self.http.keys().cloned().collect(),
+            "grpcroutes" => self.grpc.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What one watch event changed, as the loop needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// Nothing visible changed.
     Nothing,
-    /// Something changed: compute again.
+    /// Something the routing or the statuses depend on changed: compute again.
     Changed,
+    /// Only the status (or metadata other than what the adapter reads) of
+    /// the object with this key changed, e.g. our own write coming back:
+    /// nothing to compute, only the status writer's view to update.
+    StatusOnly(String),
 }
 
 fn touched<K>(t: super::store::Touched<K>) -> Applied {
     match t {
         super::store::Touched::Nothing => Applied::Nothing,
         _ => Applied::Changed,
+    }
+}
+
+/// Like [`touched`], but an update that keeps `same` (spec, generation)
+/// is [`Applied::StatusOnly`].
+fn touched_status<K: Clone>(
+    t: super::store::Touched<K>,
+    live: &BTreeMap<String, K>,
+    same: impl Fn(&K, &K) -> bool,
+) -> Applied {
+    match t {
+        super::store::Touched::One {
+            name,
+            old: Some(old),
+        } if live.get(&name).is_some_and(|new| same(&old, new)) => Applied::StatusOnly(name),
+        other => touched(other),
     }
 }
 
@@ -251,19 +286,33 @@ impl GatewayIndex {
 
     /// Applies a GatewayClass event.
     pub fn apply_class(&mut self, e: Event<GatewayClass>) -> Applied {
-        touched(self.classes.apply(e))
+        let t = self.classes.apply(e);
+        touched_status(t, self.classes.live(), |a, b| {
+            a.spec == b.spec && a.metadata.generation == b.metadata.generation
+        })
     }
     /// Applies a Gateway event.
     pub fn apply_gateway(&mut self, e: Event<Gateway>) -> Applied {
-        touched(self.gateways.apply(e))
+        let t = self.gateways.apply(e);
+        touched_status(t, self.gateways.live(), |a, b| {
+            a.spec == b.spec
+                && a.metadata.generation == b.metadata.generation
+                && a.metadata.creation_timestamp == b.metadata.creation_timestamp
+        })
     }
     /// Applies an HTTPRoute event.
     pub fn apply_http(&mut self, e: Event<HTTPRoute>) -> Applied {
-        touched(self.http.apply(e))
+        let t = self.http.apply(e);
+        touched_status(t, self.http.live(), |a, b| {
+            a.spec == b.spec && a.metadata.generation == b.metadata.generation
+        })
     }
     /// Applies a GRPCRoute event.
     pub fn apply_grpc(&mut self, e: Event<GRPCRoute>) -> Applied {
-        touched(self.grpc.apply(e))
+        let t = self.grpc.apply(e);
+        touched_status(t, self.grpc.live(), |a, b| {
+            a.spec == b.spec && a.metadata.generation == b.metadata.generation
+        })
     }
     /// Applies a ReferenceGrant event.
     pub fn apply_grant(&mut self, e: Event<ReferenceGrant>) -> Applied {

@@ -243,6 +243,7 @@ impl Discovery for GatewayDiscovery {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut index = GatewayIndex::default();
             let mut missing_crds_logged = false;
+            let mut last = super::Computed::default();
             info!(
                 controller = super::CONTROLLER,
                 config = ?self.config,
@@ -263,6 +264,7 @@ impl Discovery for GatewayDiscovery {
                 };
                 // Apply what has arrived together, then compute once.
                 let mut changed = false;
+                let mut status_only: Vec<(&'static str, String)> = Vec::new();
                 let mut next = Some(first);
                 let mut applied = 0;
                 while let Some(event) = next.take() {
@@ -272,7 +274,11 @@ impl Discovery for GatewayDiscovery {
                             match $result {
                                 Ok(e) => {
                                     health.event($resource, &e);
-                                    changed |= matches!($apply(e), Applied::Changed);
+                                    match $apply(e) {
+                                        Applied::Changed => changed = true,
+                                        Applied::StatusOnly(key) => status_only.push(($resource, key)),
+                                        Applied::Nothing => {}
+                                    }
                                 }
                                 Err(e) => {
                                     if not_found(&e) && !missing_crds_logged {
@@ -308,69 +314,93 @@ impl Discovery for GatewayDiscovery {
                         next = events.next().now_or_never().flatten();
                     }
                 }
-                if !changed || !index.synced() {
+                if !index.synced() {
                     continue;
                 }
-                let mut config = self.config.clone();
-                if config.addresses.is_empty()
-                    && let Some(name) = &self.service
-                {
-                    config.addresses = index
-                        .services
-                        .live()
-                        .get(&format!("{}/{name}", self.namespace))
-                        .map(service_addresses)
-                        .unwrap_or_default();
+                if changed {
+                    let mut config = self.config.clone();
+                    if config.addresses.is_empty()
+                        && let Some(name) = &self.service
+                    {
+                        config.addresses = index
+                            .services
+                            .live()
+                            .get(&format!("{}/{name}", self.namespace))
+                            .map(service_addresses)
+                            .unwrap_or_default();
+                    }
+                    let now = Time(k8s_openapi::jiff::Timestamp::now());
+                    let computed = index.compute(&config, &now);
+                    publisher.publish(computed.routing.clone(), true);
+                    if !computed.certs.is_empty() {
+                        publisher.publish_certs(computed.certs.clone());
+                    }
+                    classes.retain(|k| computed.classes.contains_key(k));
+                    gateways.retain(|k| computed.gateways.contains_key(k));
+                    http.retain(|k| computed.http.contains_key(k));
+                    grpc.retain(|k| computed.grpc.contains_key(k));
+                    last = computed;
+                    status_only = ["gatewayclasses", "gateways", "httproutes", "grpcroutes"]
+                        .iter()
+                        .flat_map(|r| last.keys(r).into_iter().map(move |k| (*r, k)))
+                        .collect();
                 }
-                let now = Time(k8s_openapi::jiff::Timestamp::now());
-                let computed = index.compute(&config, &now);
-                publisher.publish(computed.routing, true);
-                if !computed.certs.is_empty() {
-                    publisher.publish_certs(computed.certs);
-                }
-                classes.retain(|k| computed.classes.contains_key(k));
-                for (k, s) in &computed.classes {
-                    let obj = index.classes.live().get(k);
-                    classes.observe(
-                        k,
-                        s,
-                        obj.and_then(|o| o.status.as_ref()),
-                        obj.and_then(|o| o.metadata.resource_version.as_deref()),
-                    );
-                }
-                gateways.retain(|k| computed.gateways.contains_key(k));
-                for (k, s) in &computed.gateways {
-                    let obj = index.gateways.live().get(k);
-                    gateways.observe(
-                        k,
-                        s,
-                        obj.and_then(|o| o.status.as_ref()),
-                        obj.and_then(|o| o.metadata.resource_version.as_deref()),
-                    );
-                }
-                http.retain(|k| computed.http.contains_key(k));
-                for (k, ours) in &computed.http {
-                    let obj = index.http.live().get(k);
-                    let current =
-                        obj.map(|o| current_entries(o.status.as_ref(), &o.spec.parent_refs, ours));
-                    http.observe(
-                        k,
-                        ours,
-                        current.as_ref(),
-                        obj.and_then(|o| o.metadata.resource_version.as_deref()),
-                    );
-                }
-                grpc.retain(|k| computed.grpc.contains_key(k));
-                for (k, ours) in &computed.grpc {
-                    let obj = index.grpc.live().get(k);
-                    let current =
-                        obj.map(|o| current_entries(o.status.as_ref(), &o.spec.parent_refs, ours));
-                    grpc.observe(
-                        k,
-                        ours,
-                        current.as_ref(),
-                        obj.and_then(|o| o.metadata.resource_version.as_deref()),
-                    );
+                // Hand the writers the computed statuses of what changed (all
+                // after a compute; after a status-only change, that object's).
+                for (resource, k) in &status_only {
+                    match *resource {
+                        "gatewayclasses" => {
+                            if let Some(s) = last.classes.get(k) {
+                                let obj = index.classes.live().get(k);
+                                classes.observe(
+                                    k,
+                                    s,
+                                    obj.and_then(|o| o.status.as_ref()),
+                                    obj.and_then(|o| o.metadata.resource_version.as_deref()),
+                                );
+                            }
+                        }
+                        "gateways" => {
+                            if let Some(s) = last.gateways.get(k) {
+                                let obj = index.gateways.live().get(k);
+                                gateways.observe(
+                                    k,
+                                    s,
+                                    obj.and_then(|o| o.status.as_ref()),
+                                    obj.and_then(|o| o.metadata.resource_version.as_deref()),
+                                );
+                            }
+                        }
+                        "httproutes" => {
+                            if let Some(ours) = last.http.get(k) {
+                                let obj = index.http.live().get(k);
+                                let current = obj.map(|o| {
+                                    current_entries(o.status.as_ref(), &o.spec.parent_refs, ours)
+                                });
+                                http.observe(
+                                    k,
+                                    ours,
+                                    current.as_ref(),
+                                    obj.and_then(|o| o.metadata.resource_version.as_deref()),
+                                );
+                            }
+                        }
+                        "grpcroutes" => {
+                            if let Some(ours) = last.grpc.get(k) {
+                                let obj = index.grpc.live().get(k);
+                                let current = obj.map(|o| {
+                                    current_entries(o.status.as_ref(), &o.spec.parent_refs, ours)
+                                });
+                                grpc.observe(
+                                    k,
+                                    ours,
+                                    current.as_ref(),
+                                    obj.and_then(|o| o.metadata.resource_version.as_deref()),
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 classes.dispatch();
                 gateways.dispatch();
