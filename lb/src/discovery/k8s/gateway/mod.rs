@@ -185,6 +185,10 @@ pub struct GatewayIndex {
     /// Services (a backendRef names a Service port, whose name finds the
     /// port on the slices).
     pub services: Buffered<Service>,
+    /// The last attachment and the configuration it was made with.
+    attached: Option<(GatewayConfig, Attached)>,
+    /// An object the attachment reads changed since.
+    dirty: bool,
 }
 
 impl Default for GatewayIndex {
@@ -199,6 +203,8 @@ impl Default for GatewayIndex {
             secrets: Buffered::keyed(by_namespace_and_name),
             slices: Buffered::keyed(by_namespace_and_name),
             services: Buffered::keyed(by_namespace_and_name),
+            attached: None,
+            dirty: true,
         }
     }
 }
@@ -287,44 +293,59 @@ impl GatewayIndex {
     /// Applies a GatewayClass event.
     pub fn apply_class(&mut self, e: Event<GatewayClass>) -> Applied {
         let t = self.classes.apply(e);
-        touched_status(t, self.classes.live(), |a, b| {
+        let a = touched_status(t, self.classes.live(), |a, b| {
             a.spec == b.spec && a.metadata.generation == b.metadata.generation
-        })
+        });
+        self.mark(a)
     }
     /// Applies a Gateway event.
     pub fn apply_gateway(&mut self, e: Event<Gateway>) -> Applied {
         let t = self.gateways.apply(e);
-        touched_status(t, self.gateways.live(), |a, b| {
+        let a = touched_status(t, self.gateways.live(), |a, b| {
             a.spec == b.spec
                 && a.metadata.generation == b.metadata.generation
                 && a.metadata.creation_timestamp == b.metadata.creation_timestamp
-        })
+        });
+        self.mark(a)
     }
     /// Applies an HTTPRoute event.
     pub fn apply_http(&mut self, e: Event<HTTPRoute>) -> Applied {
         let t = self.http.apply(e);
-        touched_status(t, self.http.live(), |a, b| {
+        let a = touched_status(t, self.http.live(), |a, b| {
             a.spec == b.spec && a.metadata.generation == b.metadata.generation
-        })
+        });
+        self.mark(a)
     }
     /// Applies a GRPCRoute event.
     pub fn apply_grpc(&mut self, e: Event<GRPCRoute>) -> Applied {
         let t = self.grpc.apply(e);
-        touched_status(t, self.grpc.live(), |a, b| {
+        let a = touched_status(t, self.grpc.live(), |a, b| {
             a.spec == b.spec && a.metadata.generation == b.metadata.generation
-        })
+        });
+        self.mark(a)
     }
     /// Applies a ReferenceGrant event.
     pub fn apply_grant(&mut self, e: Event<ReferenceGrant>) -> Applied {
-        touched(self.grants.apply(e))
+        let t = touched(self.grants.apply(e));
+        self.mark(t)
     }
     /// Applies a Namespace event.
     pub fn apply_namespace(&mut self, e: Event<Namespace>) -> Applied {
-        touched(self.namespaces.apply(e))
+        let t = touched(self.namespaces.apply(e));
+        self.mark(t)
     }
     /// Applies a Secret event.
     pub fn apply_secret(&mut self, e: Event<Secret>) -> Applied {
-        touched(self.secrets.apply(e))
+        let t = touched(self.secrets.apply(e));
+        self.mark(t)
+    }
+
+    /// Notes that the attachment must be redone when `a` is a change.
+    fn mark(&mut self, a: Applied) -> Applied {
+        if a == Applied::Changed {
+            self.dirty = true;
+        }
+        a
     }
     /// Applies an EndpointSlice event.
     pub fn apply_slice(&mut self, e: Event<EndpointSlice>) -> Applied {
@@ -341,9 +362,97 @@ impl GatewayIndex {
             && (config.classes.is_empty() || config.classes.contains(&class.name_any()))
     }
 
-    /// Computes routing, certificates and statuses from the stores.
-    pub fn compute(&self, config: &GatewayConfig, now: &Time) -> Computed {
-        let mut out = Computed::default();
+    /// Computes routing, certificates and statuses from the stores. The
+    /// attachment (classes, Gateways, listeners, routes' parents and rules)
+    /// is kept between calls and redone only when an object it reads
+    /// changed; endpoint resolution runs every time (an EndpointSlice or
+    /// Service change redoes only that).
+    pub fn compute(&mut self, config: &GatewayConfig, now: &Time) -> Computed {
+        let fresh = !matches!(&self.attached, Some((cfg, _)) if !self.dirty && cfg == config);
+        if fresh {
+            let attached = self.attach(config, now);
+            self.attached = Some((config.clone(), attached));
+            self.dirty = false;
+        }
+        let attached = &self.attached.as_ref().expect("set above").1;
+        let mut out = Computed {
+            routing: RoutingConfig::default(),
+            certs: attached.certs.clone(),
+            classes: attached.classes.clone(),
+            gateways: attached.gateways.clone(),
+            http: BTreeMap::new(),
+            grpc: BTreeMap::new(),
+        };
+        let mut slices_by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
+        for (key, s) in self.slices.live() {
+            if let (Some(svc), Some((ns, _))) = (service_of(s), key.split_once('/')) {
+                slices_by_service
+                    .entry(format!("{ns}/{svc}"))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut backends = Backends {
+            slices: &slices_by_service,
+            services: self.services.live(),
+            built: HashMap::new(),
+        };
+        for r in &attached.routes {
+            let (previous, generation) = match r.kind {
+                RouteKindName::Http => {
+                    let o = self.http.live().get(&r.key);
+                    (
+                        o.and_then(|o| o.status.as_ref()),
+                        o.and_then(|o| o.metadata.generation),
+                    )
+                }
+                RouteKindName::Grpc => {
+                    let o = self.grpc.live().get(&r.key);
+                    (
+                        o.and_then(|o| o.status.as_ref()),
+                        o.and_then(|o| o.metadata.generation),
+                    )
+                }
+            };
+            let mut unresolved: Option<Failed> = None;
+            if r.unsupported.is_none() && !r.scopes.is_empty() {
+                let rules: Vec<Rule> = r
+                    .rules
+                    .iter()
+                    .map(|rule| backends.rule(rule.clone(), &mut unresolved))
+                    .collect();
+                out.routing.routes.push(Route {
+                    origin: r.origin.clone(),
+                    order: r.order,
+                    scopes: r.scopes.clone(),
+                    rules,
+                });
+            } else if r.unsupported.is_none() {
+                // Not served anywhere: still report its references.
+                for rule in &r.rules {
+                    backends.rule(rule.clone(), &mut unresolved);
+                }
+            }
+            let entries = routes::parent_statuses(
+                &r.parents,
+                r.unsupported.as_deref(),
+                unresolved.as_ref(),
+                generation,
+                previous,
+                now,
+            );
+            match r.kind {
+                RouteKindName::Http => out.http.insert(r.key.clone(), entries),
+                RouteKindName::Grpc => out.grpc.insert(r.key.clone(), entries),
+            };
+        }
+        out
+    }
+
+    /// The attachment: class and Gateway statuses, certificates, and each
+    /// route's parents, rules and scopes.
+    fn attach(&self, config: &GatewayConfig, now: &Time) -> Attached {
+        let mut out = Attached::default();
         // 1. Classes.
         let mut accepted_classes: Vec<String> = Vec::new();
         for (name, class) in self.classes.live() {
@@ -418,21 +527,7 @@ impl GatewayIndex {
             .collect();
         let mut attached: Vec<BTreeMap<String, i32>> = vec![BTreeMap::new(); plans.len()];
 
-        // 3 and 4. Routes, with their backends resolved.
-        let mut slices_by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
-        for (key, s) in self.slices.live() {
-            if let (Some(svc), Some((ns, _))) = (service_of(s), key.split_once('/')) {
-                slices_by_service
-                    .entry(format!("{ns}/{svc}"))
-                    .or_default()
-                    .push(s);
-            }
-        }
-        let mut backends = Backends {
-            slices: &slices_by_service,
-            services: self.services.live(),
-            built: HashMap::new(),
-        };
+        // 3. Routes.
         let namespaces = self.namespaces.live();
         let grants = self.grants.live();
         for (key, r) in self.http.live() {
@@ -443,27 +538,22 @@ impl GatewayIndex {
                 .iter()
                 .map(|rule| routes::http_rule(rule, &ns, grants))
                 .collect();
-            if let Some((route, entries)) = self.route(
+            if let Some(a) = Self::attach_route(
                 RouteView {
                     kind: RouteKindName::Http,
                     namespace: &ns,
                     parent_refs: &r.spec.parent_refs,
                     hostnames: &r.spec.hostnames,
                 },
-                (RouteKind::HttpRoute, &r.name_any(), &r.metadata),
+                (key, RouteKind::HttpRoute, &r.name_any(), &r.metadata),
                 rules,
                 r.status.as_ref(),
                 &plans,
                 &by_key,
                 namespaces,
                 &mut attached,
-                &mut backends,
-                now,
             ) {
-                if let Some(route) = route {
-                    out.routing.routes.push(route);
-                }
-                out.http.insert(key.clone(), entries);
+                out.routes.push(a);
             }
         }
         for (key, r) in self.grpc.live() {
@@ -474,27 +564,22 @@ impl GatewayIndex {
                 .iter()
                 .map(|rule| routes::grpc_rule(rule, &ns, grants))
                 .collect();
-            if let Some((route, entries)) = self.route(
+            if let Some(a) = Self::attach_route(
                 RouteView {
                     kind: RouteKindName::Grpc,
                     namespace: &ns,
                     parent_refs: &r.spec.parent_refs,
                     hostnames: &r.spec.hostnames,
                 },
-                (RouteKind::GrpcRoute, &r.name_any(), &r.metadata),
+                (key, RouteKind::GrpcRoute, &r.name_any(), &r.metadata),
                 rules,
                 r.status.as_ref(),
                 &plans,
                 &by_key,
                 namespaces,
                 &mut attached,
-                &mut backends,
-                now,
             ) {
-                if let Some(route) = route {
-                    out.routing.routes.push(route);
-                }
-                out.grpc.insert(key.clone(), entries);
+                out.routes.push(a);
             }
         }
 
@@ -518,22 +603,19 @@ impl GatewayIndex {
         out
     }
 
-    /// One route: its attachment, model route (if it serves anywhere) and
-    /// our status entries. `None`: the route has no parent this LB handles.
+    /// One route's attachment. `None`: the route has no parent this LB
+    /// handles (and no stale entry of ours to remove).
     #[allow(clippy::too_many_arguments)]
-    fn route(
-        &self,
+    fn attach_route(
         view: RouteView<'_>,
-        (kind, name, meta): (RouteKind, &str, &kube::api::ObjectMeta),
+        (key, kind, name, meta): (&str, RouteKind, &str, &kube::api::ObjectMeta),
         rules: Vec<Result<RuleIntent, routes::Unsupported>>,
         previous: Option<&RouteStatus>,
         plans: &[GatewayPlan],
         by_key: &BTreeMap<String, usize>,
         namespaces: &BTreeMap<String, Namespace>,
         attached: &mut [BTreeMap<String, i32>],
-        backends: &mut Backends<'_>,
-        now: &Time,
-    ) -> Option<(Option<Route>, Vec<RouteParentStatus>)> {
+    ) -> Option<AttachedRoute> {
         let hostnames: Result<Vec<HostMatch>, _> =
             view.hostnames.iter().map(|h| HostMatch::parse(h)).collect();
         let parents = routes::attach(
@@ -571,40 +653,50 @@ impl GatewayIndex {
                 }
             }
         }
-        let mut unresolved: Option<Failed> = None;
-        let model = match unsupported {
-            Some(_) => None,
-            None => {
-                let scopes = routes::scopes(&parents, plans);
-                let rules: Vec<Rule> = rules
-                    .into_iter()
-                    .flatten()
-                    .map(|r| backends.rule(r, &mut unresolved))
-                    .collect();
-                (!scopes.is_empty()).then(|| Route {
-                    origin: Origin {
-                        kind,
-                        namespace: view.namespace.into(),
-                        name: name.into(),
-                    },
-                    order: Order {
-                        created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
-                    },
-                    scopes,
-                    rules,
-                })
-            }
+        let scopes = if unsupported.is_none() {
+            routes::scopes(&parents, plans)
+        } else {
+            Vec::new()
         };
-        let entries = routes::parent_statuses(
-            &parents,
-            unsupported.as_deref(),
-            unresolved.as_ref(),
-            meta.generation,
-            previous,
-            now,
-        );
-        Some((model, entries))
+        Some(AttachedRoute {
+            kind: view.kind,
+            key: key.to_owned(),
+            origin: Origin {
+                kind,
+                namespace: view.namespace.into(),
+                name: name.into(),
+            },
+            order: Order {
+                created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+            },
+            scopes,
+            rules: rules.into_iter().flatten().collect(),
+            parents,
+            unsupported,
+        })
     }
+}
+
+/// The attachment step's result, kept between computes.
+#[derive(Debug, Default)]
+struct Attached {
+    classes: BTreeMap<String, GatewayClassStatus>,
+    gateways: BTreeMap<String, GatewayStatus>,
+    certs: Vec<CertPair>,
+    routes: Vec<AttachedRoute>,
+}
+
+/// One route with a parent this LB handles, before endpoint resolution.
+#[derive(Debug)]
+struct AttachedRoute {
+    kind: RouteKindName,
+    key: String,
+    origin: Origin,
+    order: Order,
+    scopes: Vec<crate::discovery::route::Scope>,
+    rules: Vec<RuleIntent>,
+    parents: Vec<(ParentReference, Parent)>,
+    unsupported: Option<String>,
 }
 
 /// Service ports resolved to model backends, built once per compute and
