@@ -201,8 +201,34 @@ impl Cluster {
         self.lb_with(gateways, &[])
     }
 
-    /// Same, with extra flags.
+    /// Same, with extra flags. The ports are picked free and then bound by
+    /// the lb; another process may take one in between, so an lb that exits
+    /// before its admin port answers is started again on new ports.
     pub fn lb_with(&self, gateways: &[&str], extra: &[&str]) -> Lb {
+        for _ in 0..10 {
+            let mut lb = self.spawn_lb(gateways, extra);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = lb.child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect_timeout(&lb.admin, Duration::from_millis(200))
+                    .is_ok()
+                {
+                    return lb;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "lb never listened: {}",
+                    lb.log.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        panic!("lb could not start in 10 tries");
+    }
+
+    fn spawn_lb(&self, gateways: &[&str], extra: &[&str]) -> Lb {
         let (plain, tls, admin) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb"));
         cmd.args(["serve", "--kubernetes", "--gateway-api", "--workers", "1"])
