@@ -143,7 +143,11 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
             }
         };
         let built = source.build(reload).await?;
-        if let Some(tls) = &settings.tls {
+        // In Gateway API mode the certificates come later, from the
+        // Gateways' listeners: the TLS listener starts with none.
+        if let Some(tls) = &settings.tls
+            && !built.certs.is_empty()
+        {
             tls.certs.replace(&built.certs).map_err(ConfigError::Tls)?;
         }
         server::run(

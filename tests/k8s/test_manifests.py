@@ -49,9 +49,10 @@ def test_no_upstream_instance_in_manifests(manifests):
 
 
 def test_upstreams_folder_holds_only_upstreams(manifest_upstreams):
-    # manifests/upstreams/ is applied second, once the CRD is established; the
-    # only folder in manifests/ (kubectl apply -f manifests/ skips folders).
-    assert [p.name for p in k8slib.MANIFESTS.iterdir() if p.is_dir()] == ["upstreams"]
+    # manifests/upstreams/ is applied second, once the CRD is established;
+    # manifests/gateway-api/ is the opt-in Gateway API mode
+    # (test_gateway_api.py). kubectl apply -f manifests/ skips folders.
+    assert sorted(p.name for p in k8slib.MANIFESTS.iterdir() if p.is_dir()) == ["gateway-api", "upstreams"]
     assert [p for p in k8slib.MANIFEST_UPSTREAMS.iterdir() if p.is_dir()] == []
     assert manifest_upstreams
     for obj in manifest_upstreams:

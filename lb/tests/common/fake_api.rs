@@ -1,8 +1,12 @@
 //! An in-process fake Kubernetes API server: enough of list/watch for kube's
-//! watcher (resourceVersion, label selectors, chunked watch events,
-//! bookmarks, `410 Gone` for compacted versions, dropped connections) plus
-//! get/create/delete of Upstreams and the status subresource PATCH
-//! (server-side apply and JSON merge patch), recording what was written. It
+//! watcher (resourceVersion, label and field selectors, chunked watch
+//! events, bookmarks, `410 Gone` for compacted versions, dropped
+//! connections), for namespaced kinds in one namespace or all of them and
+//! for cluster-scoped kinds (GatewayClass, Namespace), plus get/create of
+//! objects and the status subresource: GET, and PATCH as server-side apply
+//! or JSON merge patch (a merge patch carrying `metadata.resourceVersion`
+//! is refused with 409 when the object has moved on, as the API server
+//! does), recording what was written. It
 //! runs on its own thread so it can be killed outright and restarted on the
 //! same port with its state intact (like an API server restart in front of
 //! etcd).
@@ -17,9 +21,12 @@
 //! creates slowly.
 //!
 //! Every request is recorded as an [`Access`] (verb, API group, resource,
-//! subresource). When a `FakeApi` is dropped it checks that the Role in
-//! `manifests/10-rbac.yaml` grants everything it served, so every scenario
-//! that uses it is also an RBAC test.
+//! subresource) with its namespace (none for a cluster-wide request). When
+//! a `FakeApi` is dropped it checks that the RBAC it was started with
+//! grants everything it served: by default the Role in
+//! `manifests/10-rbac.yaml`; [`FakeApi::start_gateway`] checks against the
+//! ClusterRole and Role of `manifests/gateway-api/`. So every scenario that
+//! uses it is also an RBAC test.
 
 #![allow(dead_code)]
 
@@ -32,11 +39,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,22 +55,95 @@ pub const NS: &str = "roundhouse";
 pub enum Kind {
     Slice,
     Upstream,
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+    ReferenceGrant,
+    Namespace,
+    Secret,
+    Service,
 }
 
 impl Kind {
+    const ALL: [Kind; 10] = [
+        Kind::Slice,
+        Kind::Upstream,
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::ReferenceGrant,
+        Kind::Namespace,
+        Kind::Secret,
+        Kind::Service,
+    ];
     fn api_version(self) -> &'static str {
         match self {
             Kind::Slice => "discovery.k8s.io/v1",
             Kind::Upstream => "roundhouse.dev/v1alpha1",
+            Kind::ReferenceGrant => "gateway.networking.k8s.io/v1beta1",
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => {
+                "gateway.networking.k8s.io/v1"
+            }
+            Kind::Namespace | Kind::Secret | Kind::Service => "v1",
         }
     }
     fn kind(self) -> &'static str {
         match self {
             Kind::Slice => "EndpointSlice",
             Kind::Upstream => "Upstream",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::Service => "Service",
         }
     }
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Slice => "endpointslices",
+            Kind::Upstream => "upstreams",
+            Kind::GatewayClass => "gatewayclasses",
+            Kind::Gateway => "gateways",
+            Kind::HttpRoute => "httproutes",
+            Kind::GrpcRoute => "grpcroutes",
+            Kind::ReferenceGrant => "referencegrants",
+            Kind::Namespace => "namespaces",
+            Kind::Secret => "secrets",
+            Kind::Service => "services",
+        }
+    }
+    fn namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+    /// The kind served at `group`/`version`/`plural`.
+    fn at(group: &str, version: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| {
+            let (g, v) = match k.api_version().split_once('/') {
+                Some((g, v)) => (g, v),
+                None => ("", k.api_version()),
+            };
+            g == group && v == version && k.plural() == plural
+        })
+    }
+    /// The kind of an object (by its `apiVersion` and `kind`).
+    pub fn of(object: &Value) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| {
+            object["kind"].as_str() == Some(k.kind())
+                && object["apiVersion"].as_str().is_none_or(|v| {
+                    v == k.api_version()
+                        || (*k == Kind::ReferenceGrant && v == "gateway.networking.k8s.io/v1")
+                })
+        })
+    }
 }
+
+/// An object's key: kind, namespace (`""` for cluster-scoped kinds), name.
+type Key = (Kind, String, String);
 
 /// One kind of API request, as RBAC sees it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -234,6 +313,7 @@ impl Fault {
 struct Change {
     rv: u64,
     kind: Kind,
+    namespace: String,
     type_: &'static str,
     object: Value,
 }
@@ -245,7 +325,7 @@ struct Inner {
     compacted: u64,
     /// Objects created so far (each gets a later creationTimestamp).
     created: u64,
-    objects: BTreeMap<(Kind, String), Value>,
+    objects: BTreeMap<Key, Value>,
     history: Vec<Change>,
     /// Every status PATCH body that was accepted, by Upstream name, in order.
     status_writes: Vec<(String, Value)>,
@@ -267,6 +347,12 @@ struct Inner {
     list_requests: usize,
     /// Every kind of request served.
     served: BTreeSet<Access>,
+    /// The same with the namespace it was made in (`None`: cluster-wide).
+    served_in: BTreeSet<(Access, Option<String>)>,
+    /// Every status write accepted: (kind, namespace/name, body).
+    status_log: Vec<(Kind, String, Value)>,
+    /// API groups answered 404, as a server without their CRDs does.
+    hidden_groups: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -277,11 +363,23 @@ struct Shared {
     bookmark_every: Duration,
 }
 
+/// Which RBAC a scenario's requests are checked against when the fake is
+/// dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rbac {
+    /// The Role of `manifests/10-rbac.yaml` (namespace [`NS`]).
+    Upstreams,
+    /// The ClusterRole and the Role (namespace [`NS`]) of
+    /// `manifests/gateway-api/20-rbac.yaml`.
+    GatewayApi,
+}
+
 pub struct FakeApi {
     pub addr: SocketAddr,
     shared: Shared,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
+    rbac: Rbac,
 }
 
 fn selector_matches(selector: Option<&str>, obj: &Value) -> bool {
@@ -292,6 +390,20 @@ fn selector_matches(selector: Option<&str>, obj: &Value) -> bool {
     sel.split(',').all(|term| match term.split_once('=') {
         Some((k, v)) => labels[k.trim()].as_str() == Some(v.trim()),
         None => labels.get(term.trim()).is_some(),
+    })
+}
+
+/// `metadata.name=`, `metadata.namespace=` and `type=` (Secrets) field
+/// selectors, `,`-separated (others match nothing).
+fn fields_match(selector: Option<&str>, obj: &Value) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| match term.split_once('=') {
+        Some(("metadata.name", v)) => obj["metadata"]["name"].as_str() == Some(v),
+        Some(("metadata.namespace", v)) => obj["metadata"]["namespace"].as_str() == Some(v),
+        Some(("type", v)) => obj["type"].as_str() == Some(v),
+        _ => false,
     })
 }
 
@@ -362,7 +474,16 @@ impl Shared {
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
         object["apiVersion"] = json!(kind.api_version());
         object["kind"] = json!(kind.kind());
-        object["metadata"]["namespace"] = json!(NS);
+        let ns = if kind.namespaced() {
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(NS)
+                .to_owned();
+            object["metadata"]["namespace"] = json!(ns);
+            ns
+        } else {
+            String::new()
+        };
         if kind == Kind::Upstream && type_ != "DELETED" {
             let keep = (
                 object["apiVersion"].take(),
@@ -374,7 +495,8 @@ impl Shared {
             object["kind"] = keep.1;
             object["metadata"] = keep.2;
         }
-        let current = inner.objects.get(&(kind, name.clone()));
+        let key = (kind, ns.clone(), name);
+        let current = inner.objects.get(&key);
         if type_ == "MODIFIED"
             && let Some(current) = current
         {
@@ -393,16 +515,19 @@ impl Shared {
                 1_767_225_600 + i64::try_from(inner.created).unwrap(),
             )
             .unwrap();
-            object["metadata"]["creationTimestamp"] = json!(t.to_string());
+            if object["metadata"]["creationTimestamp"].is_null() {
+                object["metadata"]["creationTimestamp"] = json!(t.to_string());
+            }
         }
         if type_ == "DELETED" {
-            inner.objects.remove(&(kind, name));
+            inner.objects.remove(&key);
         } else {
-            inner.objects.insert((kind, name), object.clone());
+            inner.objects.insert(key, object.clone());
         }
         let change = Change {
             rv,
             kind,
+            namespace: ns,
             type_,
             object: object.clone(),
         };
@@ -412,13 +537,18 @@ impl Shared {
         object
     }
 
-    fn object(&self, kind: Kind, name: &str) -> Option<Value> {
+    fn object_in(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        let ns = if kind.namespaced() { ns } else { "" };
         self.inner
             .lock()
             .unwrap()
             .objects
-            .get(&(kind, name.to_owned()))
+            .get(&(kind, ns.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    fn object(&self, kind: Kind, name: &str) -> Option<Value> {
+        self.object_in(kind, NS, name)
     }
 }
 
@@ -428,6 +558,7 @@ struct ListQuery {
     watch: Option<String>,
     resource_version: Option<String>,
     label_selector: Option<String>,
+    field_selector: Option<String>,
     allow_watch_bookmarks: Option<bool>,
     timeout_seconds: Option<u64>,
 }
@@ -453,7 +584,23 @@ fn error_response(code: u16, reason: &str, message: &str) -> Response {
     )
 }
 
-async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
+/// Whether a change or object is in the scope of a list or watch: its kind,
+/// the namespace asked for (`None`: all), the selectors.
+fn in_scope(
+    kind: Kind,
+    ns: Option<&str>,
+    q: &ListQuery,
+    k: Kind,
+    obj_ns: &str,
+    obj: &Value,
+) -> bool {
+    k == kind
+        && ns.is_none_or(|ns| ns == obj_ns)
+        && selector_matches(q.label_selector.as_deref(), obj)
+        && fields_match(q.field_selector.as_deref(), obj)
+}
+
+async fn list_or_watch(shared: Shared, kind: Kind, ns: Option<String>, q: ListQuery) -> Response {
     let watching = matches!(q.watch.as_deref(), Some("true") | Some("1"));
     if !watching {
         let inner = &mut *shared.inner.lock().unwrap();
@@ -461,7 +608,7 @@ async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
         let items: Vec<Value> = inner
             .objects
             .iter()
-            .filter(|((k, _), o)| *k == kind && selector_matches(q.label_selector.as_deref(), o))
+            .filter(|((k, n, _), o)| in_scope(kind, ns.as_deref(), &q, *k, n, o))
             .map(|(_, o)| o.clone())
             .collect();
         return json_response(
@@ -489,7 +636,6 @@ async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
         (backlog, shared.changes.subscribe(), gone, inner.rv)
     };
     let mut drop_rx = shared.drop_watches.subscribe();
-    let selector = q.label_selector.clone();
     let bookmarks = q.allow_watch_bookmarks.unwrap_or(false);
     let every = shared.bookmark_every;
     let timeout = Duration::from_secs(q.timeout_seconds.unwrap_or(300));
@@ -508,7 +654,7 @@ async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
         }
         let mut last = current.max(from);
         for c in backlog {
-            if selector_matches(selector.as_deref(), &c.object)
+            if in_scope(kind, ns.as_deref(), &q, c.kind, &c.namespace, &c.object)
                 && tx.send(line(c.type_, &c.object)).await.is_err()
             {
                 return;
@@ -531,7 +677,7 @@ async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
                     Ok(c) => {
                         if c.rv <= last { continue; }
                         last = c.rv;
-                        if c.kind == kind && selector_matches(selector.as_deref(), &c.object)
+                        if in_scope(kind, ns.as_deref(), &q, c.kind, &c.namespace, &c.object)
                             && tx.send(line(c.type_, &c.object)).await.is_err() {
                             return;
                         }
@@ -552,7 +698,7 @@ async fn list_or_watch(shared: Shared, kind: Kind, q: ListQuery) -> Response {
         .unwrap()
 }
 
-async fn create_upstream(s: Shared, body: Bytes) -> Response {
+async fn create(s: Shared, kind: Kind, ns: Option<String>, body: Bytes) -> Response {
     let obj: Value = serde_json::from_slice(&body).unwrap();
     let name = obj["metadata"]["name"]
         .as_str()
@@ -560,17 +706,28 @@ async fn create_upstream(s: Shared, body: Bytes) -> Response {
         .to_owned();
     let delay = s.inner.lock().unwrap().create_delay;
     tokio::time::sleep(delay).await;
-    if s.object(Kind::Upstream, &name).is_some() {
+    let ns = ns.unwrap_or_default();
+    if s.object_in(kind, &ns, &name).is_some() {
         return error_response(409, "AlreadyExists", "already exists");
     }
     let mut obj = obj;
     obj["metadata"]["generation"] = json!(1);
+    if kind.namespaced() {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
     s.inner.lock().unwrap().creates.push(name);
-    let created = s.commit(Kind::Upstream, "ADDED", obj);
+    let created = s.commit(kind, "ADDED", obj);
     json_response(StatusCode::CREATED, created)
 }
 
-async fn patch_status(s: Shared, name: String, headers: HeaderMap, body: Bytes) -> Response {
+async fn patch_status(
+    s: Shared,
+    kind: Kind,
+    ns: String,
+    name: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let fault = {
         let inner = &mut *s.inner.lock().unwrap();
         inner.status_attempts.push(name.clone());
@@ -607,8 +764,12 @@ async fn patch_status(s: Shared, name: String, headers: HeaderMap, body: Bytes) 
         Ok(v) => v,
         Err(e) => return error_response(400, "BadRequest", &e.to_string()),
     };
-    let Some(mut obj) = s.object(Kind::Upstream, &name) else {
-        return error_response(404, "NotFound", &format!("upstreams \"{name}\" not found"));
+    let Some(mut obj) = s.object_in(kind, &ns, &name) else {
+        return error_response(
+            404,
+            "NotFound",
+            &format!("{} \"{name}\" not found", kind.plural()),
+        );
     };
     let unsupported = || {
         error_response(
@@ -630,77 +791,180 @@ async fn patch_status(s: Shared, name: String, headers: HeaderMap, body: Bytes) 
             obj["status"] = patch["status"].clone();
         }
         "application/merge-patch+json" => {
+            // A resourceVersion in the patch is a precondition.
+            if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+                && obj["metadata"]["resourceVersion"].as_str() != Some(rv)
+            {
+                return error_response(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been \
+                         modified; please apply your changes to the latest version and try again",
+                        kind.plural()
+                    ),
+                );
+            }
             if let Some(status) = patch.get("status") {
                 merge_patch(&mut obj["status"], status);
             }
         }
         _ => return unsupported(),
     }
-    s.inner
-        .lock()
-        .unwrap()
-        .status_writes
-        .push((name, patch.clone()));
-    let updated = s.commit(Kind::Upstream, "MODIFIED", obj);
+    {
+        let inner = &mut *s.inner.lock().unwrap();
+        inner.status_writes.push((name.clone(), patch.clone()));
+        inner
+            .status_log
+            .push((kind, format!("{ns}/{name}"), patch.clone()));
+    }
+    let updated = s.commit(kind, "MODIFIED", obj);
     json_response(StatusCode::OK, updated)
+}
+
+/// A resource request: kind, namespace, name, subresource.
+struct Target {
+    kind: Kind,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn target(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (ns, rest) = match rest {
+        ["namespaces", ns, more @ ..] if !more.is_empty() => (Some((*ns).to_owned()), more),
+        other => (None, other),
+    };
+    let (resource, name, sub) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some((*n).to_owned()), None),
+        [r, n, s] => (*r, Some((*n).to_owned()), Some((*s).to_owned())),
+        _ => return None,
+    };
+    Some(Target {
+        kind: Kind::at(group, version, resource)?,
+        ns,
+        name,
+        sub,
+    })
+}
+
+async fn handle(State(s): State<Shared>, req: Request) -> Response {
+    let not_found = || {
+        error_response(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let Some(t) = target(req.uri().path()) else {
+        return not_found();
+    };
+    let group = t.kind.api_version().rsplit_once('/').map_or("", |(g, _)| g);
+    if s.inner.lock().unwrap().hidden_groups.contains(group) {
+        return not_found();
+    }
+    let method = req.method().clone();
+    let q: ListQuery = req
+        .uri()
+        .query()
+        .and_then(serde_urlencoded_like)
+        .unwrap_or_default();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), 16 << 20)
+        .await
+        .unwrap_or_default();
+    match (method, t.name, t.sub.as_deref()) {
+        (Method::GET, None, None) => list_or_watch(s, t.kind, t.ns, q).await,
+        (Method::POST, None, None) => create(s, t.kind, t.ns, body).await,
+        (Method::GET, Some(name), None | Some("status")) => {
+            match s.object_in(t.kind, t.ns.as_deref().unwrap_or(""), &name) {
+                Some(o) => json_response(StatusCode::OK, o),
+                None => error_response(
+                    404,
+                    "NotFound",
+                    &format!("{} \"{name}\" not found", t.kind.plural()),
+                ),
+            }
+        }
+        (Method::PATCH, Some(name), Some("status")) => {
+            patch_status(s, t.kind, t.ns.unwrap_or_default(), name, headers, body).await
+        }
+        _ => not_found(),
+    }
+}
+
+/// Parses a query string into [`ListQuery`] (percent-decoded).
+fn serde_urlencoded_like(q: &str) -> Option<ListQuery> {
+    let mut map = serde_json::Map::new();
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        let value = match k {
+            "allowWatchBookmarks" => json!(v == "true"),
+            "timeoutSeconds" => json!(v.parse::<u64>().ok()?),
+            _ => json!(v),
+        };
+        map.insert(k.to_owned(), value);
+    }
+    serde_json::from_value(Value::Object(map)).ok()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn record_access(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let access = Access::of(req.method(), req.uri());
-    s.inner.lock().unwrap().served.insert(access);
+    let ns = target(req.uri().path()).and_then(|t| {
+        // A namespace object is cluster-scoped even though its URL names it.
+        (t.kind != Kind::Namespace).then_some(t.ns).flatten()
+    });
+    {
+        let inner = &mut *s.inner.lock().unwrap();
+        inner.served.insert(access.clone());
+        inner.served_in.insert((access, ns));
+    }
     next.run(req).await
 }
 
 fn router(shared: Shared) -> Router {
     Router::new()
-        .route(
-            "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-            get(
-                |State(s): State<Shared>, Query(q): Query<ListQuery>| async move {
-                    list_or_watch(s, Kind::Slice, q).await
-                },
-            ),
-        )
-        .route(
-            "/apis/roundhouse.dev/v1alpha1/namespaces/{ns}/upstreams",
-            get(
-                |State(s): State<Shared>, Query(q): Query<ListQuery>| async move {
-                    list_or_watch(s, Kind::Upstream, q).await
-                },
-            )
-            .post(|State(s): State<Shared>, body: Bytes| create_upstream(s, body)),
-        )
-        .route(
-            "/apis/roundhouse.dev/v1alpha1/namespaces/{ns}/upstreams/{name}",
-            get(
-                |State(s): State<Shared>, Path((_ns, name)): Path<(String, String)>| async move {
-                    match s.object(Kind::Upstream, &name) {
-                        Some(o) => json_response(StatusCode::OK, o),
-                        None => error_response(
-                            404,
-                            "NotFound",
-                            &format!("upstreams \"{name}\" not found"),
-                        ),
-                    }
-                },
-            ),
-        )
-        .route(
-            "/apis/roundhouse.dev/v1alpha1/namespaces/{ns}/upstreams/{name}/status",
-            patch(
-                |State(s): State<Shared>,
-                 Path((_ns, name)): Path<(String, String)>,
-                 headers: HeaderMap,
-                 body: Bytes| patch_status(s, name, headers, body),
-            ),
-        )
-        .fallback(|| async {
-            error_response(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )
-        })
+        .fallback(handle)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             record_access,
@@ -742,6 +1006,16 @@ fn serve_thread(
 
 impl FakeApi {
     pub fn start() -> FakeApi {
+        Self::start_with(Rbac::Upstreams)
+    }
+
+    /// A fake whose requests are checked against the Gateway API mode's
+    /// RBAC (`manifests/gateway-api/20-rbac.yaml`) when it is dropped.
+    pub fn start_gateway() -> FakeApi {
+        Self::start_with(Rbac::GatewayApi)
+    }
+
+    fn start_with(rbac: Rbac) -> FakeApi {
         let (changes, _) = broadcast::channel(4096);
         let (drop_watches, _) = broadcast::channel(16);
         let shared = Shared {
@@ -759,6 +1033,7 @@ impl FakeApi {
             shared,
             stop: Some(stop),
             thread: Some(thread),
+            rbac,
         }
     }
 
@@ -814,6 +1089,17 @@ impl FakeApi {
         self.shared.inner.lock().unwrap().reject_status_apply = reject;
     }
 
+    /// Answer every request for `group` with 404, as an API server does
+    /// while the group's CRDs are not installed (`false`: serve it again).
+    pub fn hide_group(&self, group: &str, hidden: bool) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        if hidden {
+            inner.hidden_groups.insert(group.to_owned());
+        } else {
+            inner.hidden_groups.remove(group);
+        }
+    }
+
     /// Upstream creates wait this long before they are stored and answered.
     pub fn set_create_delay(&self, delay: Duration) {
         self.shared.inner.lock().unwrap().create_delay = delay;
@@ -825,19 +1111,90 @@ impl FakeApi {
     }
 
     pub fn put_slice(&self, slice: Value) {
-        let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
-        let exists = self.shared.object(Kind::Slice, &name).is_some();
-        self.shared.commit(
-            Kind::Slice,
-            if exists { "MODIFIED" } else { "ADDED" },
-            slice,
-        );
+        self.put(Kind::Slice, slice);
     }
 
     pub fn delete_slice(&self, name: &str) {
         if let Some(obj) = self.shared.object(Kind::Slice, name) {
             self.shared.commit(Kind::Slice, "DELETED", obj);
         }
+    }
+
+    /// Creates or replaces an object of `kind` (its namespace from its
+    /// metadata, default [`NS`]): a changed spec bumps the generation; the
+    /// status the server has is kept unless the object brings one.
+    pub fn put(&self, kind: Kind, mut obj: Value) -> Value {
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(NS)
+            .to_owned();
+        let old = self.shared.object_in(kind, &ns, &name);
+        let type_ = match &old {
+            Some(o) => {
+                let labels = obj["metadata"]["labels"].clone();
+                let annotations = obj["metadata"]["annotations"].clone();
+                obj["metadata"] = o["metadata"].clone();
+                obj["metadata"]["labels"] = labels;
+                obj["metadata"]["annotations"] = annotations;
+                let spec_changed = o["spec"] != obj["spec"];
+                let generation = o["metadata"]["generation"].as_i64().unwrap_or(1);
+                obj["metadata"]["generation"] = json!(if spec_changed {
+                    generation + 1
+                } else {
+                    generation
+                });
+                if obj["status"].is_null() && !o["status"].is_null() {
+                    obj["status"] = o["status"].clone();
+                }
+                "MODIFIED"
+            }
+            None => {
+                obj["metadata"]["generation"] = json!(1);
+                "ADDED"
+            }
+        };
+        self.shared.commit(kind, type_, obj)
+    }
+
+    /// Puts every object of a multi-document YAML stream (kinds by their
+    /// `apiVersion`/`kind`).
+    pub fn put_yaml(&self, yaml: &str) {
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v: Value =
+                serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            let kind = Kind::of(&v).unwrap_or_else(|| panic!("a kind the fake serves: {v}"));
+            self.put(kind, v);
+        }
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, kind: Kind, ns: &str, name: &str) {
+        if let Some(obj) = self.shared.object_in(kind, ns, name) {
+            self.shared.commit(kind, "DELETED", obj);
+        }
+    }
+
+    /// An object as stored (`ns` ignored for cluster-scoped kinds).
+    pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        self.shared.object_in(kind, ns, name)
+    }
+
+    /// Every accepted status write of an object (`namespace/name`; a
+    /// cluster-scoped object: `/name`).
+    pub fn status_log(&self, kind: Kind, key: &str) -> Vec<Value> {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .status_log
+            .iter()
+            .filter(|(k, n, _)| *k == kind && n == key)
+            .map(|(_, _, v)| v.clone())
+            .collect()
     }
 
     /// Creates or replaces an Upstream (bumping its generation).
@@ -915,6 +1272,12 @@ impl FakeApi {
         self.shared.inner.lock().unwrap().served.clone()
     }
 
+    /// Every kind of request served so far, with the namespace it was made
+    /// in (`None`: cluster-wide).
+    pub fn served_in(&self) -> BTreeSet<(Access, Option<String>)> {
+        self.shared.inner.lock().unwrap().served_in.clone()
+    }
+
     /// A kubeconfig pointing at this server, namespace `roundhouse`.
     pub fn kubeconfig(&self) -> String {
         format!(
@@ -936,21 +1299,68 @@ impl FakeApi {
     }
 }
 
+/// What the Gateway API mode's RBAC grants: (ClusterRole grants, Role
+/// grants in [`NS`]).
+pub fn gateway_grants() -> (BTreeSet<Access>, BTreeSet<Access>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/gateway-api/20-rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut cluster = BTreeSet::new();
+    let mut namespaced = BTreeSet::new();
+    for role in roles_in(&text) {
+        if role["kind"] == "ClusterRole" {
+            cluster.extend(granted_by_role(&role));
+        } else {
+            assert_eq!(
+                role["metadata"]["namespace"], NS,
+                "{path}: the Role's namespace"
+            );
+            namespaced.extend(granted_by_role(&role));
+        }
+    }
+    (cluster, namespaced)
+}
+
+/// The requests in `served` that `rbac` does not grant.
+pub fn not_granted(rbac: Rbac, served: &BTreeSet<(Access, Option<String>)>) -> Vec<String> {
+    match rbac {
+        Rbac::Upstreams => {
+            let granted = manifest_grants();
+            served
+                .iter()
+                .filter(|(a, _)| !granted.contains(a))
+                .map(|(a, _)| a.to_string())
+                .collect()
+        }
+        Rbac::GatewayApi => {
+            let (cluster, namespaced) = gateway_grants();
+            served
+                .iter()
+                .filter(|(a, ns)| {
+                    !(cluster.contains(a) || (ns.as_deref() == Some(NS) && namespaced.contains(a)))
+                })
+                .map(|(a, ns)| match ns {
+                    Some(ns) => format!("{a} in {ns}"),
+                    None => format!("{a} cluster-wide"),
+                })
+                .collect()
+        }
+    }
+}
+
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.kill();
         // Every scenario is an RBAC check: the code called nothing that the
-        // Role does not grant.
+        // RBAC of its mode does not grant.
         if !thread::panicking() {
-            let granted = manifest_grants();
-            let missing: Vec<String> = self
-                .served()
-                .difference(&granted)
-                .map(ToString::to_string)
-                .collect();
+            let missing = not_granted(self.rbac, &self.served_in());
             assert!(
                 missing.is_empty(),
-                "the lb made API calls that manifests/10-rbac.yaml does not grant: {missing:?}"
+                "the lb made API calls that its RBAC ({:?}) does not grant: {missing:?}",
+                self.rbac
             );
         }
     }

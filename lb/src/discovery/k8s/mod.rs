@@ -38,6 +38,8 @@ pub mod backoff;
 pub mod conditions;
 pub mod conflicts;
 pub mod endpoints;
+pub mod gateway;
+pub mod gateway_api;
 pub mod index;
 pub mod secrets;
 pub mod status;
