@@ -13,8 +13,8 @@
 # as 65532:65532 with a read-only root filesystem; 8 tear-down.
 #
 # Prints PASS/FAIL per step and, as the last line, "<n> passed, <m> failed".
-# Without a reachable Docker engine it prints "SKIP: no Docker engine" and
-# exits 0.
+# Without a reachable Docker engine it prints "SKIP: no Docker engine ..." and
+# exits 77 (a skip for scripts/test-all.sh, allowed there outside CI only).
 #
 # Environment:
 #   LB_PORT         host port for the LB (default: a free port)
@@ -57,9 +57,13 @@ less_than() { # less_than A B: A < B for decimals
 }
 
 # --- no engine: skip --------------------------------------------------------
-if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
-    echo "SKIP: no Docker engine"
-    exit 0
+if ! command -v docker >/dev/null 2>&1; then
+    echo "SKIP: no Docker engine (the docker client is not installed)"
+    exit 77
+fi
+if ! docker info >/dev/null 2>&1; then
+    echo "SKIP: no Docker engine answers (docker info failed)"
+    exit 77
 fi
 
 if docker compose version >/dev/null 2>&1; then
