@@ -40,7 +40,7 @@ use axum::routing::{get, patch};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// The namespace the fake serves.
 pub const NS: &str = "roundhouse";
@@ -255,8 +255,8 @@ struct Inner {
     faults: HashMap<String, (Fault, Option<usize>)>,
     /// Answer 415 to server-side apply on the status subresource.
     reject_status_apply: bool,
-    /// Delay before answering an Upstream create.
-    create_delay: Duration,
+    /// Upstream creates that had to wait for [`FakeApi::release_creates`].
+    held_creates: usize,
     /// The Upstream schema used for pruning (`openAPIV3Schema`).
     upstream_schema: Value,
     /// Upstreams created through the API (POST).
@@ -275,6 +275,8 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     drop_watches: broadcast::Sender<()>,
     bookmark_every: Duration,
+    /// Whether Upstream creates are answered (false: they wait).
+    creates_open: Arc<watch::Sender<bool>>,
 }
 
 pub struct FakeApi {
@@ -558,8 +560,11 @@ async fn create_upstream(s: Shared, body: Bytes) -> Response {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let delay = s.inner.lock().unwrap().create_delay;
-    tokio::time::sleep(delay).await;
+    let mut open = s.creates_open.subscribe();
+    if !*open.borrow_and_update() {
+        s.inner.lock().unwrap().held_creates += 1;
+        let _ = open.wait_for(|open| *open).await;
+    }
     if s.object(Kind::Upstream, &name).is_some() {
         return error_response(409, "AlreadyExists", "already exists");
     }
@@ -752,6 +757,7 @@ impl FakeApi {
             changes,
             drop_watches,
             bookmark_every: Duration::from_millis(200),
+            creates_open: Arc::new(watch::channel(true).0),
         };
         let (addr, stop, thread) = serve_thread("127.0.0.1:0".parse().unwrap(), shared.clone());
         FakeApi {
@@ -814,9 +820,21 @@ impl FakeApi {
         self.shared.inner.lock().unwrap().reject_status_apply = reject;
     }
 
-    /// Upstream creates wait this long before they are stored and answered.
-    pub fn set_create_delay(&self, delay: Duration) {
-        self.shared.inner.lock().unwrap().create_delay = delay;
+    /// From now on, Upstream creates wait, unanswered and not stored,
+    /// until [`FakeApi::release_creates`].
+    pub fn hold_creates(&self) {
+        self.shared.creates_open.send_replace(false);
+    }
+
+    /// Answers the held Upstream creates and every later one.
+    pub fn release_creates(&self) {
+        self.shared.creates_open.send_replace(true);
+    }
+
+    /// How many Upstream creates have had to wait (see
+    /// [`FakeApi::hold_creates`]).
+    pub fn held_creates(&self) -> usize {
+        self.shared.inner.lock().unwrap().held_creates
     }
 
     /// The schema Upstreams are pruned against (default: [`crd_schema`]).
