@@ -52,7 +52,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::LocalSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use attempt::{FailureKind, is_idempotent, may_retry};
 
@@ -484,6 +484,10 @@ fn accept_failed(shared: &Shared, warn_limit: &mut Throttle, e: &io::Error) {
     let reason = accept_error_reason(e);
     shared.metrics.accept_error(reason);
     let Some(skipped) = warn_limit.hit(Instant::now()) else {
+        debug!(
+            reason,
+            "accept failed again (warned at most once per period); backing off 50 ms"
+        );
         return;
     };
     if reason == "fd_limit" {

@@ -46,7 +46,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// The namespace the fake serves.
 pub const NS: &str = "roundhouse";
@@ -335,8 +335,8 @@ struct Inner {
     faults: HashMap<String, (Fault, Option<usize>)>,
     /// Answer 415 to server-side apply on the status subresource.
     reject_status_apply: bool,
-    /// Delay before answering an Upstream create.
-    create_delay: Duration,
+    /// Upstream creates that had to wait for [`FakeApi::release_creates`].
+    held_creates: usize,
     /// The Upstream schema used for pruning (`openAPIV3Schema`).
     upstream_schema: Value,
     /// Upstreams created through the API (POST).
@@ -361,6 +361,8 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     drop_watches: broadcast::Sender<()>,
     bookmark_every: Duration,
+    /// Whether Upstream creates are answered (false: they wait).
+    creates_open: Arc<watch::Sender<bool>>,
 }
 
 /// Which RBAC a scenario's requests are checked against when the fake is
@@ -704,8 +706,11 @@ async fn create(s: Shared, kind: Kind, ns: Option<String>, body: Bytes) -> Respo
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let delay = s.inner.lock().unwrap().create_delay;
-    tokio::time::sleep(delay).await;
+    let mut open = s.creates_open.subscribe();
+    if !*open.borrow_and_update() {
+        s.inner.lock().unwrap().held_creates += 1;
+        let _ = open.wait_for(|open| *open).await;
+    }
     let ns = ns.unwrap_or_default();
     if s.object_in(kind, &ns, &name).is_some() {
         return error_response(409, "AlreadyExists", "already exists");
@@ -1026,6 +1031,7 @@ impl FakeApi {
             changes,
             drop_watches,
             bookmark_every: Duration::from_millis(200),
+            creates_open: Arc::new(watch::channel(true).0),
         };
         let (addr, stop, thread) = serve_thread("127.0.0.1:0".parse().unwrap(), shared.clone());
         FakeApi {
@@ -1100,9 +1106,21 @@ impl FakeApi {
         }
     }
 
-    /// Upstream creates wait this long before they are stored and answered.
-    pub fn set_create_delay(&self, delay: Duration) {
-        self.shared.inner.lock().unwrap().create_delay = delay;
+    /// From now on, Upstream creates wait, unanswered and not stored,
+    /// until [`FakeApi::release_creates`].
+    pub fn hold_creates(&self) {
+        self.shared.creates_open.send_replace(false);
+    }
+
+    /// Answers the held Upstream creates and every later one.
+    pub fn release_creates(&self) {
+        self.shared.creates_open.send_replace(true);
+    }
+
+    /// How many Upstream creates have had to wait (see
+    /// [`FakeApi::hold_creates`]).
+    pub fn held_creates(&self) -> usize {
+        self.shared.inner.lock().unwrap().held_creates
     }
 
     /// The schema Upstreams are pruned against (default: [`crd_schema`]).
