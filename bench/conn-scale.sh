@@ -55,8 +55,9 @@
 #                before the baseline reading, so that fixed memory that fills
 #                on first use is not counted per connection (default 200;
 #                0: a cold baseline, as before 2026-12-04)
-#   LB_ARGS      extra `lb serve` flags (default "--idle-park-after 1s", as
-#                measured in docs/benchmarks.md; "" for the lb's defaults)
+#   LB_ARGS      extra `lb serve` flags (default none: the lb's defaults,
+#                which park idle connections after 1 s; "--idle-park-after 0"
+#                compares without parking)
 #   LB_BIN, BACKEND_BIN  binaries (default: target/release/lb, backend)
 #   NGINX_BIN    nginx binary (default: nginx on PATH or /usr/sbin/nginx)
 # Usage: bench/conn-scale.sh > report.md   (progress on stderr)
@@ -78,7 +79,7 @@ warmup=${WARMUP:-2}
 settle=${SETTLE:-3}
 warm_conns=${WARM_CONNS:-200}
 method=${METHOD:-gradual}
-read -r -a lb_args <<<"${LB_ARGS---idle-park-after 1s}"
+read -r -a lb_args <<<"${LB_ARGS:-}"
 tdir=${CARGO_TARGET_DIR:-$root/target}
 lb_bin=${LB_BIN:-$tdir/release/lb}
 backend_bin=${BACKEND_BIN:-$tdir/release/backend}
