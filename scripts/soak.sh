@@ -330,7 +330,7 @@ wait "$WRK_PID" || true
 kill "$CHURN_PID" 2>/dev/null || true
 # The held connections: still all open (the holder counts a connection that
 # went away as a failed request), then closed.
-idle_requests=0 idle_failed=0 idle_kinds='' HOLDER_ALIVE=yes idle_open=0
+idle_requests=0 idle_failed=0 idle_kinds='' idle_lag='' HOLDER_ALIVE=yes idle_open=0
 if [[ -n "$HOLDER_PID" ]]; then
   kill -0 "$HOLDER_PID" 2>/dev/null || HOLDER_ALIVE=no
   # Its connections to the LB that are still established, counted by the
@@ -341,6 +341,7 @@ if [[ -n "$HOLDER_PID" ]]; then
   wait "$HOLDER_PID" 2>/dev/null || true
   read -r _ idle_requests _ idle_failed < <(sed -n 2p "$WORK/holder.out") || true
   ((${idle_failed:-0} == 0)) || idle_kinds=$(sed -n '3s/^failures //p' "$WORK/holder.out")
+  idle_lag=$(sed -n '4s/^longest idle before a request //p' "$WORK/holder.out")
   idle_requests=${idle_requests:-0} idle_failed=${idle_failed:-0}
 fi
 # Let the LB settle: client keep-alive connections close at the header-read
@@ -422,7 +423,7 @@ report=$(
 | ejections (/metrics) | ${ejections} |
 | slow readers (curl --limit-rate 1k) ok / failed | ${slow_ok} / ${slow_fail} |
 | header tricklers cut off / after (s, shortest–longest; timeout ${HEADER_TIMEOUT} s, limit +${TRICKLE_SLACK} s) | ${trickles} / ${trickle_min}–${trickle_max} |
-| idle keep-alive connections held (SOAK_IDLE): open at the end / requests on them / failed | ${IDLE}: ${idle_open} / ${idle_requests} / ${idle_failed} (one each every ${IDLE_EVERY} s${idle_kinds:+; failures: ${idle_kinds}}) |
+| idle keep-alive connections held (SOAK_IDLE): open at the end / requests on them / failed | ${IDLE}: ${idle_open} / ${idle_requests} / ${idle_failed} (one each every ${IDLE_EVERY} s${idle_lag:+, longest idle before one ${idle_lag}}${idle_kinds:+; failures: ${idle_kinds}}) |
 | LB RSS before load | ${RSS_BEFORE_LOAD} KiB |
 | LB RSS after ${WARMUP} s warm-up → end of load (medians of ${WINDOW} s windows; max) | ${RSS_START} → ${RSS_END} KiB (${rss_growth} %, max ${RSS_MAX} KiB) |
 | LB RSS slope over the second half of the run | ${RSS_SLOPE} KiB/s |

@@ -288,9 +288,8 @@ pub struct ProxyArgs {
 
     /// A plain HTTP/1.1 client connection idle this long leaves its task and
     /// is parked in the worker's table (about 0.1 KB instead of 0.9 KB). It
-    /// is still closed at the header-read timeout. 0 (the default for now:
-    /// see docs/soak.md) turns it off.
-    #[arg(long, env = "LB_IDLE_PARK_AFTER", default_value = "0s", value_parser = duration)]
+    /// is still closed at the header-read timeout. 0 turns it off.
+    #[arg(long, env = "LB_IDLE_PARK_AFTER", default_value = "1s", value_parser = duration)]
     pub idle_park_after: Duration,
 
     /// How often freed heap pages are given back to the system
@@ -705,7 +704,7 @@ mod tests {
         assert_eq!(policy, Policy::default());
         assert_eq!(proxy.upstream_idle_timeout, Duration::from_secs(4));
         assert_eq!(proxy.trim_memory_every, Duration::from_secs(1));
-        assert_eq!(proxy.idle_park_after, Duration::ZERO);
+        assert_eq!(proxy.idle_park_after, Duration::from_secs(1));
         assert_eq!(s.static_source().unwrap().targets.len(), 1);
     }
 
