@@ -47,12 +47,17 @@
 #   REAP_TIMEOUT idle timeout of the reap phase, seconds (default 5)
 #   SETTLE       seconds between "all N held" and the idle phase's RSS reading
 #                (default 3)
-#   WARM_CONNS   idle phase: connections opened (as the N are) and closed
+#   METHOD       idle phase: gradual (default; the holder opens at most 100
+#                at a time, from a warm baseline) or burst (a fresh proxy,
+#                cold baseline: all N connected, then every request written
+#                at once, so N are in flight together)
+#   WARM_CONNS   idle phase (gradual): connections opened (as the N are) and closed
 #                before the baseline reading, so that fixed memory that fills
 #                on first use is not counted per connection (default 200;
 #                0: a cold baseline, as before 2026-12-04)
-#   LB_ARGS      extra `lb serve` flags (default "--idle-park-after 1s", as
-#                measured in docs/benchmarks.md; "" for the lb's defaults)
+#   LB_ARGS      extra `lb serve` flags (default none: the lb's defaults,
+#                which park idle connections after 1 s; "--idle-park-after 0"
+#                compares without parking)
 #   LB_BIN, BACKEND_BIN  binaries (default: target/release/lb, backend)
 #   NGINX_BIN    nginx binary (default: nginx on PATH or /usr/sbin/nginx)
 # Usage: bench/conn-scale.sh > report.md   (progress on stderr)
@@ -73,7 +78,8 @@ reap_timeout=${REAP_TIMEOUT:-5}
 warmup=${WARMUP:-2}
 settle=${SETTLE:-3}
 warm_conns=${WARM_CONNS:-200}
-read -r -a lb_args <<<"${LB_ARGS---idle-park-after 1s}"
+method=${METHOD:-gradual}
+read -r -a lb_args <<<"${LB_ARGS:-}"
 tdir=${CARGO_TARGET_DIR:-$root/target}
 lb_bin=${LB_BIN:-$tdir/release/lb}
 backend_bin=${BACKEND_BIN:-$tdir/release/backend}
@@ -86,6 +92,7 @@ for v in rounds workers sources hold_timeout idle active duration reap_timeout w
 done
 [[ $warm_conns =~ ^[0-9]+$ ]] || die "WARM_CONNS must be a non-negative integer, got '$warm_conns'"
 for n in $counts; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "COUNTS must be positive integers, got '$n'"; done
+[[ $method =~ ^(gradual|burst)$ ]] || die "METHOD must be gradual or burst, got '$method'"
 for ph in $phases; do [[ $ph =~ ^(idle|load|active|close|reap)$ ]] || die "unknown phase '$ph' in PHASES"; done
 has_phase() { [[ " $phases " == *" $1 "* ]]; }
 for x in "$lb_bin" "$backend_bin" "$nginx_bin"; do [[ -x $x ]] || die "not executable: $x"; done
@@ -180,10 +187,11 @@ release() { # lets the holder close its connections and waits for it
 results=$work/results.tsv
 : >"$results"
 measure() { # target n round
-    local t=$1 n=$2 r=$3 ps before after
+    local t=$1 n=$2 r=$3 ps before after left holder_args=()
     start_proxy "$t" "$n"
     mapfile -t ps < <(proxy_pids "$t")
-    if ((warm_conns > 0)); then
+    [[ $method == burst ]] && holder_args=(--burst)
+    if [[ $method == gradual ]] && ((warm_conns > 0)); then
         # A warm proxy: the same way of opening connections once, closed
         # again, so that what fills once and stays (nginx's connection
         # arrays are preallocated; the lb's bounded free lists and upstream
@@ -194,7 +202,7 @@ measure() { # target n round
         sleep "$settle"
     fi
     before=$(mem_of "${ps[@]}")
-    hold "$t" "$n" "idle-$t-$n-$r"
+    hold "$t" "$n" "idle-$t-$n-$r" "${holder_args[@]}"
     sleep "$settle"
     if [[ $t == lb ]]; then
         local parked
@@ -204,13 +212,16 @@ measure() { # target n round
     fi
     after=$(mem_of "${ps[@]}")
     release
+    sleep "$settle"
+    left=$(mem_of "${ps[@]}")
     stop "$proxy_pid"
-    read -r rb pb <<<"$before"; read -r ra pa <<<"$after"
-    local kb pkb
+    read -r rb pb <<<"$before"; read -r ra pa <<<"$after"; read -r rl _ <<<"$left"
+    local kb pkb lmb
     kb=$(awk -v a="$ra" -v b="$rb" -v n="$n" 'BEGIN { printf "%.2f", (a - b) / n }')
     pkb=$(awk -v a="$pa" -v b="$pb" -v n="$n" 'BEGIN { printf "%.2f", (a - b) / n }')
-    printf 'idle\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$n" "$r" "$rb" "$ra" "$kb" "$pkb" >>"$results"
-    note "$(printf '%-5s N=%-6s round %s: RSS %s -> %s kB = %s KB/conn (Pss %s KB/conn)' "$t" "$n" "$r" "$rb" "$ra" "$kb" "$pkb")"
+    lmb=$(awk -v l="$rl" -v b="$rb" 'BEGIN { printf "%.2f", (l - b) / 1024 }')
+    printf 'idle\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$n" "$r" "$rb" "$ra" "$kb" "$pkb" "$lmb" >>"$results"
+    note "$(printf '%-5s N=%-6s round %s: RSS %s -> %s kB = %s KB/conn (Pss %s KB/conn); %s MiB over the baseline %s s after they left' "$t" "$n" "$r" "$rb" "$ra" "$kb" "$pkb" "$lmb" "$settle")"
 }
 
 
@@ -323,12 +334,14 @@ if has_phase idle; then
     echo
     echo "### Idle keep-alive client connections: memory per connection"
     echo
-    echo "| N | lb KB/conn (RSS) | nginx KB/conn (RSS) | lb KB/conn (Pss) | nginx KB/conn (Pss) | lb / nginx (RSS) |"
-    echo "|---|---|---|---|---|---|"
+    echo "Method: $method ($([[ $method == burst ]] && echo "a fresh proxy, all N connected, then every request written at once" || echo "at most 100 opening at a time, from a baseline after $warm_conns were opened and closed")); RSS read $settle s after all N were held, and again $settle s after they left."
+    echo
+    echo "| N | lb KB/conn (RSS) | nginx KB/conn (RSS) | lb KB/conn (Pss) | nginx KB/conn (Pss) | lb / nginx (RSS) | lb MiB over baseline after they left | nginx MiB |"
+    echo "|---|---|---|---|---|---|---|---|"
     for n in $counts; do
-        if grep -q "^skip	$n$" "$results"; then echo "| $n | skipped: fd limit $fd_limit | | | | |"; continue; fi
+        if grep -q "^skip	$n$" "$results"; then echo "| $n | skipped: fd limit $fd_limit | | | | | | |"; continue; fi
         l=$(med idle lb 7 3 "$n"); g=$(med idle nginx 7 3 "$n")
-        echo "| $n | $l | $g | $(med idle lb 8 3 "$n") | $(med idle nginx 8 3 "$n") | $(ratio "$l" "$g") |"
+        echo "| $n | $l | $g | $(med idle lb 8 3 "$n") | $(med idle nginx 8 3 "$n") | $(ratio "$l" "$g") | $(med idle lb 9 3 "$n") | $(med idle nginx 9 3 "$n") |"
     done
 fi
 if has_phase load || has_phase active || has_phase close; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/discovery.sh — benchmarks of the Kubernetes discovery source, against
 # the in-process fake Kubernetes API server of the integration tests
-# (lb/tests/common/fake_api.rs). The benchmarks are #[ignore]d tests in
-# lb/tests/bench_discovery.rs; this runs them in release mode, one at a time,
+# (lb/tests/common/fake_api.rs). The benchmarks are the bench target
+# lb/benches/discovery.rs; this runs them (release profile, one at a time)
 # and prints their Markdown results on stdout (progress and cargo on stderr).
 #
 #   1. propagation: EndpointSlice change written to the fake API -> first
@@ -12,13 +12,15 @@
 #      1,000 endpoints, one slice change per second: RSS and CPU from /proc/PID;
 #      then request-level propagation through that binary at that scale;
 #   3. hot_path: wrk through the real binary, 1 Upstream vs 100 Upstreams
-#      (99 that never match the requests), alternating rounds, medians.
+#      (99 that never match the requests), alternating rounds, medians;
+#   4. reconnect: the fake API server down for OUTAGE_SECONDS and back: first
+#      change after the restart -> first request answered by the new backend.
 #
 # Everything runs on 127.0.0.x; every wait is bounded; the LB processes are
-# children of the test process and are killed when each test ends.
+# children of the benchmark process and are killed when each benchmark ends.
 #
-# Environment (passed through to the tests):
-#   ONLY           run only this test: propagation, scale or hot_path
+# Environment (passed through to the benchmarks):
+#   ONLY           run only this benchmark: propagation, scale, hot_path, reconnect or gateway
 #   CHANGES        changes in (1) (default 100);  GAP_MS  pause between changes (50)
 #   SCALE_SECONDS  length of the 1-change-per-second window in (2) (default 60)
 #   SCALE_PROBE_CHANGES  request-level changes through the binary in (2) (50)
@@ -40,8 +42,8 @@ die() {
 
 only=${ONLY:-}
 case $only in
-'' | propagation | scale | hot_path) ;;
-*) die "ONLY must be propagation, scale or hot_path, got '$only'" ;;
+'' | propagation | scale | hot_path | reconnect | gateway) ;;
+*) die "ONLY must be propagation, scale, hot_path, reconnect or gateway, got '$only'" ;;
 esac
 for v in CHANGES GAP_MS SCALE_SECONDS SCALE_PROBE_CHANGES ROUNDS DURATION CONNECTIONS THREADS WARMUP WORKERS; do
     val=${!v:-}
@@ -74,15 +76,14 @@ trap 'rm -f "$report"' EXIT
         "$( (wrk --version 2>&1 || true) | head -n1)"
 } >"$report"
 
-# The test binary: release profile, like the product (fat LTO: slow to link).
+# The benchmark binary: release profile, like the product (fat LTO: slow to link).
 cd "$root"
-timeout 3000 cargo test --release -p lb --test bench_discovery --no-run >&2 ||
+timeout 3000 cargo bench -p lb --bench discovery --no-run >&2 ||
     die "cargo build of the benchmarks failed"
 
 export BENCH_REPORT=$report
-# Whole run: about 10 s (1) + 90 s (2) + 70 s (3) with the defaults.
-timeout 1800 cargo test --release -p lb --test bench_discovery -- \
-    --ignored --nocapture --test-threads 1 ${only:+--exact "$only"} >&2 ||
+# Whole run: about 10 s (1) + 90 s (2) + 70 s (3) + 60 s (4) with the defaults.
+timeout 1800 cargo bench -p lb --bench discovery -- ${only:+"$only"} >&2 ||
     die "the benchmarks failed (see above)"
 
 cat "$report"

@@ -11,7 +11,9 @@
 # The same for --grpc (one gRPC channel straight to one backend, which speaks
 # h2c and gRPC on its port), plus grpcio or Python missing and a LB_URL that
 # is not a bare server; the cases that need grpcio are skipped, and said so,
-# when the Python in use has none (scripts/ci/install.sh installs it).
+# when the Python in use has none (scripts/ci/install.sh installs it): then
+# the script exits 77 (a skip, which fails scripts/test-all.sh) unless a case
+# failed (exit 1).
 # --admin / ADMIN_URL: the admin-page line after the verdict, against a
 # stand-in page (python3 -m http.server), a closed port and a backend (404).
 #
@@ -316,7 +318,8 @@ if "${GRPC_PYTHON:-python3}" -c 'import grpc' 2>/dev/null; then
     verdict "--grpc at an unreachable URL exits 1 naming the URL and how to start the LB"
 else
     skipped=3
-    echo "skip 3 --grpc cases that need grpcio: ${GRPC_PYTHON:-python3} cannot import grpc (python3 -m pip install grpcio)"
+    skip_reason="3 --grpc cases need grpcio: ${GRPC_PYTHON:-python3} cannot import grpc (python3 -m pip install grpcio)"
+    echo "skip $skip_reason"
 fi
 
 # --- --admin: the admin page's line after the verdict ----------------------------------
@@ -370,4 +373,8 @@ expect_no_err_text "admin page"
 verdict "without --admin or ADMIN_URL there is no admin-page line"
 
 echo "$passed passed, $failed failed, $skipped skipped"
-((failed == 0))
+((failed == 0)) || exit 1
+if ((skipped)); then
+    echo "SKIP: $skip_reason"
+    exit 77
+fi

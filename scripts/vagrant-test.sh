@@ -49,17 +49,17 @@ passed=0
 failed=0
 pass() { passed=$((passed + 1)); printf 'PASS: %s\n' "$*"; }
 fail() { failed=$((failed + 1)); printf 'FAIL: %s\n' "$*"; }
-check() { # check DESCRIPTION COMMAND...
+check() { # check DESCRIPTION COMMAND...: PASS, or FAIL and return 1 (so `check ... || show LOG` shows it)
     local d=$1
     shift
-    if "$@"; then pass "$d"; else fail "$d"; fi
+    if "$@"; then pass "$d"; else fail "$d"; return 1; fi
 }
 show() { sed 's/^/      | /' "$@" | tail -n "${SHOW_LINES:-25}"; }
 
-for tool in vagrant docker; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "FAIL: $tool is not installed"; echo "0 passed, 1 failed"; exit 1; }
-done
-docker info >/dev/null 2>&1 || { echo "FAIL: no Docker engine answers"; echo "0 passed, 1 failed"; exit 1; }
+# Without an engine nothing here can run: a skip (exit 77) for test-all.sh.
+command -v docker >/dev/null 2>&1 || { echo "SKIP: no Docker engine (the docker client is not installed)"; exit 77; }
+docker info >/dev/null 2>&1 || { echo "SKIP: no Docker engine answers (docker info failed)"; exit 77; }
+command -v vagrant >/dev/null 2>&1 || { echo "FAIL: vagrant is not installed (scripts/ci/install.sh)"; echo "0 passed, 1 failed"; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vagrant-test.XXXXXX")
 run_id="rhvt$$"

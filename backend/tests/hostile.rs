@@ -130,16 +130,18 @@ fn req(s: &str) -> Vec<u8> {
 }
 
 /// Each case: the exact statuses answered (empty = closed without a
-/// response), then the connection must be closed promptly.
+/// response), then the connection must be closed by the backend. (`closed`
+/// means closed before the read timeout, IO_TIMEOUT: the backend has no
+/// timer of its own shorter than that which could close it instead, so no
+/// wall-clock bound is needed on top.)
 fn check(b: &mut Backend, cases: &[(&str, Vec<u8>, &[u16])]) {
     for (name, request, expected) in cases {
         let t = Instant::now();
         let r = exchange(b.addr, request);
         assert_eq!(r.statuses(), *expected, "{name}: {r:?}");
-        assert!(r.closed, "{name}: connection left open: {r:?}");
         assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "{name}: took {:?}",
+            r.closed,
+            "{name}: connection left open after {:?}: {r:?}",
             t.elapsed()
         );
         b.assert_healthy(name);
@@ -371,7 +373,6 @@ fn grpc_message_announcing_4_gib_is_refused() {
         .enable_all()
         .build()
         .unwrap();
-    let t = Instant::now();
     let (status, grpc_status) = rt.block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -410,11 +411,9 @@ fn grpc_message_announcing_4_gib_is_refused() {
     assert_eq!(status, 200, "gRPC errors travel as HTTP 200");
     // OUT_OF_RANGE: tonic's answer to a message above its 4 MiB decoding
     // limit, given from the frame header alone.
+    // (The request body ends after these 8 bytes, so nothing can wait for
+    // the 4 GiB: the two IO_TIMEOUT guards above are hang guards only, and
+    // OUT_OF_RANGE is what shows the header alone was judged.)
     assert_eq!(grpc_status.as_deref(), Some("11"));
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
     b.assert_healthy("a gRPC frame announcing 4 GiB");
 }

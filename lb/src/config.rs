@@ -12,9 +12,12 @@ use http::HeaderValue;
 
 use crate::discovery::certs::CertFiles;
 use crate::discovery::file::{self, FileError, parse_duration};
+use crate::discovery::k8s::gateway::GatewayConfig;
 use crate::discovery::k8s::ingress::IngressConfig;
 use crate::discovery::static_dns::TargetError;
-use crate::discovery::{DefaultUpstream, IngressSource, Protocol, Source, StaticSource};
+use crate::discovery::{
+    DefaultUpstream, GatewaySource, IngressSource, Protocol, Source, StaticSource,
+};
 use crate::proxy::{ProxyConfig, access_log};
 use crate::selection::Policy;
 
@@ -148,6 +151,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub ingress: IngressArgs,
 
+    /// Gateway API mode.
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+
     /// After SIGTERM, keep accepting (while /readyz reports 503) for this
     /// long before draining, so load balancers in front can react.
     #[arg(long, env = "LB_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
@@ -223,6 +230,105 @@ fn nginx_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with k, m or g)"))
 }
 
+/// Gateway API mode (`--gateway-api`): the LB programs Gateways of the
+/// GatewayClasses that name `roundhouse.dev/gateway-controller` and routes
+/// by their HTTPRoutes and GRPCRoutes instead of Upstream objects
+/// (docs/gateway-api.md).
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Route by Gateway API objects (cluster-wide watches; needs the
+    /// Gateway API CRDs and the ClusterRole of manifests/gateway-api/).
+    #[arg(long, env = "LB_GATEWAY_API", requires = "kubernetes")]
+    pub gateway_api: bool,
+
+    /// Serve only these GatewayClasses (repeatable; default: every class
+    /// naming roundhouse.dev/gateway-controller).
+    #[arg(
+        long = "gateway-class",
+        env = "LB_GATEWAY_CLASSES",
+        value_delimiter = ',',
+        value_name = "NAME",
+        requires = "gateway_api"
+    )]
+    pub gateway_classes: Vec<String>,
+
+    /// Program only these Gateways (repeatable; default: all of the
+    /// classes). One LB per Gateway isolates Gateways that use the same
+    /// port and hostname.
+    #[arg(
+        long = "gateway",
+        env = "LB_GATEWAYS",
+        value_delimiter = ',',
+        value_name = "NAMESPACE/NAME",
+        requires = "gateway_api"
+    )]
+    pub gateway_names: Vec<String>,
+
+    /// Program only the Gateways of these namespaces (repeatable).
+    #[arg(
+        long = "gateway-namespace",
+        env = "LB_GATEWAY_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NAMESPACE",
+        requires = "gateway_api"
+    )]
+    pub gateway_namespaces: Vec<String>,
+
+    /// The Gateway listener port that the plain listener (--listen) serves.
+    #[arg(long, env = "LB_GATEWAY_HTTP_PORT", default_value = "80")]
+    pub gateway_http_port: u16,
+
+    /// The Gateway listener port that the TLS listener (--tls-listen) serves.
+    #[arg(long, env = "LB_GATEWAY_HTTPS_PORT", default_value = "443")]
+    pub gateway_https_port: u16,
+
+    /// An address of the LB written to the Gateways' status (repeatable).
+    #[arg(
+        long = "gateway-address",
+        env = "LB_GATEWAY_ADDRESSES",
+        value_delimiter = ',',
+        value_name = "IP|HOSTNAME",
+        requires = "gateway_api"
+    )]
+    pub gateway_addresses: Vec<String>,
+
+    /// The LB's Service (in its namespace) whose load-balancer or cluster
+    /// addresses the Gateways' status gets, when --gateway-address is unset.
+    #[arg(
+        long = "gateway-service",
+        env = "LB_GATEWAY_SERVICE",
+        value_name = "NAME",
+        requires = "gateway_api"
+    )]
+    pub gateway_service: Option<String>,
+}
+
+impl GatewayArgs {
+    /// The adapter's configuration, checked.
+    pub fn config(&self) -> Result<GatewayConfig, ConfigError> {
+        for g in &self.gateway_names {
+            if g.split('/').count() != 2 || g.split('/').any(str::is_empty) {
+                return Err(ConfigError::Invalid(format!(
+                    "--gateway {g:?}: expected NAMESPACE/NAME"
+                )));
+            }
+        }
+        if self.gateway_http_port == self.gateway_https_port {
+            return Err(ConfigError::Invalid(
+                "--gateway-http-port and --gateway-https-port must differ".into(),
+            ));
+        }
+        Ok(GatewayConfig {
+            classes: self.gateway_classes.clone(),
+            gateways: self.gateway_names.clone(),
+            namespaces: self.gateway_namespaces.clone(),
+            http_port: self.gateway_http_port,
+            https_port: self.gateway_https_port,
+            addresses: self.gateway_addresses.clone(),
+        })
+    }
+}
+
 /// Data-plane flags shared by `serve` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
@@ -254,9 +360,8 @@ pub struct ProxyArgs {
 
     /// A plain HTTP/1.1 client connection idle this long leaves its task and
     /// is parked in the worker's table (about 0.1 KB instead of 0.9 KB). It
-    /// is still closed at the header-read timeout. 0 (the default for now:
-    /// see docs/soak.md) turns it off.
-    #[arg(long, env = "LB_IDLE_PARK_AFTER", default_value = "0s", value_parser = duration)]
+    /// is still closed at the header-read timeout. 0 turns it off.
+    #[arg(long, env = "LB_IDLE_PARK_AFTER", default_value = "1s", value_parser = duration)]
     pub idle_park_after: Duration,
 
     /// How often freed heap pages are given back to the system
@@ -557,6 +662,9 @@ impl ServeArgs {
                     .into(),
             ));
         }
+        if self.ingress.ingress && self.gateway.gateway_api {
+            return Err(ConfigError::ManySources("--ingress, or --gateway-api"));
+        }
         if self.ingress.ingress {
             if default_upstream.is_some() || !self.tls.tls_secret.is_empty() {
                 return Err(ConfigError::Invalid(
@@ -585,10 +693,26 @@ impl ServeArgs {
                 service: self.ingress.ingress_service.clone(),
             })));
         }
+        let gateway = if self.gateway.gateway_api {
+            if default_upstream.is_some() || !self.tls.tls_secret.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--gateway-api routes by Gateway API objects: --default-upstream and \
+                     --tls-secret do not apply (certificates come from the Gateways' listeners)"
+                        .into(),
+                ));
+            }
+            Some(Box::new(GatewaySource {
+                config: self.gateway.config()?,
+                service: self.gateway.gateway_service.clone(),
+            }))
+        } else {
+            None
+        };
         Ok(Source::Kubernetes {
             namespace: self.namespace.clone(),
             default_upstream,
             tls_secrets: self.tls.tls_secret.clone(),
+            gateway,
         })
     }
 
@@ -683,7 +807,7 @@ mod tests {
         assert_eq!(policy, Policy::default());
         assert_eq!(proxy.upstream_idle_timeout, Duration::from_secs(4));
         assert_eq!(proxy.trim_memory_every, Duration::from_secs(1));
-        assert_eq!(proxy.idle_park_after, Duration::ZERO);
+        assert_eq!(proxy.idle_park_after, Duration::from_secs(1));
         assert_eq!(s.static_source().unwrap().targets.len(), 1);
     }
 
@@ -788,6 +912,7 @@ mod tests {
                 default_upstream: Some(DefaultUpstream::new("b", "b", Some("5000")).unwrap()),
                 namespace: None,
                 tls_secrets: Vec::new(),
+                gateway: None,
             }
         );
         let s = serve(&["--kubernetes", "--backend", "a:1"]).unwrap();
@@ -901,6 +1026,67 @@ mod tests {
         assert!(
             serve(&["--kubernetes", "--ingress-class", "x"]).is_err(),
             "needs --ingress"
+        );
+    }
+
+    #[test]
+    fn gateway_api_flags() {
+        let s = serve(&[
+            "--kubernetes",
+            "--gateway-api",
+            "--gateway",
+            "infra/gw",
+            "--gateway-address",
+            "10.0.0.5,lb.example",
+            "--gateway-service",
+            "lb",
+        ])
+        .unwrap();
+        match s.source().unwrap() {
+            Source::Kubernetes {
+                gateway: Some(g), ..
+            } => {
+                assert_eq!(g.config.gateways, ["infra/gw"]);
+                assert_eq!(g.config.addresses, ["10.0.0.5", "lb.example"]);
+                assert_eq!((g.config.http_port, g.config.https_port), (80, 443));
+                assert_eq!(g.service.as_deref(), Some("lb"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.source().unwrap().has_tls(), "the TLS listener is on");
+        let bad = serve(&["--kubernetes", "--gateway-api", "--gateway", "gw"]).unwrap();
+        assert!(
+            bad.source()
+                .unwrap_err()
+                .to_string()
+                .contains("NAMESPACE/NAME")
+        );
+        let mixed = serve(&[
+            "--kubernetes",
+            "--gateway-api",
+            "--default-upstream",
+            "b",
+            "--service",
+            "b",
+        ])
+        .unwrap();
+        assert!(
+            mixed
+                .source()
+                .unwrap_err()
+                .to_string()
+                .contains("--gateway-api")
+        );
+        assert!(serve(&["--gateway-api"]).is_err(), "needs --kubernetes");
+    }
+
+    #[test]
+    fn one_route_source_at_a_time() {
+        let both = serve(&["--kubernetes", "--ingress", "--gateway-api"]).unwrap();
+        let err = both.source().unwrap_err().to_string();
+        assert!(
+            err.contains("--ingress") && err.contains("--gateway-api"),
+            "{err}"
         );
     }
 }

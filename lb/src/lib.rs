@@ -15,12 +15,13 @@
 //! - [`proxy`]: the data plane — listeners and per-core workers, one
 //!   attempt core (`proxy::attempt`) and the transports around it;
 //! - [`admin`]: probes, metrics exposition and `/endpoints`;
-//! - [`config`]: the flags; [`server`]: the wiring; [`client`]: `lb probe`
-//!   and `lb check`; [`memory`]: giving freed pages back; [`shutdown`],
-//!   [`telemetry`].
+//! - [`config`]: the flags; [`server`]: the wiring; [`memory`]: giving
+//!   freed pages back; [`shutdown`], [`telemetry`].
+//!
+//! The HTTP and gRPC clients of `lb probe` and `lb check` are the binary's
+//! (`src/client.rs`, declared in `main.rs`), not part of this library.
 
 pub mod admin;
-pub mod client;
 pub mod config;
 pub mod crd;
 #[cfg(feature = "demo")]
@@ -57,9 +58,6 @@ pub enum Error {
     /// The discovery source could not be set up.
     #[error(transparent)]
     Discovery(#[from] discovery::SourceError),
-    /// `lb probe` or `lb check` failed.
-    #[error(transparent)]
-    Client(#[from] client::ClientError),
     /// Any other I/O failure (runtime, threads, sockets).
     #[error(transparent)]
     Io(#[from] std::io::Error),

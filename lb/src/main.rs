@@ -1,6 +1,9 @@
 //! `lb`: parses flags, validates them before binding anything, then runs.
 //! The only place where errors become `anyhow` values, exit codes and the
-//! one `error: …` line on stderr.
+//! one `error: …` line on stderr. `lb probe` and `lb check` are the
+//! binary's own ([`client`]); everything else is the `lb` library.
+
+mod client;
 
 use std::process::ExitCode;
 
@@ -18,8 +21,8 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(*args),
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Serve(args) => serve(*args).map_err(Into::into),
         Command::Crd => {
             print!("{}", lb::crd::crd_yaml());
             Ok(())
@@ -34,21 +37,23 @@ fn main() -> ExitCode {
                 std::time::Duration::ZERO,
             )
             .and_then(|settings| block_on(lb::demo::run(settings)))
+            .map_err(Into::into)
         }
-        Command::Probe(args) => {
-            block_on(async move { Ok(lb::client::probe(&args.url, args.timeout).await?) })
-        }
+        Command::Probe(args) => probe(&args),
         Command::Check(args) => check(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is_config() => {
+        Err(e)
+            if e.downcast_ref::<lb::Error>()
+                .is_some_and(lb::Error::is_config) =>
+        {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line.
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -143,8 +148,9 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
             }
         };
         let built = source.build(reload).await?;
-        // In Ingress mode the certificates come later, from the Ingresses'
-        // Secrets: the TLS listener starts with none.
+        // In Ingress and Gateway API modes the certificates come later,
+        // from the Ingresses' Secrets or the Gateways' listeners: the TLS
+        // listener starts with none.
         if let Some(tls) = &settings.tls
             && !built.certs.is_empty()
         {
@@ -162,13 +168,18 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
     })
 }
 
-fn check(args: &lb::config::CheckArgs) -> lb::Result<()> {
+fn probe(args: &lb::config::ProbeArgs) -> anyhow::Result<()> {
+    block_on(async { Ok(client::probe(&args.url, args.timeout).await) })??;
+    Ok(())
+}
+
+fn check(args: &lb::config::CheckArgs) -> anyhow::Result<()> {
     let result = block_on(async {
         let (url, n, k, timeout) = (&args.url, args.requests, args.expect_backends, args.timeout);
         Ok(if args.grpc {
-            lb::client::check_grpc(url, n, k, timeout).await
+            client::check_grpc(url, n, k, timeout).await
         } else {
-            lb::client::check(url, n, k, timeout).await
+            client::check(url, n, k, timeout).await
         })
     })?;
     let (counts, error) = match result {

@@ -268,6 +268,18 @@ fn strip_ansi(line: &str) -> String {
 /// refuses) under `prlimit --nofile=<nofile>`, with `extra` flags; stderr
 /// goes to the returned file.
 fn spawn_limited(nofile: &str, port: u16, admin: u16, extra: &[&str], name: &str) -> (Lb, PathBuf) {
+    spawn_limited_log(nofile, port, admin, extra, name, "info")
+}
+
+/// The same, with `RUST_LOG` set to `filter`.
+fn spawn_limited_log(
+    nofile: &str,
+    port: u16,
+    admin: u16,
+    extra: &[&str],
+    name: &str,
+    filter: &str,
+) -> (Lb, PathBuf) {
     let log = dir(name).join("stderr.log");
     let child = Command::new("prlimit")
         .arg(format!("--nofile={nofile}"))
@@ -277,7 +289,7 @@ fn spawn_limited(nofile: &str, port: u16, admin: u16, extra: &[&str], name: &str
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--backend", "127.0.0.1:9", "--workers", "1"])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -341,7 +353,9 @@ fn stderr_of(lb: Lb, log: &std::path::Path) -> String {
 fn fd_limit_reached_is_counted_and_warned_once_per_period() {
     use std::io::{Read, Write};
     let (port, admin) = (free_port(), free_port());
-    let (lb, log) = spawn_limited("64:64", port, admin, &[], "fdlimit");
+    // Debug lines of the accept loop: each failed accept after the first
+    // says so, which is how the test sees the worker retrying.
+    let (lb, log) = spawn_limited_log("64:64", port, admin, &[], "fdlimit", "info,lb::proxy=debug");
     // Far more connections than descriptors; the kernel queues them.
     let mut held = vec![connect_when_up(port)];
     held.extend((0..120).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()));
@@ -353,8 +367,18 @@ fn fd_limit_reached_is_counted_and_warned_once_per_period() {
         assert!(Instant::now() < deadline, "no fd-limit warning within 20 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The condition lasts: the worker keeps retrying every 50 ms.
-    std::thread::sleep(Duration::from_millis(600));
+    // The condition lasts: the worker keeps retrying every 50 ms (a
+    // debug line each time after the warning).
+    while lines_with(
+        &std::fs::read_to_string(&log).unwrap(),
+        "accept failed again",
+    )
+    .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no retried accept within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(held);
     let metrics = metrics_of(admin);
     let failures = sample(

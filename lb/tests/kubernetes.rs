@@ -969,8 +969,20 @@ async fn readyz_is_200_only_once_the_default_route_exists() {
         b[0].addr.port(),
         &[("127.0.0.11", true, true, false, "a")],
     ));
-    api.set_create_delay(Duration::from_millis(500));
+    // The create is held until the test has seen /readyz while it waits.
+    api.hold_creates();
     let lb = start_lb(&api, true);
+    wait_until("the LB's create of Upstream backend", || {
+        api.held_creates() == 1
+    })
+    .await;
+    let (status, _) = get_once(lb.admin, "/readyz").await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/readyz while Upstream backend is being created"
+    );
+    api.release_creates();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut not_ready = 0;
     loop {
@@ -998,7 +1010,6 @@ async fn readyz_is_200_only_once_the_default_route_exists() {
         );
         break;
     }
-    assert!(not_ready > 0, "the slow create was observed as not ready");
     assert_eq!(api.creates(), ["backend"]);
 }
 

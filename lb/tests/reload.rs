@@ -478,27 +478,53 @@ async fn a_streaming_response_outlives_a_reload_that_removes_its_backend() {
 async fn a_tls_list_change_needs_a_restart_and_the_rest_applies() {
     let (b1, b2) = (TestBackend::start("b1"), TestBackend::start("b2"));
     let d = dir("tls");
-    let (pair, _) = cert("a", &["a.example"]);
-    std::fs::write(d.join("a.crt"), &pair.chain_pem).unwrap();
-    std::fs::write(d.join("a.key"), &pair.key_pem).unwrap();
+    let (pair_a, der_a) = cert("a", &["a.example"]);
+    let (pair_b, der_b) = cert("b", &["b.example"]);
+    for (name, pair) in [("a", &pair_a), ("b", &pair_b)] {
+        std::fs::write(d.join(format!("{name}.crt")), &pair.chain_pem).unwrap();
+        std::fs::write(d.join(format!("{name}.key")), &pair.key_pem).unwrap();
+    }
     let tls = |name: &str| {
         format!(
             "tls:\n  - cert: {}\n    key: {}\n",
             d.join(format!("{name}.crt")).display(),
-            d.join("a.key").display()
+            d.join(format!("{name}.key")).display()
         )
     };
-    std::fs::copy(d.join("a.crt"), d.join("b.crt")).unwrap();
     let config = d.join("lb.yaml");
     std::fs::write(&config, format!("{}{}", yaml(&[&b1]), tls("a"))).unwrap();
-    let tls_listen = free_addr().to_string();
-    let lb = Lb::start(&config, "1h", &["--tls-listen", &tls_listen]);
+    let tls_addr = free_addr();
+    let lb = Lb::start(&config, "1h", &["--tls-listen", &tls_addr.to_string()]);
     lb.await_backends(&[&b1]).await;
     std::fs::write(&config, format!("{}{}", yaml(&[&b1, &b2]), tls("b"))).unwrap();
     lb.hup();
     lb.await_metric(SUCCESS_1).await;
     lb.await_log(&["WARN", "needs a restart", "tls"]).await;
     lb.await_backends(&[&b1, &b2]).await;
+    // Until the restart, the old list is what is served: a.example's
+    // certificate answers, and b.example's new one is not there (a client
+    // trusting only b's certificate gets a's, or none, and refuses it).
+    let only_a = tls_client(std::slice::from_ref(&der_a), &[b"http/1.1"]);
+    let mut s = within(HANG, tls_connect(&only_a, tls_addr, "a.example"))
+        .await
+        .expect("the old certificate is still served after the reload");
+    s.write_all(b"GET /host HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    within(HANG, s.read_to_end(&mut out)).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let only_b = tls_client(std::slice::from_ref(&der_b), &[b"http/1.1"]);
+    assert!(
+        within(HANG, tls_connect(&only_b, tls_addr, "b.example"))
+            .await
+            .is_err(),
+        "the new certificate is served before a restart"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

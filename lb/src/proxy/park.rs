@@ -16,7 +16,9 @@
 //! which has the header-read timeout from then for the request head (the
 //! idle wait and the head are timed separately, as nginx's
 //! `keepalive_timeout` and `client_header_timeout` are). When the idle
-//! deadline passes first, the socket is closed. On drain every parked connection is closed (an
+//! deadline passes first, the socket is closed; one whose client has sent
+//! by then is served instead (the poll is asked before anything is
+//! closed, as a connection's own task reads before it looks at its timer). On drain every parked connection is closed (an
 //! idle connection has no request to finish). One task per worker runs the
 //! lot; the deadlines are a min-heap under one timer.
 //!
@@ -279,34 +281,66 @@ impl Poller {
                             break;
                         }
                     };
-                    loop {
-                        match guard.get_inner_mut().poll(&mut self.events, Some(Duration::ZERO)) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(e) => {
-                                warn!(error = %e, "polling idle connections failed");
-                                break;
-                            }
-                        }
-                        if self.events.is_empty() {
-                            // Readiness that arrived since the guard was
-                            // taken is not cleared (tokio compares ticks).
-                            guard.clear_ready();
-                            break;
-                        }
-                        for event in &self.events {
-                            if let Some(p) = parking.take(event.token().0) {
-                                wake(p);
-                            }
-                        }
+                    if wake_ready(guard.get_inner_mut(), &mut self.events, parking, &mut wake) {
+                        // Readiness that arrived since the guard was taken
+                        // is not cleared (tokio compares ticks).
+                        guard.clear_ready();
                     }
                 }
-                () = &mut timer, if next.is_some() => parking.expire(Instant::now(), &mut closed),
+                () = &mut timer, if next.is_some() => {
+                    self.expire(parking, Instant::now(), &mut wake, &mut closed);
+                }
                 () = parking.first.notified(), if next.is_none() => {}
             }
         }
         parking.stopped.set(true);
         parking.close_all(&mut closed);
+    }
+
+    /// Closes the connections whose deadline is `now` or earlier, except
+    /// those whose client has sent something (or closed) by then: those go
+    /// to `wake`, as in a connection's own task, where bytes that arrived
+    /// are read before its timer is looked at. tokio learns that the poll
+    /// is readable only at its next turn of the reactor, which may come
+    /// after the timer that brought us here, so the poll is asked itself.
+    fn expire(
+        &mut self,
+        parking: &Parking,
+        now: Instant,
+        wake: &mut impl FnMut(Parked),
+        closed: &mut impl FnMut(),
+    ) {
+        wake_ready(self.poll.get_mut(), &mut self.events, parking, wake);
+        parking.expire(now, closed);
+    }
+}
+
+/// Takes every connection that `poll` reports readable out of the table and
+/// hands it to `wake`; true once the poll has nothing more to report (false
+/// when polling failed).
+fn wake_ready(
+    poll: &mut mio::Poll,
+    events: &mut Events,
+    parking: &Parking,
+    wake: &mut impl FnMut(Parked),
+) -> bool {
+    loop {
+        match poll.poll(events, Some(Duration::ZERO)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                warn!(error = %e, "polling idle connections failed");
+                return false;
+            }
+        }
+        if events.is_empty() {
+            return true;
+        }
+        for event in &*events {
+            if let Some(p) = parking.take(event.token().0) {
+                wake(p);
+            }
+        }
     }
 }
 
@@ -394,6 +428,50 @@ mod tests {
         assert_eq!((closes.get(), parking.len(), gauge.get()), (2, 0, 0));
         assert!(closed_by_peer(&mut later));
         assert!(woken.try_recv().is_err());
+    }
+
+    /// Bytes that arrived by a connection's deadline are served, not
+    /// dropped with the connection, even when the deadline is handled before
+    /// tokio has seen the poll turn readable (the timer and the bytes in the
+    /// same turn of the reactor, or the bytes just after its last look).
+    /// Until this, such a request was lost: the client saw its connection
+    /// close without an answer.
+    #[test]
+    fn a_connection_whose_client_sent_by_its_deadline_is_woken_not_closed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (parking, mut poller) = new(Gauge::default()).unwrap();
+        let start = Instant::now();
+        let (mut client, p1) = pair(&l, start + Duration::from_secs(10));
+        let (mut quiet, p2) = pair(&l, start + Duration::from_secs(10));
+        // The request has reached the server's socket before its deadline
+        // (a blocking peek waits for it: no timing involved).
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        p1.stream.set_nonblocking(false).unwrap();
+        p1.stream.peek(&mut [0u8; 1]).unwrap();
+        p1.stream.set_nonblocking(true).unwrap();
+        for p in [p1, p2] {
+            parking.park(p).unwrap();
+        }
+        // The deadline is handled with nothing else run in between: no
+        // turn of the reactor, so tokio does not know the poll is readable.
+        let (mut woken, mut closes) = (Vec::new(), 0);
+        poller.expire(
+            &parking,
+            start + Duration::from_secs(10),
+            &mut |p| woken.push(p),
+            &mut || closes += 1,
+        );
+        assert_eq!((woken.len(), closes, parking.len()), (1, 1, 0));
+        let mut got = [0u8; 5];
+        woken[0].stream.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"GET /");
+        assert!(closed_by_peer(&mut quiet));
     }
 
     #[tokio::test]

@@ -20,8 +20,8 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn drained(&self) {}
 
     /// Ready once the stream may have bytes to read (or is closed): lets an
-    /// idle keep-alive connection wait without holding read buffers. A TLS
-    /// stream may hold decrypted bytes already, so it is always ready.
+    /// idle keep-alive connection wait without holding read buffers or the
+    /// state of serving a request. The default is always ready.
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
@@ -54,7 +54,21 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for TlsStream<TcpStream> {}
+impl ClientStream for TlsStream<TcpStream> {
+    /// Ready when the TLS session holds decrypted bytes not read yet (or
+    /// the client's close_notify), otherwise when the socket is readable.
+    /// The stream decrypts every complete record it reads, so what the
+    /// session may still hold besides is part of a record, which needs more
+    /// bytes from the socket. An idle TLS keep-alive connection then waits
+    /// as a plain one does, without its buffers and request state.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, session) = self.get_ref();
+        if !session.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
+    }
+}
 
 /// Runs hyper's HTTP/2 tasks on the worker's own thread (the data plane's
 /// futures are not `Send`: nothing crosses threads).
@@ -89,7 +103,87 @@ pub fn h2_preface(buf: &[u8]) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// An idle TLS connection waits for its socket: not readable until the
+    /// client sends, readable while decrypted bytes wait to be read, and
+    /// not readable again once they are.
+    #[tokio::test]
+    async fn an_idle_tls_stream_is_readable_only_when_the_client_sent() {
+        let cert = crate::proxy::tls::tests::pair("t", &["t.example"]);
+        let store = crate::proxy::tls::CertStore::new(std::slice::from_ref(&cert)).unwrap();
+        let server =
+            tokio_rustls::TlsAcceptor::from(crate::proxy::tls::server_config(store).unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls_pemfile_certs(&cert.chain_pem) {
+            roots.add(der).unwrap();
+        }
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(
+            async {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("t.example").unwrap();
+                connector.connect(name, tcp).await.unwrap()
+            },
+            async {
+                let (tcp, _) = l.accept().await.unwrap();
+                server.accept(tcp).await.unwrap()
+            }
+        );
+        let (mut client, mut tls) = (client, accepted);
+        let readable = |tls: &TlsStream<TcpStream>| {
+            let waker = futures::task::noop_waker();
+            tls.poll_readable(&mut Context::from_waker(&waker))
+                .is_ready()
+        };
+        // Idle: the socket's readiness may be left over from the last
+        // read (it "may" have bytes); a read that would wait clears it.
+        let settle = |tls: &mut TlsStream<TcpStream>| {
+            if readable(tls) {
+                let read = futures::FutureExt::now_or_never(tls.read(&mut [0u8; 1]));
+                assert!(read.is_none(), "no application data was sent: {read:?}");
+            }
+            !readable(tls)
+        };
+        assert!(
+            settle(&mut tls),
+            "idle after the handshake: nothing to read"
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client.flush().await.unwrap();
+        // Readable once the record arrived (awaited, not slept on).
+        std::future::poll_fn(|cx| tls.poll_readable(cx))
+            .await
+            .unwrap();
+        let mut got = [0u8; 5];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+        assert!(readable(&tls), "decrypted bytes still wait to be read");
+        let mut rest = [0u8; 13];
+        tls.read_exact(&mut rest).await.unwrap();
+        assert!(settle(&mut tls), "all read: waiting for the socket again");
+    }
+
+    /// The DER certificates in a PEM chain.
+    fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .map(Result::unwrap)
+            .collect()
+    }
 
     #[test]
     fn the_h2_preface_is_recognised_from_its_first_byte() {

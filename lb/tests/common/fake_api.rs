@@ -46,7 +46,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// The namespace the fake serves.
 pub const NS: &str = "roundhouse";
@@ -352,8 +352,8 @@ struct Inner {
     faults: HashMap<String, (Fault, Option<usize>)>,
     /// Answer 415 to server-side apply on the status subresource.
     reject_status_apply: bool,
-    /// Delay before answering an Upstream create.
-    create_delay: Duration,
+    /// Upstream creates that had to wait for [`FakeApi::release_creates`].
+    held_creates: usize,
     /// The Upstream schema used for pruning (`openAPIV3Schema`).
     upstream_schema: Value,
     /// Upstreams created through the API (POST).
@@ -368,6 +368,8 @@ struct Inner {
     served_in: BTreeSet<(Access, Option<String>)>,
     /// Every status write accepted: (kind, namespace/name, body).
     status_log: Vec<(Kind, String, Value)>,
+    /// API groups answered 404, as a server without their CRDs does.
+    hidden_groups: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -376,6 +378,8 @@ struct Shared {
     changes: broadcast::Sender<Change>,
     drop_watches: broadcast::Sender<()>,
     bookmark_every: Duration,
+    /// Whether Upstream creates are answered (false: they wait).
+    creates_open: Arc<watch::Sender<bool>>,
 }
 
 /// Which RBAC a scenario's requests are checked against when the fake is
@@ -721,8 +725,12 @@ async fn create(s: Shared, kind: Kind, ns: Option<String>, body: Bytes) -> Respo
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let delay = s.inner.lock().unwrap().create_delay;
-    tokio::time::sleep(delay).await;
+    let mut open = s.creates_open.subscribe();
+    // Only Upstream creates are held: Ingress mode's Events go through.
+    if kind == Kind::Upstream && !*open.borrow_and_update() {
+        s.inner.lock().unwrap().held_creates += 1;
+        let _ = open.wait_for(|open| *open).await;
+    }
     let ns = ns.unwrap_or_default();
     if s.object_in(kind, &ns, &name).is_some() {
         return error_response(409, "AlreadyExists", "already exists");
@@ -883,6 +891,10 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     let Some(t) = target(req.uri().path()) else {
         return not_found();
     };
+    let group = t.kind.api_version().rsplit_once('/').map_or("", |(g, _)| g);
+    if s.inner.lock().unwrap().hidden_groups.contains(group) {
+        return not_found();
+    }
     let method = req.method().clone();
     let q: ListQuery = req
         .uri()
@@ -1045,6 +1057,7 @@ impl FakeApi {
             changes,
             drop_watches,
             bookmark_every: Duration::from_millis(200),
+            creates_open: Arc::new(watch::channel(true).0),
         };
         let (addr, stop, thread) = serve_thread("127.0.0.1:0".parse().unwrap(), shared.clone());
         FakeApi {
@@ -1108,9 +1121,32 @@ impl FakeApi {
         self.shared.inner.lock().unwrap().reject_status_apply = reject;
     }
 
-    /// Upstream creates wait this long before they are stored and answered.
-    pub fn set_create_delay(&self, delay: Duration) {
-        self.shared.inner.lock().unwrap().create_delay = delay;
+    /// Answer every request for `group` with 404, as an API server does
+    /// while the group's CRDs are not installed (`false`: serve it again).
+    pub fn hide_group(&self, group: &str, hidden: bool) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        if hidden {
+            inner.hidden_groups.insert(group.to_owned());
+        } else {
+            inner.hidden_groups.remove(group);
+        }
+    }
+
+    /// From now on, Upstream creates wait, unanswered and not stored,
+    /// until [`FakeApi::release_creates`].
+    pub fn hold_creates(&self) {
+        self.shared.creates_open.send_replace(false);
+    }
+
+    /// Answers the held Upstream creates and every later one.
+    pub fn release_creates(&self) {
+        self.shared.creates_open.send_replace(true);
+    }
+
+    /// How many Upstream creates have had to wait (see
+    /// [`FakeApi::hold_creates`]).
+    pub fn held_creates(&self) -> usize {
+        self.shared.inner.lock().unwrap().held_creates
     }
 
     /// The schema Upstreams are pruned against (default: [`crd_schema`]).

@@ -4,11 +4,12 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod fake_api;
+pub mod sockets;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicUsize>,
+    /// Bytes written to its sockets (counted by [`TestBackend::with_streaming`]
+    /// backends only; 0 for the others).
+    pub written: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -122,11 +126,14 @@ impl TestBackend {
     }
 
     /// A backend whose answer to a path is `chunk` sent `times` times, as a
-    /// stream (the chunk is shared, so the body costs no memory).
+    /// stream (the chunk is shared, so the body costs no memory). Counts the
+    /// bytes it writes in [`TestBackend::written`].
     pub fn with_streaming(name: &str, answer: fn(&str) -> (Bytes, usize)) -> TestBackend {
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
-        Self::spawn(
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        let mut backend = Self::spawn(
             "127.0.0.1:0".parse().unwrap(),
             name,
             hits,
@@ -139,6 +146,7 @@ impl TestBackend {
                             () = &mut stop => return,
                         };
                         let h = h.clone();
+                        let stream = sockets::Counted::new(stream, counter.clone());
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                                 h.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +169,9 @@ impl TestBackend {
                 }
                 .boxed()
             },
-        )
+        );
+        backend.written = written;
+        backend
     }
 
     fn spawn(
@@ -202,6 +212,7 @@ impl TestBackend {
             addr,
             name: name.to_owned(),
             hits,
+            written: Arc::new(AtomicU64::new(0)),
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -413,17 +424,21 @@ impl TestLb {
     }
 
     /// The value of one counter or gauge series (`name{labels}`, exactly as
-    /// /metrics prints it), 0 if it is not there yet.
+    /// /metrics prints it). Panics if /metrics has no such series, or its
+    /// value is not a whole number: a renamed metric or label must fail the
+    /// test, not read as 0.
     pub fn counter(&self, series: &str) -> u64 {
+        let text = self.running.balancer.metrics().encode();
         let prefix = format!("{series} ");
-        self.running
-            .balancer
-            .metrics()
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        let Some(value) = text.lines().find_map(|l| l.strip_prefix(prefix.as_str())) else {
+            let name = series.split('{').next().unwrap_or(series);
+            let similar: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+            panic!("/metrics has no series {series}; series named {name}: {similar:?}");
+        };
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{series} is {value:?}, not a whole number"))
     }
 
     /// Publishes a new endpoint set and waits until the table has it.

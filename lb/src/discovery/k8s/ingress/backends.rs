@@ -5,8 +5,8 @@
 //! target port under the Service port's name, so the Service is read to
 //! map one onto the other: a port number is looked up among the Service's
 //! ports, and its name (none for a Service with a single unnamed port)
-//! selects the slices' port through [`endpoints::resolve`], the same
-//! resolution as every other route kind. Backends are built once per
+//! selects the slices' port through [`resolve_service_port`], the same
+//! resolution as the Gateway API's backendRefs. Backends are built once per
 //! computation and shared by every rule that names them, so rules on one
 //! Service port share its endpoints' health and counters.
 
@@ -14,12 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::IngressServiceBackend;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::discovery::k8s::endpoints::{self, PortError, service_of};
+use crate::discovery::k8s::endpoints::{
+    PortError, resolve_service_port, service_port, slices_by_service,
+};
 use crate::discovery::route::Backend;
 use crate::discovery::{Protocol, UpstreamPolicy};
 
@@ -48,16 +50,9 @@ impl<'a> Backends<'a> {
         services: &'a BTreeMap<String, Service>,
         slices: &'a BTreeMap<String, EndpointSlice>,
     ) -> Self {
-        let mut by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
-        for (key, s) in slices {
-            let ns = key.split_once('/').map_or("", |(ns, _)| ns);
-            if let Some(svc) = service_of(s) {
-                by_service.entry(format!("{ns}/{svc}")).or_default().push(s);
-            }
-        }
         Self {
             services,
-            slices: by_service,
+            slices: slices_by_service(slices),
             built: HashMap::new(),
         }
     }
@@ -95,12 +90,7 @@ impl<'a> Backends<'a> {
                 "Service {service_key} is of type ExternalName, which has no endpoints to balance over"
             ));
         }
-        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
-        let found = ports.iter().find(|p| match &wanted {
-            IntOrString::Int(n) => p.port == *n,
-            IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
-        });
-        let Some(port) = found else {
+        let Some(port) = service_port(service, &wanted) else {
             let what = match &wanted {
                 IntOrString::Int(n) => format!("port {n}"),
                 IntOrString::String(s) => format!("port named {s:?}"),
@@ -111,14 +101,7 @@ impl<'a> Backends<'a> {
         if let Some(b) = self.built.get(&key) {
             return b.clone();
         }
-        // The slices name their port after the Service port; a single
-        // unnamed port is the slices' only port.
-        let slice_port = port
-            .name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .map(|n| IntOrString::String(n.to_owned()));
-        let built = self.build(&key.0, port.port, slice_port, overrides, owner);
+        let built = self.build(&key.0, port, overrides, owner);
         self.built.insert(key, built.clone());
         built
     }
@@ -126,17 +109,17 @@ impl<'a> Backends<'a> {
     fn build(
         &self,
         service_key: &str,
-        number: i32,
-        slice_port: Option<IntOrString>,
+        port: &ServicePort,
         overrides: &Overrides,
         owner: &str,
     ) -> Result<Arc<Backend>, String> {
+        let number = port.port;
         let slices = self
             .slices
             .get(service_key)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let resolved = match endpoints::resolve(slices, slice_port.as_ref()) {
+        let resolved = match resolve_service_port(slices, port) {
             Ok(r) => r,
             Err(PortError::Unknown | PortError::Ambiguous { .. }) => {
                 return Err(format!(

@@ -312,36 +312,5 @@ pub fn lb_status(addresses: &[String]) -> IngressStatus {
     }
 }
 
-/// The addresses a Service gives clients: its load-balancer ingress IPs
-/// and host names, else its external IPs, else its cluster IPs.
-pub fn service_addresses(svc: &Service) -> Vec<String> {
-    let ingress: Vec<String> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|list| {
-            list.iter()
-                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !ingress.is_empty() {
-        return ingress;
-    }
-    let spec = svc.spec.clone().unwrap_or_default();
-    if let Some(external) = spec.external_ips.filter(|e| !e.is_empty()) {
-        return external;
-    }
-    match spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.into_iter().filter(|ip| ip != "None").collect(),
-        _ => spec
-            .cluster_ip
-            .into_iter()
-            .filter(|ip| ip != "None" && !ip.is_empty())
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests;

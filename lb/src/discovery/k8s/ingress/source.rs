@@ -10,21 +10,19 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::events::{ApiEvents, Reporter};
 use super::sink::IngressSink;
-use super::{IngressConfig, IngressIndex, service_addresses};
-use crate::discovery::k8s::backoff;
-use crate::discovery::k8s::endpoints::SERVICE_LABEL;
+use super::{IngressConfig, IngressIndex};
+use crate::discovery::k8s::endpoints::{SERVICE_LABEL, service_addresses};
 use crate::discovery::k8s::status::{StatusWriter, WRITE_TIMEOUT};
 use crate::discovery::k8s::watch;
 use crate::discovery::{Discovery, Publisher};
@@ -123,19 +121,6 @@ enum Watched {
     Secret(Result<Event<Secret>, watcher::Error>),
 }
 
-fn watch_all<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watch::restarting(
-        move || watcher::watcher(api.clone(), config.clone()).boxed(),
-        backoff::WATCH,
-    )
-}
-
 impl Discovery for IngressDiscovery {
     fn run(
         self: Box<Self>,
@@ -146,22 +131,22 @@ impl Discovery for IngressDiscovery {
             let c = &self.client;
             let none = watcher::Config::default;
             let mut events = std::pin::pin!(stream::select_all([
-                watch_all(Api::<IngressClass>::all(c.clone()), none())
+                watch::watching(Api::<IngressClass>::all(c.clone()), none())
                     .map(Watched::Class)
                     .boxed(),
-                watch_all(Api::<Ingress>::all(c.clone()), none())
+                watch::watching(Api::<Ingress>::all(c.clone()), none())
                     .map(Watched::Ingress)
                     .boxed(),
-                watch_all(Api::<Service>::all(c.clone()), none())
+                watch::watching(Api::<Service>::all(c.clone()), none())
                     .map(Watched::Service)
                     .boxed(),
-                watch_all(
+                watch::watching(
                     Api::<EndpointSlice>::all(c.clone()),
                     none().labels(SERVICE_LABEL),
                 )
                 .map(Watched::Slice)
                 .boxed(),
-                watch_all(
+                watch::watching(
                     Api::<Secret>::all(c.clone()),
                     none().fields("type=kubernetes.io/tls"),
                 )

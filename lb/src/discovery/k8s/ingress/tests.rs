@@ -12,6 +12,7 @@ use kube::runtime::watcher::Event;
 
 use super::routes::{self, shares};
 use super::*;
+use crate::discovery::k8s::endpoints::service_addresses;
 use crate::discovery::k8s::endpoints::tests::{ep, slice};
 use crate::discovery::route::{
     Action, HostMatch, ListenerId, Listeners, Match, PathMatch, PathRewrite, Redirect,

@@ -1,10 +1,13 @@
 //! Benchmarks of the Kubernetes discovery source against the in-process fake
-//! API server (`common::fake_api`). They are `#[ignore]`d so `cargo test`
-//! skips them; run them in release mode, one at a time:
+//! API server of the integration tests (`lb/tests/common/fake_api.rs`).
+//! A `harness = false` bench target: `cargo bench` builds it with the
+//! release profile and runs the benchmarks named on its command line (all
+//! five, one after another, when none is):
 //!
 //! ```sh
-//! cargo test --release -p lb --test bench_discovery -- --ignored --nocapture --test-threads 1
-//! # or: bench/discovery.sh   (same, plus wrk checks; the Markdown report on stdout)
+//! cargo bench -p lb --bench discovery                  # all of them
+//! cargo bench -p lb --bench discovery -- scale hot_path
+//! # or: bench/discovery.sh   (the Markdown report on stdout)
 //! ```
 //!
 //! 1. `propagation`: time from an EndpointSlice change written to the fake
@@ -20,14 +23,20 @@
 //! 4. `reconnect`: the fake API server down for `OUTAGE_SECONDS`, then
 //!    back; time from the first change written after the restart to the
 //!    first request through the proxy answered by the new backend.
+//! 5. `gateway`: Gateway API mode (in-process LB): an HTTPRoute or endpoint
+//!    change to the first request routed accordingly, the measured route
+//!    alone and next to 1,000 HTTPRoutes × 5 rules.
 //!
 //! Knobs (environment): `CHANGES` (100), `GAP_MS` (50), `SCALE_SECONDS` (60),
 //! `SCALE_PROBE_CHANGES` (50), `ROUNDS` (3), `DURATION` (10), `CONNECTIONS`
 //! (32), `THREADS` (2), `WORKERS` (2), `WARMUP` (2), `OUTAGE_SECONDS` (10),
 //! `RECONNECT_ROUNDS` (5), `LB_BIN` (default: the
-//! `lb` binary cargo built with this test), `BENCH_REPORT` (append the
+//! `lb` binary cargo built with this benchmark), `BENCH_REPORT` (append the
 //! Markdown results to this file as well as printing them).
 
+#![allow(missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -47,15 +56,6 @@ use lb::selection::Policy;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- helpers
-
-/// The benchmarks share 2 cores: never run two at once, whatever
-/// `--test-threads` says.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Held for a whole benchmark so the three never overlap.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().await
-}
 
 fn knob(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -371,10 +371,7 @@ fn get_host(host: &'static str) -> impl Fn() -> http::Request<http_body_util::Fu
 
 // ------------------------------------------------------ 1. propagation
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: cargo test --release -p lb --test bench_discovery -- --ignored --nocapture"]
 async fn propagation() {
-    let _serial = serial().await;
     // Alone, then next to the scale test's 100 Upstreams / 1,000 endpoints
     // (which change nothing for the measured Upstream's requests).
     for extra in [false, true] {
@@ -529,10 +526,7 @@ async fn run_propagation(extra: bool) {
 
 // ------------------------------------------------------------- 2. scale
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: cargo test --release -p lb --test bench_discovery -- --ignored --nocapture"]
 async fn scale() {
-    let _serial = serial().await;
     let seconds = knob("SCALE_SECONDS", 60);
     let probe_changes = knob("SCALE_PROBE_CHANGES", 50) as usize;
     let gap = Duration::from_millis(knob("GAP_MS", 50));
@@ -841,10 +835,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: cargo test --release -p lb --test bench_discovery -- --ignored --nocapture"]
 async fn hot_path() {
-    let _serial = serial().await;
     let rounds = knob("ROUNDS", 3);
     let duration = knob("DURATION", 10);
     let warmup = knob("WARMUP", 2);
@@ -998,10 +989,7 @@ async fn hot_path() {
 /// request through the proxy answered by the new backend (one request per
 /// millisecond on one keep-alive connection). What it measures is how long
 /// the watches take to notice that the server is back: their back-off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: cargo test -p lb --test bench_discovery -- --ignored --nocapture reconnect"]
 async fn reconnect() {
-    let _serial = serial().await;
     let outage = Duration::from_secs(knob("OUTAGE_SECONDS", 10));
     let rounds = knob("RECONNECT_ROUNDS", 5) as usize;
     let b = backends_on_one_port(&["pod-a", "pod-b"]);
@@ -1082,4 +1070,234 @@ async fn reconnect() {
     )
     .unwrap();
     report(&out);
+}
+
+// ------------------------------------------------ 5. Gateway API propagation
+
+/// A Service `name` in NS with one port `http` (8080).
+fn gw_service(name: &str) -> Value {
+    json!({"metadata": {"name": name},
+           "spec": {"ports": [{"name": "http", "port": 8080}]}})
+}
+
+/// HTTPRoute `name` on Gateway `gw` for `host`, with `rules` prefixes all
+/// to Service `svc`.
+fn gw_route(name: &str, host: &str, prefixes: &[String], svc: &str) -> Value {
+    let rules: Vec<Value> = prefixes
+        .iter()
+        .map(|p| {
+            json!({"matches": [{"path": {"type": "PathPrefix", "value": p}}],
+                   "backendRefs": [{"name": svc, "port": 8080}]})
+        })
+        .collect();
+    json!({"metadata": {"name": name},
+           "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [host], "rules": rules}})
+}
+
+/// Route or endpoint change to routed, in Gateway API mode (in-process LB):
+/// the measured HTTPRoute alone, then next to 1,000 HTTPRoutes × 5 rules
+/// (100 Services, 1,000 endpoints). Two kinds of change, alternating:
+/// the measured Service's EndpointSlice moving between two pods, and the
+/// measured HTTPRoute's backendRef moving between two Services.
+async fn gateway_propagation() {
+    for extra in [false, true] {
+        run_gateway_propagation(extra).await;
+    }
+}
+
+async fn run_gateway_propagation(extra: bool) {
+    use common::fake_api::Kind;
+    let changes = knob("CHANGES", 100) as usize;
+    let gap = Duration::from_millis(knob("GAP_MS", 50));
+    let b = backends_on_one_port(&["pod-a", "pod-b"]);
+    let port = b[0].addr.port();
+    let api = FakeApi::start_gateway();
+    api.put(Kind::Namespace, json!({"metadata": {"name": NS}}));
+    api.put(
+        Kind::GatewayClass,
+        json!({"metadata": {"name": "roundhouse"}, "spec": {"controllerName": "roundhouse.dev/gateway-controller"}}),
+    );
+    api.put(
+        Kind::Gateway,
+        json!({"metadata": {"name": "gw"}, "spec": {"gatewayClassName": "roundhouse",
+               "listeners": [{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "Same"}}}]}}),
+    );
+    for svc in ["backend", "backend-a", "backend-b"] {
+        api.put(Kind::Service, gw_service(svc));
+    }
+    let pod = |svc: &str, k: usize| {
+        let (ip, name) = [("127.0.0.11", "pod-a"), ("127.0.0.12", "pod-b")][k];
+        slice(
+            &format!("{svc}-slice"),
+            svc,
+            "http",
+            port,
+            &[(ip, true, true, false, name)],
+        )
+    };
+    api.put_slice(pod("backend", 0));
+    api.put_slice(pod("backend-a", 0));
+    api.put_slice(pod("backend-b", 1));
+    let measured = |svc: &str| gw_route("measured", "test", &["/".to_owned()], svc);
+    api.put(Kind::HttpRoute, measured("backend"));
+    if extra {
+        for i in 0..100 {
+            api.put(Kind::Service, gw_service(&format!("svc-{i}")));
+            api.put_slice(scale_slice(i, 0));
+        }
+        for i in 0..1000 {
+            let prefixes: Vec<String> = (0..5).map(|r| format!("/r{r}")).collect();
+            api.put(
+                Kind::HttpRoute,
+                gw_route(
+                    &format!("route-{i}"),
+                    &format!("r{i}.example"),
+                    &prefixes,
+                    &format!("svc-{}", i % 100),
+                ),
+            );
+        }
+    }
+    let kubeconfig = api.kubeconfig();
+    let lb = TestLb::start_source(
+        move || {
+            async move {
+                let client = FakeApi::client(&kubeconfig).await;
+                Box::new(lb::discovery::k8s::gateway::GatewayDiscovery::new(
+                    client,
+                    NS,
+                    lb::discovery::k8s::gateway::GatewayConfig {
+                        addresses: vec!["127.0.0.1".into()],
+                        ..Default::default()
+                    },
+                )) as Box<dyn Discovery>
+            }
+            .boxed()
+        },
+        test_proxy_config(),
+        Policy::default(),
+    );
+    wait_until("readiness", || lb.running.ready.get()).await;
+    let mut conn = Conn::open(lb.addr).await.unwrap();
+    until_answer(&mut conn, "pod-a", get_host("test")).await;
+    if extra {
+        // Let the first status writes (1,000 routes) and their echoes pass.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while api
+            .get(Kind::HttpRoute, NS, "route-999")
+            .is_none_or(|r| r["status"].is_null())
+        {
+            assert!(Instant::now() < deadline, "statuses never written");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let load_before = load_avg();
+    note(&format!("gateway propagation: {changes} endpoint changes"));
+    let names = ["pod-a", "pod-b"];
+    let mut endpoint_level = Vec::new();
+    for i in 0..changes {
+        let k = (i + 1) % 2;
+        tokio::time::sleep(gap).await;
+        api.put_slice(pod("backend", k));
+        let t0 = Instant::now();
+        until_answer(&mut conn, names[k], get_host("test")).await;
+        endpoint_level.push(t0.elapsed());
+    }
+    if changes % 2 == 1 {
+        api.put_slice(pod("backend", 0));
+        until_answer(&mut conn, "pod-a", get_host("test")).await;
+    }
+    note(&format!("gateway propagation: {changes} route changes"));
+    let mut route_level = Vec::new();
+    for i in 0..changes {
+        let k = (i + 1) % 2;
+        tokio::time::sleep(gap).await;
+        api.put(Kind::HttpRoute, measured(["backend-a", "backend-b"][k]));
+        let t0 = Instant::now();
+        until_answer(&mut conn, names[k], get_host("test")).await;
+        route_level.push(t0.elapsed());
+    }
+    let load_after = load_avg();
+    let over = |v: &[Duration]| v.iter().filter(|d| **d > Duration::from_millis(10)).count();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "#### Gateway API propagation (in-process LB, {changes} alternating changes each, {} ms apart){}\n",
+        gap.as_millis(),
+        if extra {
+            ", next to 1,000 HTTPRoutes × 5 rules (100 Services, 1,000 endpoints)"
+        } else {
+            ", 1 HTTPRoute"
+        }
+    )
+    .unwrap();
+    writeln!(out, "{SUMMARY_HEAD}").unwrap();
+    writeln!(
+        out,
+        "{}",
+        summary_row(
+            "endpoint change → first request answered by the new pod",
+            &endpoint_level
+        )
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "{}",
+        summary_row(
+            "HTTPRoute backendRef change → first request answered by the other Service",
+            &route_level
+        )
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "\nChanges over 10 ms: {} (endpoint), {} (route). Load average {load_before} before, \
+         {load_after} after.\n",
+        over(&endpoint_level),
+        over(&route_level),
+    )
+    .unwrap();
+    report(&out);
+}
+
+/// The benchmarks, by name, in the order they run.
+const BENCHMARKS: [&str; 5] = ["propagation", "scale", "hot_path", "reconnect", "gateway"];
+
+/// Runs the benchmarks named on the command line (all of them when none
+/// is), one after another, each on a fresh two-thread runtime as the
+/// in-process LB's tests use. `cargo bench` adds `--bench`; flags are
+/// ignored.
+fn main() {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for name in &named {
+        assert!(
+            BENCHMARKS.contains(&name.as_str()),
+            "unknown benchmark {name:?}: one of {BENCHMARKS:?}"
+        );
+    }
+    for name in BENCHMARKS {
+        if !named.is_empty() && !named.iter().any(|n| n == name) {
+            continue;
+        }
+        note(&format!("benchmark {name}"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            match name {
+                "propagation" => propagation().await,
+                "scale" => scale().await,
+                "hot_path" => hot_path().await,
+                "gateway" => gateway_propagation().await,
+                _ => reconnect().await,
+            }
+        });
+    }
 }
