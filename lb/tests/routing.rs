@@ -868,6 +868,49 @@ async fn rule_timeouts_answer_504() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_sticks_after_a_round_robin_first_pick() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let both = backend_of("ns/ab:80", vec![a.spec(), b.spec()], Protocol::Http1);
+    let mut rule = forward(vec![], vec![to(both, 1)]);
+    rule.filters.affinity = Some(lb::discovery::route::CookieAffinity {
+        name: "route".into(),
+        max_age: Some(Duration::from_secs(60)),
+        path: None,
+    });
+    let lb = TestLb::start(config(vec![route("sticky", 1, &[], vec![rule])]));
+    for via in [Via::Fast, Via::H2c] {
+        // First picks rotate and each gets its cookie.
+        let first = get(lb.addr, via, "/host", &[]).await;
+        let second = get(lb.addr, via, "/host", &[]).await;
+        assert_ne!(first.body, second.body, "{via:?}: round-robin first picks");
+        let cookie = first.headers["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            cookie.starts_with("route=") && cookie.contains("Max-Age=60"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        for _ in 0..5 {
+            let again = get(lb.addr, via, "/host", &[("cookie", &pair)]).await;
+            assert_eq!(again.body, first.body, "{via:?}: sticks");
+            assert!(
+                !again.headers.contains_key("set-cookie"),
+                "{via:?}: already set"
+            );
+        }
+        // A cookie naming no endpoint is a new pick with a new cookie.
+        let stale = get(
+            lb.addr,
+            via,
+            "/host",
+            &[("cookie", "route=0123456789abcdef")],
+        )
+        .await;
+        assert_eq!(stale.status, 200);
+        assert!(stale.headers.contains_key("set-cookie"), "{via:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // gRPC
 // ---------------------------------------------------------------------------

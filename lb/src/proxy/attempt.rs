@@ -39,7 +39,9 @@ use super::headers::ClientIp;
 use super::local::{Local, Reply};
 use super::upstream::{self, ConnectError, Pool, UpConn};
 use crate::metrics::Metrics;
-use crate::selection::{Hit, Pick, Policy, RequestView, RoutingTable, RuleAction, Upstream};
+use crate::selection::{
+    Forward, Hit, Pick, Policy, RequestView, RouteRule, RoutingTable, RuleAction, Upstream,
+};
 
 /// Why one attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,6 +310,9 @@ pub(crate) struct Target<'t> {
     pub idx: usize,
     /// Retries and timeouts.
     pub policy: &'t Policy,
+    /// The affinity key of the client's session cookie, when the rule has
+    /// cookie affinity and the cookie's endpoint was chosen.
+    pub sticky: Option<u64>,
 }
 
 /// What [`Worker::decide`] made of a request.
@@ -366,48 +371,80 @@ impl Worker {
     ) -> Decision<'t> {
         let rule = hit.rule;
         let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
-        if let Some(f) = &rule.filters {
-            if let Some(ranges) = &f.source
-                && !ranges.permits(client.ip)
-            {
-                debug!(client = %client.ip, route = %rule.label, "client address not allowed; answering 403");
-                return reply(Reply::new(Local::Forbidden));
-            }
-            if let Some(cors) = &f.cors
-                && filters::is_preflight(req)
-            {
-                let origin = filters::origin(req).unwrap_or_default();
-                return reply(Reply {
-                    headers: filters::preflight_headers(cors, &origin),
-                    ..Reply::new(Local::Preflight)
-                });
-            }
+        let Some(f) = &rule.filters else {
+            // The common case, with nothing to check first.
+            return match &rule.action {
+                RuleAction::Forward(forward) => self.forwarding(hit, forward.pick(), None),
+                _ => self.answer(hit, client, host, req),
+            };
+        };
+        if let Some(ranges) = &f.source
+            && !ranges.permits(client.ip)
+        {
+            debug!(client = %client.ip, route = %rule.label, "client address not allowed; answering 403");
+            return reply(Reply::new(Local::Forbidden));
+        }
+        if let Some(cors) = &f.cors
+            && filters::is_preflight(req)
+        {
+            let origin = filters::origin(req).unwrap_or_default();
+            return reply(Reply {
+                headers: filters::preflight_headers(cors, &origin),
+                ..Reply::new(Local::Preflight)
+            });
         }
         match &rule.action {
-            RuleAction::Forward(forward) => match forward.pick() {
-                Pick::Endpoint {
-                    upstream,
-                    idx,
-                    policy,
-                } => Decision::Forward(Target {
-                    hit,
-                    upstream,
-                    idx,
-                    policy,
-                }),
-                Pick::NoEndpoints(upstream) => {
-                    warn!(upstream = %upstream.name, "no endpoints available; answering 503");
-                    reply(Reply::new(Local::NoEndpoints))
-                }
-                Pick::Invalid => {
-                    debug!(route = %rule.label, "this share goes to an invalid backend reference; answering 500");
-                    reply(Reply::new(Local::InvalidBackend))
-                }
-                Pick::NoBackends => {
-                    debug!(route = %rule.label, "the rule has no backend; answering 500");
-                    reply(Reply::new(Local::NoBackends))
-                }
-            },
+            RuleAction::Forward(forward) => {
+                let (pick, sticky) = self.pick(rule, forward, req);
+                self.forwarding(hit, pick, sticky)
+            }
+            _ => self.answer(hit, client, host, req),
+        }
+    }
+
+    /// The decision for a pick of a forwarding rule.
+    #[inline]
+    fn forwarding<'t>(&self, hit: Hit<'t>, pick: Pick<'t>, sticky: Option<u64>) -> Decision<'t> {
+        let rule = hit.rule;
+        let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
+        match pick {
+            Pick::Endpoint {
+                upstream,
+                idx,
+                policy,
+            } => Decision::Forward(Target {
+                hit,
+                upstream,
+                idx,
+                policy,
+                sticky,
+            }),
+            Pick::NoEndpoints(upstream) => {
+                warn!(upstream = %upstream.name, "no endpoints available; answering 503");
+                reply(Reply::new(Local::NoEndpoints))
+            }
+            Pick::Invalid => {
+                debug!(route = %rule.label, "this share goes to an invalid backend reference; answering 500");
+                reply(Reply::new(Local::InvalidBackend))
+            }
+            Pick::NoBackends => {
+                debug!(route = %rule.label, "the rule has no backend; answering 500");
+                reply(Reply::new(Local::NoBackends))
+            }
+        }
+    }
+
+    /// The local answer of a rule that does not forward (a redirect, a
+    /// fixed response).
+    fn answer<'t>(
+        &self,
+        hit: Hit<'t>,
+        client: &ClientIp,
+        host: Option<&str>,
+        req: &dyn RequestView,
+    ) -> Decision<'t> {
+        let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
+        match &hit.rule.action {
             RuleAction::Redirect(redirect) => {
                 let location = filters::redirect_location(
                     redirect,
@@ -428,7 +465,27 @@ impl Worker {
                 body: Some(&fixed.body),
                 ..Reply::new(Local::Fixed(fixed.status))
             }),
+            RuleAction::Forward(forward) => self.forwarding(hit, forward.pick(), None),
         }
+    }
+
+    /// The pick for a request to a forwarding rule: with cookie affinity,
+    /// the endpoint its session cookie names when that one is still
+    /// available (and the key, so no new cookie is set); else the next one
+    /// in the rule's exact rotation.
+    fn pick<'r>(
+        &self,
+        rule: &RouteRule,
+        forward: &'r Forward,
+        req: &dyn RequestView,
+    ) -> (Pick<'r>, Option<u64>) {
+        if let Some(affinity) = rule.filters.as_ref().and_then(|f| f.affinity.as_ref())
+            && let Some(key) = filters::affinity_cookie_key(req, &affinity.name)
+            && let Some(pick) = forward.sticky(key)
+        {
+            return (pick, Some(key));
+        }
+        (forward.pick(), None)
     }
 
     /// Forwards one request to `target` through `transport`: sends, and

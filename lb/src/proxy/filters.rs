@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use http::header::{self, HeaderName, HeaderValue};
 
-use crate::discovery::route::{Cors, PathMatch, PathRewrite, Redirect};
+use crate::discovery::route::{CookieAffinity, Cors, PathMatch, PathRewrite, Redirect};
 use crate::selection::RequestView;
 
 /// Appends `path` rewritten by `rewrite` to `out`; `matched` is the path
@@ -184,6 +184,39 @@ pub fn response_cors_headers(cors: &Cors, origin: &str) -> Vec<(HeaderName, Head
     out
 }
 
+/// The affinity key in the request's cookie `name` (16 hex digits), if it
+/// sent one.
+pub fn affinity_cookie_key(req: &dyn RequestView, name: &str) -> Option<u64> {
+    let mut key = None;
+    req.any_header(&header::COOKIE, &mut |v| {
+        let Ok(v) = std::str::from_utf8(v) else {
+            return false;
+        };
+        key = v.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && v.len() == 16)
+                .then(|| u64::from_str_radix(v, 16).ok())
+                .flatten()
+        });
+        key.is_some()
+    });
+    key
+}
+
+/// The `Set-Cookie` that makes a client stick to the endpoint with this
+/// affinity key.
+pub fn affinity_set_cookie(affinity: &CookieAffinity, key: u64) -> Option<HeaderValue> {
+    let mut v = format!(
+        "{}={key:016x}; Path={}; HttpOnly",
+        affinity.name,
+        affinity.path.as_deref().unwrap_or("/")
+    );
+    if let Some(age) = affinity.max_age {
+        let _ = write!(v, "; Max-Age={}", age.as_secs());
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use http::Method;
@@ -323,6 +356,32 @@ mod tests {
             ..Redirect::default()
         };
         assert_eq!(location(&path, "http", "gw", "/old?q"), "http://gw/new?q");
+    }
+
+    #[test]
+    fn affinity_cookies() {
+        let affinity = CookieAffinity {
+            name: "route".into(),
+            max_age: Some(std::time::Duration::from_secs(3600)),
+            path: None,
+        };
+        assert_eq!(
+            affinity_set_cookie(&affinity, 0xab).unwrap(),
+            "route=00000000000000ab; Path=/; HttpOnly; Max-Age=3600"
+        );
+        let headers = [("cookie", "a=1; route=00000000000000ab; b=2")];
+        let req = SimpleRequest {
+            headers: &headers,
+            ..SimpleRequest::get("/")
+        };
+        assert_eq!(affinity_cookie_key(&req, "route"), Some(0xab));
+        assert_eq!(affinity_cookie_key(&req, "other"), None);
+        let bad = [("cookie", "route=zz; route=1")];
+        let req = SimpleRequest {
+            headers: &bad,
+            ..SimpleRequest::get("/")
+        };
+        assert_eq!(affinity_cookie_key(&req, "route"), None, "not a key");
     }
 
     #[test]

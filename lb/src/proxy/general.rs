@@ -672,6 +672,13 @@ impl Worker {
         forward_response_headers(&mut parts.headers, client_version, false);
         if let Some(f) = filters {
             apply_edits(&mut parts.headers, &f.response_headers);
+            let key = upstream.endpoints[answered.idx].affinity_key;
+            if let Some(affinity) = &f.affinity
+                && target.sticky != Some(key)
+                && let Some(cookie) = filters::affinity_set_cookie(affinity, key)
+            {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
             if let (Some(cors), Some(origin)) = (&f.cors, &origin) {
                 for (name, value) in filters::response_cors_headers(cors, origin) {
                     parts.headers.append(name, value);

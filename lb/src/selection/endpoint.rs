@@ -31,6 +31,10 @@ pub struct Endpoint {
     pub name: Option<Arc<str>>,
     /// Relative weight.
     pub weight: u32,
+    /// What a session-affinity cookie says to name this endpoint: a hash
+    /// of the upstream's name and the address, the same on every LB
+    /// replica ([`affinity_key`]).
+    pub affinity_key: u64,
     consecutive_failures: AtomicU32,
     /// 0 = not ejected; else the [`Endpoint::now_ms`] value until which it
     /// is ejected.
@@ -60,6 +64,7 @@ impl Endpoint {
             })
         });
         Self {
+            affinity_key: affinity_key(upstream, addr),
             addr,
             name,
             weight: weight.max(1),
@@ -157,9 +162,35 @@ impl Endpoint {
     }
 }
 
+/// The affinity key of the endpoint `addr` of `upstream`: 64-bit FNV-1a of
+/// `upstream/addr`. Stable across processes and replicas (a cookie set by
+/// one LB pod is honoured by the others), and it does not show the
+/// endpoint's address to clients.
+pub fn affinity_key(upstream: &str, addr: SocketAddr) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let addr = addr.to_string();
+    for b in upstream.bytes().chain([b'/']).chain(addr.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinity_keys_are_stable_and_distinct() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert_eq!(affinity_key("u", a), affinity_key("u", a));
+        assert_ne!(affinity_key("u", a), affinity_key("u", b));
+        assert_ne!(affinity_key("u", a), affinity_key("v", a));
+        // A fixed value (FNV-1a 64 of `u/10.0.0.1:80`): replicas of any
+        // build agree.
+        assert_eq!(affinity_key("u", a), 0x52ededdb8215348d);
+    }
 
     fn ep() -> Endpoint {
         Endpoint::new(

@@ -220,6 +220,34 @@ impl Forward {
         }
     }
 
+    /// The available endpoint whose affinity key is `key`, among the
+    /// backends that get traffic (a session-affinity cookie's endpoint);
+    /// does not move any cursor.
+    pub fn sticky(&self, key: u64) -> Option<Pick<'_>> {
+        if matches!(self.how, How::Nothing) {
+            return None;
+        }
+        self.backends.iter().find_map(|(upstream, policy)| {
+            let idx = upstream
+                .endpoints
+                .iter()
+                .position(|e| e.affinity_key == key && e.is_available())?;
+            let gets_traffic = match &self.how {
+                How::Weighted { schedule, .. } => schedule.iter().any(|s| {
+                    matches!(s, Slot::Endpoint { backend, .. }
+                        if Arc::ptr_eq(&self.backends[*backend as usize].0, upstream))
+                }),
+                How::Single => Arc::ptr_eq(&self.backends[0].0, upstream),
+                How::Nothing => false,
+            };
+            gets_traffic.then_some(Pick::Endpoint {
+                upstream,
+                idx,
+                policy,
+            })
+        })
+    }
+
     fn pick_weighted<'r>(&'r self, schedule: &[Slot], cursor: &AtomicUsize) -> Pick<'r> {
         let len = schedule.len();
         let start = cursor.fetch_add(1, Ordering::Relaxed) % len;
@@ -447,6 +475,35 @@ mod tests {
         assert_eq!(seen, [10, 11, 10, 11]);
         assert!(matches!(f.how, How::Single));
         assert!(f.all_http1);
+    }
+
+    #[test]
+    fn a_sticky_key_finds_its_endpoint_without_moving_the_cursor() {
+        let a = upstream("a", &[10, 11]);
+        let z = upstream("z", &[30]);
+        let f = forward(vec![
+            Share::Backend(a.clone(), 1),
+            Share::Backend(z.clone(), 0),
+        ]);
+        let key = a.endpoints[1].affinity_key;
+        for _ in 0..3 {
+            let Some(Pick::Endpoint { upstream, idx, .. }) = f.sticky(key) else {
+                panic!()
+            };
+            assert_eq!(upstream.endpoints[idx].addr.port(), 11);
+        }
+        assert!(f.sticky(z.endpoints[0].affinity_key).is_none(), "weight 0");
+        assert!(f.sticky(12345).is_none());
+        a.endpoints[1].record_connect_failure(1, std::time::Duration::from_secs(60), || true);
+        assert!(f.sticky(key).is_none(), "ejected: a new pick");
+        let Pick::Endpoint { upstream, idx, .. } = f.pick() else {
+            panic!()
+        };
+        assert_eq!(
+            upstream.endpoints[idx].addr.port(),
+            10,
+            "the cursor never moved"
+        );
     }
 
     #[test]

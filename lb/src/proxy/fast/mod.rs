@@ -41,13 +41,13 @@ use super::attempt::{
 };
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
 use super::headers::ClientIp;
-use super::local::Reply;
+use super::local::{Local, Reply};
 use super::park::Parked;
 use super::stream::{ClientStream, h2_preface};
 use super::timer::LazyTimer;
 use super::upstream::{Pool, UpConn};
 use crate::discovery::route::HeaderEdits;
-use crate::selection::{Policy, RoutingTable, RuleAction};
+use crate::selection::{Policy, RequestView, RoutingTable, RuleAction};
 
 /// Reads into the spare capacity of `buf` (at least `reserve` bytes). A
 /// read that does not fill it has emptied the socket's receive queue
@@ -598,7 +598,8 @@ impl Worker {
     ) -> Option<Decision<'t>> {
         let host = parsed.host();
         let Some(hit) = table.routes.find(client.listener, Some(host), parsed) else {
-            return Some(self.decide(table, client, Some(host), parsed));
+            debug!(path = parsed.path(), "no route matches");
+            return Some(Decision::Reply(None, Reply::new(Local::NoRoute)));
         };
         let rule = hit.rule;
         if let RuleAction::Forward(f) = &rule.action
