@@ -79,7 +79,7 @@ fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 /// RFC 3986 unreserved characters and sub-delims.
-fn unreserved_or_sub_delim(b: u8) -> bool {
+const fn unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -101,13 +101,37 @@ fn unreserved_or_sub_delim(b: u8) -> bool {
 }
 
 /// RFC 3986 characters allowed in an origin-form target (pchar, `/`, `?`).
-fn target_byte(b: u8) -> bool {
+const fn target_byte(b: u8) -> bool {
     unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
 }
 
 /// Characters of `uri-host [":" port]` without userinfo.
-fn host_byte(b: u8) -> bool {
+const fn host_byte(b: u8) -> bool {
     unreserved_or_sub_delim(b) || matches!(b, b':' | b'[' | b']' | b'%')
+}
+
+/// The bytes a target (`host: false`) or a `Host` value (`true`) may hold,
+/// as a table: one load per byte instead of a chain of comparisons.
+const fn byte_table(host: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if host {
+            host_byte(b as u8)
+        } else {
+            target_byte(b as u8)
+        };
+        b += 1;
+    }
+    table
+}
+
+static TARGET_BYTES: [bool; 256] = byte_table(false);
+static HOST_BYTES: [bool; 256] = byte_table(true);
+
+/// Whether every byte of `s` is in `table`.
+fn all_in(table: &[bool; 256], s: &[u8]) -> bool {
+    s.iter().all(|b| table[usize::from(*b)])
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -149,14 +173,18 @@ pub fn parse_request(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Request::Fallback;
     };
-    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(target_byte) {
+    if method == "CONNECT" || !target.starts_with('/') || !all_in(&TARGET_BYTES, target.as_bytes())
+    {
         return Request::Fallback;
     }
     let mut host: Option<&[u8]> = None;
     let mut content_length = false;
     let mut close = false;
-    for h in req.headers.iter() {
-        match rule(h.name.as_bytes()) {
+    // Each field's rule, looked up once for the checks and the rewrite.
+    let mut rules = [Rule::Keep; MAX_HEADERS];
+    for (h, r) in req.headers.iter().zip(&mut rules) {
+        *r = rule(h.name.as_bytes());
+        match *r {
             Rule::Host if host.replace(h.value).is_some() => return Request::Fallback,
             Rule::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
                 return Request::Fallback;
@@ -175,7 +203,7 @@ pub fn parse_request(
             _ => {}
         }
     }
-    let Some(host_bytes) = host.filter(|h| !h.is_empty() && h.iter().all(|b| host_byte(*b))) else {
+    let Some(host_bytes) = host.filter(|h| !h.is_empty() && all_in(&HOST_BYTES, h)) else {
         return Request::Fallback;
     };
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -186,8 +214,8 @@ pub fn parse_request(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut xff = false;
-    for h in req.headers.iter() {
-        match rule(h.name.as_bytes()) {
+    for (h, r) in req.headers.iter().zip(&rules) {
+        match r {
             Rule::Keep | Rule::ContentLength => header(out, h.name.as_bytes(), h.value),
             Rule::Host => header(out, b"host", host_override.unwrap_or(h.value)),
             Rule::ForwardedFor => xff = true,
@@ -196,8 +224,8 @@ pub fn parse_request(
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if xff {
-        for h in req.headers.iter() {
-            if rule(h.name.as_bytes()) == Rule::ForwardedFor {
+        for (h, r) in req.headers.iter().zip(&rules) {
+            if *r == Rule::ForwardedFor {
                 out.extend_from_slice(h.value);
                 out.extend_from_slice(b", ");
             }
@@ -350,8 +378,11 @@ pub fn parse_response(
     let mut chunked = false;
     let mut reusable = version == 1;
     let mut connection_options = false;
-    for h in resp.headers.iter() {
-        match rule(h.name.as_bytes()) {
+    // Each field's rule, looked up once for the checks and the rewrite.
+    let mut rules = [Rule::Keep; MAX_HEADERS];
+    for (h, r) in resp.headers.iter().zip(&mut rules) {
+        *r = rule(h.name.as_bytes());
+        match *r {
             Rule::ContentLength => {
                 let v = h.value.trim_ascii();
                 let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
@@ -408,9 +439,9 @@ pub fn parse_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length_written = false;
-    for h in resp.headers.iter() {
+    for (h, r) in resp.headers.iter().zip(&rules) {
         let name = h.name.as_bytes();
-        match rule(name) {
+        match *r {
             Rule::ContentLength => {
                 if !chunked && !length_written {
                     header(out, name, h.value.trim_ascii());

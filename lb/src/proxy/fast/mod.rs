@@ -329,12 +329,14 @@ async fn serve_one<S: ClientStream>(
             () = &mut cancelled, if inb.is_empty() => return Step::Closed,
         }
     };
-    let start = std::time::Instant::now();
+    // Timed only for the access log (the duration metric is the attempt
+    // core's).
     let meta = match w.log {
         Some(_) => {
+            let start = std::time::Instant::now();
             let meta = meta.get_or_insert_default();
             meta.fill(w, &inb[..req.len], up_head);
-            Some(&**meta)
+            Some((&**meta, start))
         }
         None => None,
     };
@@ -361,7 +363,7 @@ async fn serve_one<S: ClientStream>(
             w.forward_fast(stream, upstream, transport, close).await
         }
     };
-    if let Some(meta) = meta {
+    if let Some((meta, start)) = meta {
         w.log_request(
             &Finished {
                 start,
