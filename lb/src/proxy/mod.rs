@@ -24,6 +24,7 @@ pub mod body;
 mod buffers;
 mod conn;
 pub mod fast;
+pub mod filters;
 mod general;
 mod h2;
 pub mod headers;
