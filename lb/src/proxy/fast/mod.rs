@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
-use self::head::{Framing, Limits, Parse, Parsed, RequestEdits, Response, ResponseHead};
+use self::head::{Fields, Framing, Limits, Parse, Parsed, RequestEdits, Response, ResponseHead};
 use super::Worker;
 use super::attempt::{
     Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Target, Transport,
@@ -317,8 +317,8 @@ async fn serve_one<S: ClientStream>(
             // Parsed, routed and rewritten in one go, with nothing held
             // across an await.
             let routed = {
-                let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
-                match head::parse(inb, limits, &mut headers) {
+                let mut fields = Fields::new();
+                match head::parse(inb, limits, &mut fields) {
                     Parse::Ready(parsed) => match w.decide_fast(&table, client, &parsed) {
                         Some(decision) => {
                             let edits = match &decision {
@@ -362,12 +362,14 @@ async fn serve_one<S: ClientStream>(
             () = &mut cancelled, if inb.is_empty() => return Step::Closed,
         }
     };
-    let start = std::time::Instant::now();
+    // Timed only for the access log (the duration metric is the attempt
+    // core's).
     let meta = match w.log {
         Some(_) => {
+            let start = std::time::Instant::now();
             let meta = meta.get_or_insert_default();
             meta.fill(w, &inb[..req.len], up_head);
-            Some(&**meta)
+            Some((&**meta, start))
         }
         None => None,
     };
@@ -398,7 +400,7 @@ async fn serve_one<S: ClientStream>(
             w.forward_fast(stream, &target, transport, close).await
         }
     };
-    if let Some(meta) = meta {
+    if let Some((meta, start)) = meta {
         w.log_request(
             &Finished {
                 start,
