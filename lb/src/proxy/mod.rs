@@ -25,7 +25,8 @@ mod buffers;
 mod conn;
 pub mod fast;
 mod general;
-mod h2;
+mod grpc;
+pub mod h2;
 pub mod headers;
 pub mod local;
 mod park;
@@ -192,7 +193,7 @@ pub(crate) struct Worker {
     /// This worker's upstream connections (both paths).
     pub(crate) pool: Rc<Pool>,
     /// Its HTTP/2 connections to `h2c` endpoints.
-    pub(crate) h2_pool: Rc<h2::H2Pool>,
+    pub(crate) h2_pool: Rc<h2::upstream::H2Pool>,
     /// hyper's client settings for the general path.
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
@@ -232,7 +233,7 @@ impl Worker {
                 shared.config.upstream_max_idle,
                 shared.config.upstream_idle_timeout,
             ),
-            h2_pool: Rc::new(h2::H2Pool::new(UPSTREAM_H2_STREAMS)),
+            h2_pool: Rc::new(h2::upstream::H2Pool::new(UPSTREAM_H2_STREAMS)),
             shared,
             client,
             body_error,
