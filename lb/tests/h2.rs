@@ -373,17 +373,17 @@ async fn request_bodies_stream_to_http11_backends_with_or_without_a_length() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "cl=- te=chunked cookie=- len=6 head=abbccc");
 
-    // 1 MiB, far beyond the 64 KiB window the client starts with: it can
-    // only be sent whole if the LB gives the window back as the backend
-    // takes the bytes.
-    let big: Vec<Bytes> = (0..64)
+    // 4 MiB, four times the window the LB gives a connection: it can only
+    // be sent whole if the LB gives the window back as the backend takes
+    // the bytes.
+    let big: Vec<Bytes> = (0..256)
         .map(|_| Bytes::from(vec![b'z'; 16 * 1024]))
         .collect();
     let (status, body) = within(HANG, raw_call(&tx, post("/c", None), big)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        "cl=- te=chunked cookie=- len=1048576 head=zzzzzzzzzzzzzzzz"
+        "cl=- te=chunked cookie=- len=4194304 head=zzzzzzzzzzzzzzzz"
     );
 
     // Cookie fields, split in HTTP/2, are one field again in HTTP/1.1

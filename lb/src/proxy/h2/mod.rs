@@ -66,11 +66,23 @@ pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// holds at most this much per stream).
 pub const MAX_SEND_BUFFER: usize = 256 * 1024;
 
+/// The flow-control window a client gets for each request body, and for
+/// all of a connection's request bodies together: what a client may have
+/// sent that the endpoints have not taken yet (the LB gives window back
+/// only as it writes the bytes upstream), so at most this much is held per
+/// connection. As large as hyper's defaults were, so uploads are not
+/// slowed by more window updates than before.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// The `h2` crate's server configured with the LB's limits; the fuzz
 /// target builds its server with this too.
 pub fn server_builder(limits: &Limits) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
-    b.max_concurrent_streams(limits.max_streams)
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(limits.max_header_list)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
@@ -181,5 +193,79 @@ pub(crate) async fn serve<S>(
     .await;
     if let Err(e) = result {
         debug!(client = %peer, error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::Request;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::proxy::ProxyConfig;
+    use crate::selection::{Balancer, Policy};
+
+    /// A connection is closed (GOAWAY, then the close) once it has had no
+    /// stream for the header-read timeout, counted from its last stream.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_at_the_timeout_after_its_last_stream() {
+        let balancer = Arc::new(Balancer::new(Policy::default(), Arc::new(Metrics::new(1))));
+        let config = ProxyConfig {
+            header_read_timeout: Duration::from_secs(30),
+            ..ProxyConfig::default()
+        };
+        let server = Server::new(&config);
+        let w = Rc::new(crate::proxy::tests::worker(balancer, config));
+        let client = Rc::new(ClientIp::new("127.0.0.1".parse().unwrap()));
+        let drain = CancellationToken::new();
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let start = Instant::now();
+        let lb = serve(w, &server, client, &drain, far);
+        let user = async {
+            let (tx, conn) = h2::client::handshake(near).await.unwrap();
+            let mut conn = std::pin::pin!(conn);
+            // A request 10 s in (no route: the LB's own 404).
+            tokio::select! {
+                _ = &mut conn => panic!("closed before the first request"),
+                () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+            let mut tx = tx.ready().await.unwrap();
+            let req = Request::get("http://a/x").body(()).unwrap();
+            let (resp, _) = tx.send_request(req, true).unwrap();
+            let resp = tokio::select! {
+                _ = &mut conn => panic!("closed with a stream in flight"),
+                r = resp => r.unwrap(),
+            };
+            assert_eq!(resp.status(), 404);
+            let answered = start.elapsed();
+            conn.await.unwrap();
+            (answered, start.elapsed())
+        };
+        let ((answered, closed), ()) = tokio::join!(user, lb);
+        assert_eq!(answered, Duration::from_secs(10));
+        assert!(
+            closed >= Duration::from_secs(40) && closed <= Duration::from_millis(40_010),
+            "closed {closed:?} after start: 30 s after the last stream"
+        );
+    }
+
+    /// Without a preface within the timeout, the connection is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_without_a_preface_is_dropped_at_the_timeout() {
+        let balancer = Arc::new(Balancer::new(Policy::default(), Arc::new(Metrics::new(1))));
+        let config = ProxyConfig {
+            header_read_timeout: Duration::from_secs(5),
+            ..ProxyConfig::default()
+        };
+        let server = Server::new(&config);
+        let w = Rc::new(crate::proxy::tests::worker(balancer, config));
+        let client = Rc::new(ClientIp::new("127.0.0.1".parse().unwrap()));
+        let drain = CancellationToken::new();
+        let (_near, far) = tokio::io::duplex(1024);
+        let start = Instant::now();
+        serve(w, &server, client, &drain, far).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }
