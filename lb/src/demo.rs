@@ -48,6 +48,7 @@ pub async fn run(settings: Settings) -> crate::Result<()> {
         .collect();
     let routing = RoutingConfig {
         upstreams: vec![UpstreamConfig::catch_all("default", endpoints)],
+        routes: Vec::new(),
     };
     let lb = bound.proxy_addr();
     let admin = bound.admin_addr();

@@ -259,6 +259,7 @@ mod tests {
                 "default",
                 vec![EndpointSpec::new("127.0.0.1:5001".parse().unwrap()).named("backend-1")],
             )],
+            routes: Vec::new(),
         });
         AdminState {
             balancer: b,
@@ -310,6 +311,7 @@ mod tests {
                     vec![EndpointSpec::new("127.0.0.1:5001".parse().unwrap()).named("backend-1")],
                 ),
             ],
+            routes: Vec::new(),
         });
         s
     }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod file;
 pub mod k8s;
 pub mod reload;
+pub mod route;
 pub mod static_dns;
 
 use std::fmt;
@@ -24,6 +25,10 @@ use crate::metrics::{DiscoveryMetrics, ResourceLabels};
 
 pub use file::StaticSource;
 pub use k8s::DefaultUpstream;
+pub use route::{
+    Action, Backend, BackendRef, HostMatch, ListenerId, Listeners, Match, Order, Origin, PathMatch,
+    Route, RouteKind, Rule, Scope, WeightedBackend,
+};
 pub use static_dns::{BackendTarget, StaticDiscovery};
 
 /// One endpoint as a discovery source sees it.
@@ -54,7 +59,9 @@ impl EndpointSpec {
     }
 }
 
-/// Which requests an upstream serves. The empty match serves everything.
+/// Which requests an `Upstream` serves: the shape of the `Upstream` kind's
+/// one rule (see [`UpstreamConfig::to_route`]). The empty match serves
+/// everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RouteMatch {
     /// Exact `Host` (without port), compared case-insensitively.
@@ -104,7 +111,10 @@ impl std::str::FromStr for Protocol {
     }
 }
 
-/// One named pool of endpoints with its match rule.
+/// One named pool of endpoints with its match rule: the `Upstream` kind's
+/// shape (and the static sources'), lowered into the route model by
+/// [`UpstreamConfig::to_route`]: one backend, one rule matching host and
+/// path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Unique name (the `Upstream` object's name in Kubernetes).
@@ -130,13 +140,93 @@ impl UpstreamConfig {
             protocol: Protocol::Http1,
         }
     }
+
+    /// Its endpoint set as a route-model backend (same name, endpoints,
+    /// protocol and policy).
+    pub fn backend(&self) -> Backend {
+        Backend {
+            name: self.name.clone(),
+            endpoints: self.endpoints.clone(),
+            protocol: self.protocol,
+            policy: self.policy.clone(),
+        }
+    }
+
+    /// The upstream in the route model: on every listener, for its host
+    /// (any host without one), one rule matching its path prefix (every
+    /// path without one) that forwards to [`UpstreamConfig::backend`], with
+    /// its retries and response-header timeout as the rule's policy.
+    /// `origin` and `order` say which object it is and how it ranks against
+    /// equally specific routes.
+    pub fn to_route(&self, origin: Origin, order: Order) -> Route {
+        let hostnames = self
+            .route
+            .host
+            .as_deref()
+            .map(|h| {
+                let h = h.trim_end_matches('.').to_ascii_lowercase();
+                // Upstream hosts are exact names; a name the hostname
+                // grammar refuses (an IP address) is still matched as
+                // written, since the Upstream kind always allowed it.
+                HostMatch::parse(&h)
+                    .ok()
+                    .filter(|m| matches!(m, HostMatch::Exact(_)))
+                    .unwrap_or(HostMatch::Exact(h.into()))
+            })
+            .into_iter()
+            .collect();
+        let path = Match::prefix(self.route.path_prefix.as_deref().unwrap_or("/"));
+        let mut rule = Rule::forward(vec![path], Arc::new(self.backend()));
+        rule.policy = route::RulePolicy {
+            request_timeout: None,
+            backend_request_timeout: self.policy.response_header_timeout,
+            retries: self.policy.retries,
+        };
+        Route {
+            origin,
+            order,
+            scopes: vec![Scope {
+                listeners: Listeners::ALL,
+                hostnames,
+            }],
+            rules: vec![rule],
+        }
+    }
 }
 
-/// A complete routing snapshot: every upstream and its endpoints.
+/// A complete routing snapshot: every route, with its backends' endpoints
+/// resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingConfig {
-    /// All upstreams; names are unique.
+    /// Routes in the `Upstream` shape (static sources, `Upstream` objects);
+    /// names are unique. Each is routed as [`UpstreamConfig::to_route`]
+    /// says, with kind `Upstream`, no namespace and no creation time.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Routes of every other kind (and `Upstream`s, when an adapter lowers
+    /// them itself). Backend names are unique across both lists: a backend
+    /// named like an upstream, or two different backends with one name,
+    /// are a configuration error that the data plane logs, keeping the
+    /// first.
+    pub routes: Vec<Route>,
+}
+
+impl RoutingConfig {
+    /// Every route: the upstreams lowered, then `routes`.
+    pub fn all_routes(&self) -> impl Iterator<Item = std::borrow::Cow<'_, Route>> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                std::borrow::Cow::Owned(u.to_route(
+                    Origin {
+                        kind: RouteKind::Upstream,
+                        namespace: "".into(),
+                        name: u.name.clone(),
+                    },
+                    Order::default(),
+                ))
+            })
+            .chain(self.routes.iter().map(std::borrow::Cow::Borrowed))
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +242,7 @@ impl RoutingConfig {
                     .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
                     .collect(),
             )],
+            routes: Vec::new(),
         }
     }
 }
@@ -407,7 +498,74 @@ mod tests {
                 "default",
                 vec![EndpointSpec::new(([127, 0, 0, 1], port).into())],
             )],
+            routes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_upstream_is_one_rule_to_one_backend() {
+        let mut u =
+            UpstreamConfig::catch_all("api", vec![EndpointSpec::new(([127, 0, 0, 1], 1).into())]);
+        u.route = RouteMatch {
+            host: Some("API.Example".into()),
+            path_prefix: Some("/v1/".into()),
+        };
+        u.policy.retries = Some(5);
+        u.policy.response_header_timeout = Some(Duration::from_secs(3));
+        u.policy.eject_after = Some(7);
+        u.protocol = Protocol::H2c;
+        let origin = Origin {
+            kind: RouteKind::Upstream,
+            namespace: "ns".into(),
+            name: "api".into(),
+        };
+        let r = u.to_route(origin.clone(), Order { created: Some(5) });
+        assert_eq!(r.origin, origin);
+        assert_eq!(r.order.created, Some(5));
+        assert_eq!(
+            r.scopes,
+            [Scope {
+                listeners: Listeners::ALL,
+                hostnames: vec![HostMatch::Exact("api.example".into())],
+            }]
+        );
+        let [rule] = &r.rules[..] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(rule.matches, [Match::prefix("/v1/")]);
+        assert_eq!(rule.policy.retries, Some(5));
+        assert_eq!(
+            rule.policy.backend_request_timeout,
+            Some(Duration::from_secs(3))
+        );
+        let backends: Vec<_> = rule.backends().collect();
+        assert_eq!(backends.len(), 1);
+        assert_eq!(**backends[0], u.backend());
+        assert_eq!(backends[0].protocol, Protocol::H2c);
+        assert_eq!(backends[0].policy.eject_after, Some(7));
+        assert!(r.validate().is_ok());
+
+        // No host, no prefix: every request; a host the hostname grammar
+        // refuses is still matched literally, as before.
+        u.route = RouteMatch {
+            host: Some("*.example".into()),
+            path_prefix: None,
+        };
+        let r = u.to_route(origin, Order::default());
+        assert_eq!(
+            r.scopes[0].hostnames,
+            [HostMatch::Exact("*.example".into())]
+        );
+        assert_eq!(r.rules[0].matches, [Match::prefix("/")]);
+        let cfg = RoutingConfig {
+            upstreams: vec![u],
+            routes: vec![r.clone()],
+        };
+        let all: Vec<_> = cfg.all_routes().collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].origin.kind, RouteKind::Upstream);
+        assert_eq!(&*all[0].origin.namespace, "");
+        assert_eq!(*all[1], r);
     }
 
     #[test]

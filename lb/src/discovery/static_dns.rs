@@ -228,6 +228,7 @@ impl Discovery for StaticDiscovery {
                 upstream.protocol = this.protocol;
                 let routing = RoutingConfig {
                     upstreams: vec![upstream],
+                    routes: Vec::new(),
                 };
                 let count = routing.upstreams[0].endpoints.len();
                 if publisher.publish(routing, complete) {

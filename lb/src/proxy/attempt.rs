@@ -654,6 +654,7 @@ mod tests {
                     .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
                     .collect(),
             )],
+            routes: Vec::new(),
         });
         b
     }

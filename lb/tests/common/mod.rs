@@ -259,6 +259,7 @@ impl Discovery for ManualDiscovery {
 pub fn routing(specs: Vec<EndpointSpec>) -> RoutingConfig {
     RoutingConfig {
         upstreams: vec![UpstreamConfig::catch_all("default", specs)],
+        routes: Vec::new(),
     }
 }
 
@@ -682,6 +683,7 @@ pub fn h2c_routing(specs: Vec<EndpointSpec>) -> RoutingConfig {
     upstream.protocol = lb::discovery::Protocol::H2c;
     RoutingConfig {
         upstreams: vec![upstream],
+        routes: Vec::new(),
     }
 }
 

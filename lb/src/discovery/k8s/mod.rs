@@ -2,12 +2,19 @@
 //! the EndpointSlices of their Services with kube-rs watchers, publishes a
 //! routing snapshot after each change, and writes each Upstream's status.
 //!
-//! Rules (see [`index`]): slices of one Service are merged and
-//! de-duplicated; endpoints with `ready` true or unset take traffic;
-//! serving-but-terminating endpoints only when nothing is ready; of two
-//! Upstreams with the same match, the older one serves and the other is
-//! reported as a `Conflict`. A re-list never empties routing: the old
-//! objects stay until `InitDone`. After the first complete sync the data
+//! The module is split the way every route kind uses it: [`store`] (watch
+//! stores that keep the old objects until a re-list is done), [`endpoints`]
+//! (a Service port resolved against its EndpointSlices, for any kind),
+//! [`conflicts`] (the oldest claim wins), [`conditions`] (status
+//! conditions), [`status`] (the status writer, generic over the kind), and
+//! one adapter per kind that turns its objects into route intents and
+//! statuses ([`upstream`]); [`index`] keeps them up to date per event.
+//!
+//! Rules: slices of one Service are merged and de-duplicated; endpoints
+//! with `ready` true or unset take traffic; serving-but-terminating
+//! endpoints only when nothing is ready; of two Upstreams with the same
+//! match, the older one serves and the other is reported as a `Conflict`.
+//! A re-list never empties routing: the old objects stay until `InitDone`. After the first complete sync the data
 //! plane no longer depends on the API server: a failed watch is logged
 //! (rate-limited), counted by resource and started over with a short
 //! back-off while the last routing stays in service (see [`watch`]).
@@ -28,9 +35,14 @@
 //! `tls.secrets` grants by `resourceNames` (docs/SECURITY.md).
 
 pub mod backoff;
+pub mod conditions;
+pub mod conflicts;
+pub mod endpoints;
 pub mod index;
 pub mod secrets;
 pub mod status;
+pub mod store;
+pub mod upstream;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -48,8 +60,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::index::{Index, Reason, Resolved, SERVICE_LABEL};
+use self::endpoints::SERVICE_LABEL;
+use self::index::Index;
 use self::status::StatusWriter;
+use self::upstream::{Reason, Resolved};
 use super::SourceError;
 use super::{Discovery, Publisher};
 use crate::crd::{SpecError, Strategy, Upstream, UpstreamSpec};

@@ -1,7 +1,10 @@
-//! The status writer: a work queue with one entry per Upstream, as
+//! The status writer: a work queue with one entry per object, as
 //! kube-runtime's `Controller` and controller-runtime keep one per object.
+//! It is generic over the status type and the [`Sink`] that writes it, so
+//! every kind (Upstream, and the Gateway API kinds) shares one queue, one
+//! back-off and one logging policy; a kind only brings its sink.
 //!
-//! - **Fair.** Each Upstream has its own state and its own back-off; the
+//! - **Fair.** Each object has its own state and its own back-off; the
 //!   next write is the one due first (ties by name), a few run at once
 //!   ([`CONCURRENCY`]) and each has a deadline ([`WRITE_TIMEOUT`]), so a
 //!   failing or hanging object never holds the others back.
@@ -9,11 +12,11 @@
 //!   5xx) back off per object, exponentially up to a ceiling
 //!   ([`backoff::STATUS`]). Other 4xx answers (422 from validation or an
 //!   admission webhook, 403, …) cannot succeed by retrying: the entry is
-//!   parked until the Upstream object changes or its computed status does.
+//!   parked until the object changes or its computed status does.
 //! - **Quiet.** A rejection is logged at WARN once per distinct message and
 //!   object; a retryable failure on its first occurrence and then at most
 //!   once per [`LOG_EVERY`] per object; everything else at DEBUG.
-//! - **Latest wins.** Only the newest computed status of an Upstream is
+//! - **Latest wins.** Only the newest computed status of an object is
 //!   written; one that the object already has, or that we wrote last, is not
 //!   written again (the API server may prune what it returns, so "the object
 //!   shows it" alone cannot be the test).
@@ -37,7 +40,7 @@ use crate::metrics::{DiscoveryMetrics, ResultLabels};
 
 /// The field manager of status writes (one for every replica).
 pub const FIELD_MANAGER: &str = "roundhouse-lb";
-/// How often a persisting retryable failure of one Upstream is logged at WARN.
+/// How often a persisting retryable failure of one object is logged at WARN.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
 /// How long one status write may take before it counts as a (retryable)
 /// failure. kube's client has no read timeout of its own.
@@ -54,7 +57,7 @@ pub enum Failure {
     /// Will fail again as long as nothing changes: other 4xx (422 Invalid,
     /// 403 Forbidden, 400, …) and answers we cannot read.
     Permanent(String),
-    /// The Upstream is gone (404): nothing to write.
+    /// The object is gone (404): nothing to write.
     NotFound,
 }
 
@@ -81,23 +84,23 @@ pub fn classify(e: &kube::Error) -> Failure {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum State {
+enum State<S> {
     /// Written (or found on the object): nothing to do.
     Clean,
     /// To be written at this instant.
     Due(Instant),
     /// Being written; this is the status sent.
-    InFlight(UpstreamStatus),
+    InFlight(S),
     /// Rejected; waits for a new object version or a new desired status.
     Parked,
 }
 
 #[derive(Debug)]
-struct Entry {
-    desired: UpstreamStatus,
+struct Entry<S> {
+    desired: S,
     /// The object's resourceVersion when last seen.
     version: Option<String>,
-    state: State,
+    state: State<S>,
     /// Consecutive failed writes (the back-off exponent).
     failures: u32,
     /// The last rejection logged for this object.
@@ -137,14 +140,19 @@ pub enum Outcome {
     Forgotten,
 }
 
-/// The pure work queue: per-Upstream desired status, state and back-off.
+/// A status as the queue handles it: compared to decide whether to write.
+pub trait Status: Clone + PartialEq + std::fmt::Debug + Send + 'static {}
+
+impl<S: Clone + PartialEq + std::fmt::Debug + Send + 'static> Status for S {}
+
+/// The pure work queue: per-object desired status, state and back-off.
 #[derive(Debug)]
-pub struct StatusQueue {
-    entries: BTreeMap<String, Entry>,
+pub struct StatusQueue<S> {
+    entries: BTreeMap<String, Entry<S>>,
     backoff: Backoff,
 }
 
-impl StatusQueue {
+impl<S: Status> StatusQueue<S> {
     /// An empty queue.
     pub fn new(backoff: Backoff) -> Self {
         Self {
@@ -159,8 +167,8 @@ impl StatusQueue {
     pub fn observe(
         &mut self,
         name: &str,
-        desired: &UpstreamStatus,
-        current: Option<&UpstreamStatus>,
+        desired: &S,
+        current: Option<&S>,
         version: Option<&str>,
         now: Instant,
     ) {
@@ -208,7 +216,7 @@ impl StatusQueue {
         }
     }
 
-    /// Drops the entries of Upstreams for which `keep` is false.
+    /// Drops the entries of objects for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.entries.retain(|name, _| keep(name));
     }
@@ -226,7 +234,7 @@ impl StatusQueue {
 
     /// Takes the write due first (ties by name) if it is due by `now`,
     /// marking it in flight.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(String, UpstreamStatus)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(String, S)> {
         let (name, e) = self
             .entries
             .iter_mut()
@@ -317,7 +325,7 @@ impl StatusQueue {
         }
     }
 
-    /// Upstreams whose status on the server is not (known to be) the
+    /// Objects whose status on the server is not (known to be) the
     /// computed one: due, backing off, in flight or rejected.
     pub fn stale(&self) -> usize {
         self.entries
@@ -337,18 +345,26 @@ pub enum Method {
     Merge,
 }
 
-/// Where statuses go.
-pub trait Sink: Send + 'static {
-    /// Writes `status` as `name`'s status.
+/// Where statuses of one kind go.
+pub trait Sink<S>: Send + 'static {
+    /// The kind's resource as RBAC names it, e.g. `upstreams` (for logs).
+    fn resource(&self) -> &'static str;
+
+    /// Writes `status` as the status of the object `name` (its key in the
+    /// queue).
     fn write(
         &self,
         name: String,
-        status: UpstreamStatus,
+        status: S,
         method: Method,
     ) -> BoxFuture<'static, Result<(), kube::Error>>;
 }
 
-impl Sink for Api<Upstream> {
+impl Sink<UpstreamStatus> for Api<Upstream> {
+    fn resource(&self) -> &'static str {
+        "upstreams"
+    }
+
     fn write(
         &self,
         name: String,
@@ -400,17 +416,33 @@ struct Done {
     result: Result<(), WriteError>,
 }
 
+/// Logs an event about one object: Upstreams keep their `upstream=NAME`
+/// field (dashboards and tests read it), other kinds say
+/// `resource=… object=KEY`.
+macro_rules! log {
+    ($level:ident, $resource:expr, $name:expr, $($rest:tt)+) => {
+        if $resource == "upstreams" {
+            $level!(upstream = %$name, $($rest)+)
+        } else {
+            $level!(resource = $resource, object = %$name, $($rest)+)
+        }
+    };
+}
+
 /// Drives a [`StatusQueue`] against a [`Sink`].
-pub struct StatusWriter<S> {
-    sink: S,
-    queue: StatusQueue,
+pub struct StatusWriter<K, S> {
+    sink: K,
+    queue: StatusQueue<S>,
     in_flight: FuturesUnordered<BoxFuture<'static, Done>>,
     method: Method,
     metrics: DiscoveryMetrics,
     timeout: Duration,
+    /// This writer's share of the `status_stale` gauge (several writers,
+    /// one per kind, add to it).
+    stale: i64,
 }
 
-impl<S> std::fmt::Debug for StatusWriter<S> {
+impl<K, S: std::fmt::Debug> std::fmt::Debug for StatusWriter<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusWriter")
             .field("queue", &self.queue)
@@ -420,9 +452,9 @@ impl<S> std::fmt::Debug for StatusWriter<S> {
     }
 }
 
-impl<S: Sink> StatusWriter<S> {
+impl<K: Sink<S>, S: Status> StatusWriter<K, S> {
     /// A writer to `sink`, reporting to `metrics`.
-    pub fn new(sink: S, metrics: DiscoveryMetrics) -> Self {
+    pub fn new(sink: K, metrics: DiscoveryMetrics) -> Self {
         Self {
             sink,
             queue: StatusQueue::new(backoff::STATUS),
@@ -430,6 +462,7 @@ impl<S: Sink> StatusWriter<S> {
             method: Method::Apply,
             metrics,
             timeout: WRITE_TIMEOUT,
+            stale: 0,
         }
     }
 
@@ -441,20 +474,19 @@ impl<S: Sink> StatusWriter<S> {
 
     /// See [`StatusQueue::observe`]; call [`StatusWriter::dispatch`] after a
     /// batch of these.
-    pub fn observe(
-        &mut self,
-        name: &str,
-        desired: &UpstreamStatus,
-        current: Option<&UpstreamStatus>,
-        version: Option<&str>,
-    ) {
+    pub fn observe(&mut self, name: &str, desired: &S, current: Option<&S>, version: Option<&str>) {
         self.queue
             .observe(name, desired, current, version, Instant::now());
     }
 
-    /// Drops the entries of Upstreams for which `keep` is false.
+    /// Drops the entries of objects for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.queue.retain(keep);
+    }
+
+    /// Objects whose status is not (known to be) written.
+    pub fn stale(&self) -> usize {
+        self.queue.stale()
     }
 
     /// Starts the writes that are due, up to [`CONCURRENCY`] in flight.
@@ -479,7 +511,9 @@ impl<S: Sink> StatusWriter<S> {
                 }
             }));
         }
-        self.metrics.status_stale.set(self.queue.stale() as i64);
+        let stale = self.queue.stale() as i64;
+        self.metrics.status_stale.inc_by(stale - self.stale);
+        self.stale = stale;
     }
 
     /// Waits for a write to finish or to fall due, handles it and starts
@@ -523,6 +557,7 @@ impl<S: Sink> StatusWriter<S> {
 
     fn finish(&mut self, done: Done) {
         let now = Instant::now();
+        let resource = self.sink.resource();
         let Done {
             name,
             method,
@@ -535,10 +570,13 @@ impl<S: Sink> StatusWriter<S> {
             self.count("permanent_error");
             if self.method == Method::Apply {
                 self.method = Method::Merge;
-                warn!(
-                    upstream = %name,
-                    error = %format!("{} {}: {}", s.code, s.reason, s.message),
-                    "the API server does not take server-side apply on upstreams/status; \
+                let error = format!("{} {}: {}", s.code, s.reason, s.message);
+                log!(
+                    warn,
+                    resource,
+                    name,
+                    error = %error,
+                    "the API server does not take server-side apply on {resource}/status; \
                      writing statuses as JSON merge patches from now on"
                 );
             }
@@ -566,20 +604,31 @@ impl<S: Sink> StatusWriter<S> {
             _ => String::new(),
         };
         match self.queue.complete(&name, result, now) {
-            Outcome::Written { after_failures: 0 } => debug!(upstream = %name, "status written"),
-            Outcome::Written { after_failures } => {
-                info!(upstream = %name, failures = after_failures, "status written after failed attempts")
+            Outcome::Written { after_failures: 0 } => {
+                log!(debug, resource, name, "status written")
             }
-            Outcome::Gone => debug!(upstream = %name, "Upstream gone; status dropped"),
-            Outcome::Forgotten => {
-                debug!(upstream = %name, "status write finished after the Upstream left")
-            }
+            Outcome::Written { after_failures } => log!(
+                info,
+                resource,
+                name,
+                failures = after_failures,
+                "status written after failed attempts"
+            ),
+            Outcome::Gone => log!(debug, resource, name, "object gone; status dropped"),
+            Outcome::Forgotten => log!(
+                debug,
+                resource,
+                name,
+                "status write finished after the object left"
+            ),
             Outcome::Retrying {
                 failures,
                 delay,
                 warn: Some(not_logged),
-            } => warn!(
-                upstream = %name,
+            } => log!(
+                warn,
+                resource,
+                name,
                 error = %message,
                 failures,
                 retry_in_ms = delay.as_millis() as u64,
@@ -588,21 +637,29 @@ impl<S: Sink> StatusWriter<S> {
             ),
             Outcome::Retrying {
                 failures, delay, ..
-            } => debug!(
-                upstream = %name,
+            } => log!(
+                debug,
+                resource,
+                name,
                 error = %message,
                 failures,
                 retry_in_ms = delay.as_millis() as u64,
                 "cannot write status; retrying with back-off"
             ),
-            Outcome::Rejected { first: true } => warn!(
-                upstream = %name,
+            Outcome::Rejected { first: true } => log!(
+                warn,
+                resource,
+                name,
                 error = %message,
-                "the API server rejected the status; not retrying until the Upstream or its endpoints change"
+                "the API server rejected the status; not retrying until the object or its inputs change"
             ),
-            Outcome::Rejected { first: false } => {
-                debug!(upstream = %name, error = %message, "status rejected again (same error)")
-            }
+            Outcome::Rejected { first: false } => log!(
+                debug,
+                resource,
+                name,
+                error = %message,
+                "status rejected again (same error)"
+            ),
         }
     }
 }
@@ -621,7 +678,7 @@ mod tests {
         }
     }
 
-    fn queue() -> StatusQueue {
+    fn queue() -> StatusQueue<UpstreamStatus> {
         StatusQueue::new(backoff::STATUS)
     }
 
@@ -855,7 +912,11 @@ mod tests {
         }
     }
 
-    impl Sink for Scripted {
+    impl Sink<UpstreamStatus> for Scripted {
+        fn resource(&self) -> &'static str {
+            "upstreams"
+        }
+
         fn write(
             &self,
             name: String,
@@ -897,7 +958,10 @@ mod tests {
     }
 
     /// Runs the writer for `d` of virtual time.
-    async fn run_for<S: Sink>(w: &mut StatusWriter<S>, d: Duration) {
+    async fn run_for<K: Sink<UpstreamStatus>>(
+        w: &mut StatusWriter<K, UpstreamStatus>,
+        d: Duration,
+    ) {
         let _ = tokio::time::timeout(d, async {
             loop {
                 w.step().await;
@@ -1010,5 +1074,34 @@ mod tests {
             "and every write after it"
         );
         assert_eq!(metrics.status_stale.get(), 0);
+    }
+
+    /// Writers of several kinds share the stale gauge: each adds its own share.
+    #[tokio::test(start_paused = true)]
+    async fn writers_of_several_kinds_add_up_in_the_stale_gauge() {
+        let metrics = DiscoveryMetrics::default();
+        let one = Scripted::default();
+        one.answer("a", vec![Answer::Code(422)]);
+        let two = Scripted::default();
+        two.answer("b", vec![Answer::Code(422)]);
+        two.answer("c", vec![Answer::Code(422)]);
+        let mut w1 = StatusWriter::new(one, metrics.clone());
+        let mut w2 = StatusWriter::new(two.clone(), metrics.clone());
+        w1.observe("a", &status(1), None, Some("1"));
+        w2.observe("b", &status(1), None, Some("1"));
+        w2.observe("c", &status(1), None, Some("1"));
+        w1.dispatch();
+        w2.dispatch();
+        run_for(&mut w1, Duration::from_secs(1)).await;
+        run_for(&mut w2, Duration::from_secs(1)).await;
+        assert_eq!((w1.stale(), w2.stale()), (1, 2));
+        assert_eq!(metrics.status_stale.get(), 3);
+        // `c` passes now; its entry is retained, `b` is dropped.
+        two.answer("c", vec![Answer::Ok]);
+        w2.retain(|n| n == "c");
+        w2.observe("c", &status(2), None, Some("2"));
+        w2.dispatch();
+        run_for(&mut w2, Duration::from_secs(1)).await;
+        assert_eq!(metrics.status_stale.get(), 1, "only w1's rejected one");
     }
 }

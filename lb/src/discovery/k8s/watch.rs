@@ -8,7 +8,7 @@
 //! short back-off ([`super::backoff::WATCH`]), reset when the list completes. The
 //! completed list is positive proof that discovery is in sync again, which
 //! is what [`Health`] and the `last_sync` gauge report. The old objects stay
-//! in service during the re-list (see [`super::index::Buffered`]).
+//! in service during the re-list (see [`super::store::Buffered`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -810,6 +810,7 @@ mod tests {
                 "u",
                 vec![EndpointSpec::new(addr)],
             )],
+            routes: Vec::new(),
         });
         let worker = crate::proxy::tests::worker(b, crate::proxy::ProxyConfig::default());
         // Connected for real first; then time only moves when nothing else
