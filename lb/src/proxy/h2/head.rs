@@ -158,8 +158,12 @@ pub(crate) enum Parsed {
 
 /// A final response head from an HTTP/1.1 endpoint, ready for HTTP/2.
 pub(crate) struct Head {
-    /// Bytes of the head in the upstream buffer.
+    /// Bytes of the upstream buffer taken: the head, and the body bytes
+    /// that came with it (`first`).
     pub(crate) len: usize,
+    /// The body bytes that came with the head (a `Content-Length` or
+    /// close-delimited body's; a chunked body is decoded later).
+    pub(crate) first: Bytes,
     /// How its body is delimited.
     pub(crate) framing: Framing,
     /// Whether the upstream connection can be reused afterwards.
@@ -172,7 +176,8 @@ pub(crate) struct Head {
 /// HTTP/2 client: hop-by-hop fields and those named in `Connection` removed
 /// (HTTP/2 has no such fields), `Transfer-Encoding` dropped (the body is
 /// passed on decoded), `Via: 2 roundhouse` appended. The framing rules are
-/// the fast path's (RFC 9112 §6.3). Header values share one copy of the head.
+/// the fast path's (RFC 9112 §6.3). The head and the body bytes that came
+/// with it are copied once; header values and `first` are slices of that.
 pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -198,8 +203,10 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, B
     let mut chunked = false;
     let mut reusable = version == 1;
     let mut connection_options = false;
-    for h in resp.headers.iter() {
-        match rule(h.name.as_bytes()) {
+    let mut rules = [Rule::Keep; MAX_HEADERS];
+    for (h, r) in resp.headers.iter().zip(rules.iter_mut()) {
+        *r = rule(h.name.as_bytes());
+        match *r {
             Rule::ContentLength => {
                 let v = h.value.trim_ascii();
                 let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
@@ -243,13 +250,19 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, B
         Framing::UntilClose
     };
 
-    // One copy of the head; every value is a slice of it.
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    let first = match framing {
+        Framing::Length(n) => (buf.len() - len).min(usize::try_from(n).unwrap_or(usize::MAX)),
+        Framing::UntilClose => buf.len() - len,
+        Framing::Empty | Framing::Chunked => 0,
+    };
+    // One copy of the head and the first body bytes; every value is a
+    // slice of it.
+    let head = Bytes::copy_from_slice(&buf[..len + first]);
     let mut map = HeaderMap::with_capacity(resp.headers.len() + 1);
     let mut length_written = false;
-    for h in resp.headers.iter() {
+    for (h, r) in resp.headers.iter().zip(rules) {
         let name = h.name.as_bytes();
-        match rule(name) {
+        match r {
             Rule::ContentLength => {
                 if chunked || length_written {
                     continue;
@@ -278,7 +291,8 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, B
     *response.status_mut() = status;
     *response.headers_mut() = map;
     Ok(Parsed::Ready(Head {
-        len,
+        len: len + first,
+        first: head.slice(len..),
         framing,
         reusable,
         response,
@@ -372,7 +386,8 @@ mod tests {
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
                    Keep-Alive: timeout=5\r\nX-Kept:  yes \r\nEmpty:\r\n\r\nhello";
         let h = ready(raw, false);
-        assert_eq!(h.len, raw.len() - 5);
+        assert_eq!(h.len, raw.len(), "the head and its body");
+        assert_eq!(h.first, "hello");
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.reusable);
         let r = &h.response;

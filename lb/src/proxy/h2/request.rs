@@ -2,6 +2,7 @@
 //! answers, and the access log line; forwarding is [`super::to_h1`]'s or
 //! [`super::to_h2`]'s, by the Upstream's protocol.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,15 +31,16 @@ static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-req
 /// are the body bytes sent, `duration` runs to the last of them); a stream
 /// the client reset before it was answered gets no line.
 pub(super) async fn serve(
-    w: &Worker,
-    client: &ClientIp,
+    w: Rc<Worker>,
+    client: Rc<ClientIp>,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
+) -> Served {
+    let (w, client) = (&*w, &*client);
     let (parts, body) = req.into_parts();
     if w.log.is_none() {
         answer(w, client, parts, body, &mut respond, None).await;
-        return;
+        return Served;
     }
     let start = Instant::now();
     let method = parts.method.clone();
@@ -59,7 +61,7 @@ pub(super) async fn serve(
     if done.status == 0 {
         // Reset by the client before it could be answered: no line, as
         // for a client that went away before its request head was read.
-        return;
+        return Served;
     }
     w.log_request(
         &Finished {
@@ -75,7 +77,12 @@ pub(super) async fn serve(
         },
         done.forwarded,
     );
+    Served
 }
+
+/// What a stream's future gives when it is done: nothing, under a name of
+/// its own (the worker's free list of boxes is per output type).
+pub(super) struct Served;
 
 /// The checks, the route, and the transport for the route's Upstream; also
 /// returns the route's name.
@@ -136,7 +143,9 @@ async fn answer(
         return (call.local(respond, Local::BodyTooLarge), route);
     }
     let done = if upstream.protocol == Protocol::H2c {
-        to_h2::forward(&call, upstream, parts, body, respond).await
+        // Boxed: its state is larger than the HTTP/1.1 path's, and would
+        // otherwise make every stream's future as large.
+        Box::pin(to_h2::forward(&call, upstream, parts, body, respond)).await
     } else {
         to_h1::forward(&call, upstream, &parts, body, respond).await
     };

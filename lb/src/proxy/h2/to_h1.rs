@@ -76,6 +76,7 @@ pub(super) async fn forward(
     let answered = {
         let forward = w.forward(upstream, &mut transport, ());
         tokio::select! {
+            biased;
             r = forward => r,
             reset = poll_fn(|cx| respond.poll_reset(cx)) => {
                 debug!(client = %call.client.ip, reset = ?reset.ok(), "stream reset by the client while forwarded");
@@ -102,6 +103,7 @@ pub(super) async fn forward(
     let endpoint = upstream.endpoints[idx].addr;
     let Head {
         len,
+        first,
         framing,
         reusable,
         response,
@@ -123,7 +125,7 @@ pub(super) async fn forward(
     let (relayed, bytes) = if empty {
         (Ok(()), 0)
     } else {
-        relay(&mut conn, framing, &mut tx).await
+        relay(&mut conn, framing, first, &mut tx).await
     };
     match relayed {
         Ok(()) => {
@@ -405,24 +407,27 @@ enum Relay {
     Upstream(String),
 }
 
-/// Passes the response body on `conn` (as `framing` delimits it) to the
-/// client's stream; also returns the body bytes sent.
+/// Passes the response body (`first`, the bytes that came with the head,
+/// then the rest from `conn`, as `framing` delimits it) to the client's
+/// stream; also returns the body bytes sent.
 async fn relay(
     conn: &mut UpConn,
     framing: Framing,
+    first: Bytes,
     tx: &mut SendStream<Bytes>,
 ) -> (Result<(), Relay>, u64) {
     let mut sent = 0;
     let result = match framing {
         Framing::Empty => Ok(()),
-        Framing::Length(n) => relay_length(conn, n, tx, &mut sent).await,
+        Framing::Length(n) => relay_length(conn, n, first, tx, &mut sent).await,
         Framing::Chunked => relay_chunked(conn, tx, &mut sent).await,
-        Framing::UntilClose => relay_until_close(conn, tx, &mut sent).await,
+        Framing::UntilClose => relay_until_close(conn, first, tx, &mut sent).await,
     };
     (result, sent)
 }
 
-/// Sends `data` (the end of the body when `end`).
+/// Sends `data` (the end of the body when `end`) as the client's window
+/// allows.
 async fn send(
     tx: &mut SendStream<Bytes>,
     data: Bytes,
@@ -439,6 +444,26 @@ async fn send(
             Err(Relay::ClientGone)
         }
     }
+}
+
+/// Sends the body bytes that came with the head without waiting for the
+/// client's window: they are already in memory (at most one read, the
+/// bound the window would give anyway), and most responses are that
+/// small, so this saves the window's bookkeeping. Anything after them
+/// waits for the window ([`send`]).
+fn send_first(
+    tx: &mut SendStream<Bytes>,
+    data: Bytes,
+    end: bool,
+    sent: &mut u64,
+) -> Result<(), Relay> {
+    let n = data.len() as u64;
+    if n == 0 && !end {
+        return Ok(());
+    }
+    tx.send_data(data, end).map_err(|_| Relay::ClientGone)?;
+    *sent += n;
+    Ok(())
 }
 
 /// Reads more of the body from the endpoint, or notices that the client
@@ -458,23 +483,22 @@ async fn refill(conn: &mut UpConn, tx: &mut SendStream<Bytes>) -> Result<(), Rel
 
 async fn relay_length(
     conn: &mut UpConn,
-    mut remaining: u64,
+    n: u64,
+    first: Bytes,
     tx: &mut SendStream<Bytes>,
     sent: &mut u64,
 ) -> Result<(), Relay> {
-    loop {
-        let take = (conn.buf.len() as u64).min(remaining) as usize;
-        if take > 0 {
-            remaining -= take as u64;
-            let data = Bytes::copy_from_slice(&conn.buf[..take]);
-            conn.buf.advance(take);
-            send(tx, data, remaining == 0, sent).await?;
-        }
-        if remaining == 0 {
-            return Ok(());
-        }
+    let mut remaining = n - first.len() as u64;
+    send_first(tx, first, remaining == 0, sent)?;
+    while remaining > 0 {
         refill(conn, tx).await?;
+        let take = (conn.buf.len() as u64).min(remaining) as usize;
+        remaining -= take as u64;
+        let data = Bytes::copy_from_slice(&conn.buf[..take]);
+        conn.buf.advance(take);
+        send(tx, data, remaining == 0, sent).await?;
     }
+    Ok(())
 }
 
 /// Decodes the chunked body and sends what each read brought as one DATA
@@ -511,15 +535,12 @@ async fn relay_chunked(
 
 async fn relay_until_close(
     conn: &mut UpConn,
+    first: Bytes,
     tx: &mut SendStream<Bytes>,
     sent: &mut u64,
 ) -> Result<(), Relay> {
+    send_first(tx, first, false, sent)?;
     loop {
-        if !conn.buf.is_empty() {
-            let data = Bytes::copy_from_slice(&conn.buf);
-            conn.buf.clear();
-            send(tx, data, false, sent).await?;
-        }
         conn.buf.clear();
         let read = tokio::select! {
             r = conn.stream.read_buf(&mut *conn.buf) => r,
@@ -530,5 +551,7 @@ async fn relay_until_close(
             Ok(_) => {}
             Err(e) => return Err(Relay::Upstream(e.to_string())),
         }
+        let data = Bytes::copy_from_slice(&conn.buf);
+        send(tx, data, false, sent).await?;
     }
 }

@@ -64,6 +64,7 @@ pub(super) async fn forward(
     let answered = {
         let forward = w.forward(upstream, &mut transport, request);
         tokio::select! {
+            biased;
             r = forward => r,
             reset = poll_fn(|cx| respond.poll_reset(cx)) => {
                 debug!(client = %call.client.ip, reset = ?reset.ok(), "stream reset by the client while forwarded");

@@ -7,7 +7,6 @@
 //! (`h2/`), and the hyper path for HTTP/1.1 clients (`general.rs`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,7 +20,7 @@ use http_body_util::BodyExt;
 use tracing::debug;
 
 use crate::proxy::attempt::{Connector, Failure, FailureKind, SendFailure};
-use crate::proxy::upstream::{self, StreamLease};
+use crate::proxy::upstream::{self, EndpointMap, StreamLease};
 use crate::selection::Policy;
 
 /// One multiplexed connection.
@@ -35,7 +34,7 @@ struct H2Conn {
 
 /// A worker's HTTP/2 connections, by endpoint.
 pub(crate) struct H2Pool {
-    conns: RefCell<HashMap<SocketAddr, Vec<H2Conn>>>,
+    conns: RefCell<EndpointMap<Vec<H2Conn>>>,
     max_streams: usize,
     client: h2::client::Builder,
 }
@@ -66,7 +65,7 @@ impl H2Pool {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         Self {
-            conns: RefCell::new(HashMap::new()),
+            conns: RefCell::new(EndpointMap::default()),
             max_streams: max_streams.max(1),
             client,
         }
