@@ -8,6 +8,8 @@
 #   scripts/build-images.sh --from-binaries  # images from the static binaries
 #                                            # already in target/<triple>/release
 #                                            # (no cargo; e.g. in the Vagrant VM)
+#   scripts/build-images.sh --binaries-only  # only the static binaries, no
+#                                            # Docker (what bench/cost.sh measures)
 #   scripts/build-images.sh backend          # only some components
 #
 # The target triple follows the machine (uname -m): x86_64 or aarch64
@@ -35,16 +37,18 @@ fi
 MAX_IMAGE_BYTES=$((15 * 1024 * 1024))
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 from_source=0
 from_binaries=0
+binaries_only=0
 components=()
 for arg in "$@"; do
     case "$arg" in
         --from-source) from_source=1 ;;
         --from-binaries) from_binaries=1 ;;
+        --binaries-only) binaries_only=1 ;;
         backend | lb) components+=("$arg") ;;
         -h | --help) usage; exit 0 ;;
         *) echo "build-images.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
@@ -172,6 +176,10 @@ if [ "$from_source" -eq 0 ] && [ "$(uname -s)" != Linux ]; then
     echo "build-images.sh: the images need static Linux binaries, which cargo does not build on $(uname -s);" \
         "use: scripts/build-images.sh --from-source (compiles inside Docker, natively for this CPU)" >&2
     exit 1
+fi
+if [ "$binaries_only" -eq 1 ]; then
+    build_binaries
+    exit 0
 fi
 pick_builder
 if [ "$from_source" -eq 1 ]; then

@@ -14,7 +14,8 @@
 # (skipped only where no Docker engine answers), the kind path of
 # docs/kubernetes.md and Vagrant's own run of the Vagrantfile (both with
 # stand-ins for kind/kubectl, see tests/standins/), actionlint on the
-# workflows, and a 60 s soak. The last line is
+# workflows, the cost-per-request gate (bench/cost.sh --gate) and a 60 s
+# soak. The last line is
 # "<n> passed, <m> failed" over the suites; the exit code is non-zero if any
 # suite failed.
 set -uo pipefail
@@ -90,6 +91,15 @@ soak_60() {
     fi
 }
 
+# The deterministic cost gate: the LB's user-space instructions per request
+# under callgrind for six protocols, against bench/cost-budgets.toml (fails
+# over budget by more than 2 %). It measures the static release binaries the
+# Docker suite built (bench/cost.sh builds them when missing, and the soak
+# then uses the same ones).
+cost_gate() {
+    bench/cost.sh --gate
+}
+
 module_graph() {
     python3 scripts/module-graph.py --check >/dev/null
 }
@@ -115,6 +125,7 @@ suite "docker images and compose topology" scripts/docker-test.sh
 suite "kind path of docs/kubernetes.md (real images, kind/kubectl stand-ins)" scripts/kind-path-test.sh
 suite "vagrant up/provision/reload/destroy of the Vagrantfile (docker provider)" scripts/vagrant-test.sh
 suite "workflows (actionlint, zizmor)" workflows
+suite "cost per request (callgrind instructions vs bench/cost-budgets.toml)" cost_gate
 suite "soak (60 s: load, endpoint churn, slow clients)" soak_60
 
 printf '\n'

@@ -10,9 +10,14 @@
 //! can take it out of rotation, then shuts down gracefully: HTTP/2
 //! connections get a GOAWAY and their open streams finish.
 //!
+//! With `--echo` (for tests of what a proxy forwards, like the Gateway API
+//! conformance suite's echo server) every other path answers a JSON
+//! description of the request it received ([`Echo`]).
+//!
 //! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything
 //! else lives here so tests (and `lb demo`) can use it in-process.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{SecondsFormat, Utc};
@@ -56,6 +61,21 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "BACKEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// Echo mode: every path but the probes and the gRPC service answers
+    /// JSON describing the request it received.
+    #[arg(long, env = "BACKEND_ECHO", default_value_t = false)]
+    pub echo: bool,
+
+    /// The namespace echo mode reports (the downward API's
+    /// `metadata.namespace`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The pod name echo mode reports (the downward API's `metadata.name`;
+    /// default: the name `/host` reports).
+    #[arg(long, env = "POD_NAME")]
+    pub pod: Option<String>,
 }
 
 impl Config {
@@ -119,6 +139,16 @@ pub fn init_tracing(format: LogFormat) {
 pub struct AppState {
     host: Arc<str>,
     ready: Arc<AtomicBool>,
+    echo: Option<Arc<Identity>>,
+}
+
+/// Who an echoing backend says it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Its namespace (empty when unknown).
+    pub namespace: String,
+    /// Its pod (empty: the name `/host` reports).
+    pub pod: String,
 }
 
 impl AppState {
@@ -127,7 +157,14 @@ impl AppState {
         Self {
             host: host.into(),
             ready: Arc::new(AtomicBool::new(true)),
+            echo: None,
         }
+    }
+
+    /// The same, in echo mode ([`Echo`]) as `identity`.
+    pub fn echoing(mut self, identity: Identity) -> Self {
+        self.echo = Some(Arc::new(identity));
+        self
     }
 
     /// The name `/host` reports.
@@ -229,14 +266,103 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// What echo mode answers: the request as the backend received it, and
+/// who answered. Header names are lower case, each with its values in
+/// order. A request header `X-Echo-Set-Header: Name: value, Other: value`
+/// makes the response carry those headers (how tests give a backend
+/// response headers to rewrite).
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Echo {
+    /// The method.
+    pub method: String,
+    /// The path and query, as received.
+    pub path: String,
+    /// The `Host` header, or the `:authority` of an HTTP/2 request.
+    pub host: String,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
+    /// The request headers.
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Bytes of request body received.
+    pub body_bytes: usize,
+    /// The name `/host` reports.
+    pub name: String,
+    /// The namespace it runs in.
+    pub namespace: String,
+    /// Its pod.
+    pub pod: String,
+}
+
+async fn echo(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let identity = state.echo.as_deref().cloned().unwrap_or_default();
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in &headers {
+        by_name
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let host = headers
+        .get(header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let echo = Echo {
+        method: method.to_string(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+        host,
+        protocol: format!("{version:?}"),
+        headers: by_name,
+        body_bytes: body.len(),
+        name: state.host.to_string(),
+        namespace: identity.namespace,
+        pod: if identity.pod.is_empty() {
+            state.host.to_string()
+        } else {
+            identity.pod
+        },
+    };
+    let mut response = axum::Json(echo).into_response();
+    for value in headers.get_all("x-echo-set-header") {
+        let Ok(list) = value.to_str() else { continue };
+        for pair in list.split(',') {
+            let Some((name, value)) = pair.split_once(':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(name.trim()),
+                HeaderValue::try_from(value.trim()),
+            ) {
+                response.headers_mut().append(name, value);
+            }
+        }
+    }
+    response
+}
+
 /// The service's router: the HTTP routes and the gRPC service
 /// (`/roundhouse.v1.Hosts/*`, any other method of it answers gRPC status
-/// UNIMPLEMENTED). Probes are added after the trace layer so they are never
-/// traced; request spans and response events are at DEBUG level.
+/// UNIMPLEMENTED); in echo mode, [`Echo`] for every other path. Probes are
+/// added after the trace layer so they are never traced; request spans and
+/// response events are at DEBUG level.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/host", get(host))
-        .route("/date", get(date))
+    let router = if state.echo.is_some() {
+        Router::new()
+    } else {
+        Router::new()
+            .route("/host", get(host))
+            .route("/date", get(date))
+    };
+    let router = router
         .route_service(
             "/roundhouse.v1.Hosts/{*method}",
             grpc::Hosts::new(state.clone()).into_server(),
@@ -249,10 +375,15 @@ pub fn app(state: AppState) -> Router {
             ),
         )
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    if state.echo.is_some() {
+        router.fallback(echo).with_state(state)
+    } else {
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(state)
+    }
 }
 
 /// How long connections still open when the listener closes get to finish
@@ -476,5 +607,46 @@ mod tests {
         assert!(!wants_json(&h));
         h.insert(header::ACCEPT, "*/*, application/json".parse().unwrap());
         assert!(wants_json(&h));
+    }
+
+    #[tokio::test]
+    async fn echo_mode_describes_the_request_and_sets_asked_headers() {
+        let state = AppState::new("replica-a").echoing(Identity {
+            namespace: "ns-1".into(),
+            pod: "pod-7".into(),
+        });
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/any/path?x=1&y=2")
+            .header(header::HOST, "example.com")
+            .header("x-multi", "a")
+            .header("x-multi", "b")
+            .header("x-echo-set-header", "X-Resp: one, X-Other:two")
+            .body(Body::from("hello"))
+            .unwrap();
+        let resp = app(state.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-resp"], "one");
+        assert_eq!(resp.headers()["x-other"], "two");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let echo: Echo = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo.method, "POST");
+        assert_eq!(echo.path, "/any/path?x=1&y=2");
+        assert_eq!(echo.host, "example.com");
+        assert_eq!(echo.protocol, "HTTP/1.1");
+        assert_eq!(echo.headers["x-multi"], ["a", "b"]);
+        assert_eq!(echo.body_bytes, 5);
+        assert_eq!(
+            (&*echo.name, &*echo.namespace, &*echo.pod),
+            ("replica-a", "ns-1", "pod-7")
+        );
+        // /host is echoed too; the probes are not.
+        let (status, ctype, _) = call_state(state.clone(), Method::GET, "/host", None).await;
+        assert_eq!(
+            (status, ctype.as_str()),
+            (StatusCode::OK, "application/json")
+        );
+        let (status, _, body) = call_state(state, Method::GET, "/healthz", None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
     }
 }

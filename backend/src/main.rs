@@ -28,13 +28,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    info!(%addr, host = %host, "listening");
-    backend::run(
-        listener,
-        AppState::new(host),
-        config.drain(),
-        backend::shutdown_signal(),
-    )
-    .await
-    .context("server error")
+    info!(%addr, host = %host, echo = config.echo, "listening");
+    let mut state = AppState::new(host);
+    if config.echo {
+        state = state.echoing(backend::Identity {
+            namespace: config.namespace.clone().unwrap_or_default(),
+            pod: config.pod.clone().unwrap_or_default(),
+        });
+    }
+    backend::run(listener, state, config.drain(), backend::shutdown_signal())
+        .await
+        .context("server error")
 }

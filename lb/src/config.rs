@@ -457,6 +457,7 @@ impl ProxyArgs {
             retries: self.retries,
             eject_after: self.eject_after,
             ejection_time: self.ejection_time,
+            request_timeout: None,
         };
         Ok((proxy, policy))
     }

@@ -14,6 +14,12 @@
 //!
 //! A header rule changed on one path only (a hop-by-hop field kept, a
 //! forwarding header spelled differently, a `Via` missing) makes this fail.
+//!
+//! Next to the catch-all `Upstream`, a route with filters takes the paths
+//! under `/filtered`, `/redirect` and `/fixed` (request and response header
+//! edits, a host and prefix rewrite, a redirect, a fixed response), so the
+//! route model's filters are held to the same rule: both paths apply them
+//! byte for byte alike.
 
 mod common;
 
@@ -32,7 +38,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use lb::discovery::EndpointSpec;
+use lb::discovery::route::{
+    Action, BackendRef, FixedResponse, HeaderEdits, Order, PathRewrite, Redirect, RedirectStatus,
+    Rewrite, Route, RouteKind, Rule, Scope, WeightedBackend,
+};
+use lb::discovery::{EndpointSpec, Match, Origin, RoutingConfig};
 use lb::proxy::ProxyConfig;
 use lb::selection::Policy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -304,6 +314,76 @@ fn decode_chunked(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
+/// The routing of both LBs: the catch-all `Upstream` and the filtered
+/// route next to it.
+fn routes(backend: SocketAddr) -> RoutingConfig {
+    let mut cfg = routing(vec![EndpointSpec::new(backend)]);
+    let upstream = cfg.upstreams[0].backend();
+    let name = |n: &'static str| http::HeaderName::from_static(n);
+    let value = |v: &'static str| http::HeaderValue::from_static(v);
+    let mut filtered = Rule::forward(vec![Match::prefix("/filtered")], Arc::new(upstream));
+    filtered.filters.request_headers = HeaderEdits {
+        set: vec![
+            (name("x-set"), value("route")),
+            (name("x-forwarded-proto"), value("gopher")),
+        ],
+        add: vec![(name("x-add"), value("route"))],
+        remove: vec![name("x-gone")],
+    };
+    filtered.filters.response_headers = HeaderEdits {
+        set: vec![(name("x-resp-set"), value("route"))],
+        add: vec![(name("x-kept"), value("again"))],
+        remove: vec![name("set-cookie")],
+    };
+    filtered.filters.rewrite = Some(Rewrite {
+        hostname: Some(value("inner.example")),
+        path: Some(PathRewrite::ReplacePrefix("/inner".into())),
+    });
+    let answer = |m: Match, action: Action| Rule {
+        name: None,
+        matches: vec![m],
+        filters: Default::default(),
+        action,
+        policy: Default::default(),
+    };
+    cfg.routes.push(Route {
+        origin: Origin {
+            kind: RouteKind::HttpRoute,
+            namespace: "ns".into(),
+            name: "filters".into(),
+        },
+        order: Order::default(),
+        scopes: vec![Scope::default()],
+        rules: vec![
+            filtered,
+            answer(
+                Match::prefix("/redirect"),
+                Action::Redirect(Redirect {
+                    scheme: Some("https".into()),
+                    path: Some(PathRewrite::ReplaceFull("/elsewhere".into())),
+                    status: RedirectStatus::MOVED_PERMANENTLY,
+                    ..Redirect::default()
+                }),
+            ),
+            answer(
+                Match::exact("/fixed"),
+                Action::Respond(FixedResponse {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    body: "down for maintenance\n".into(),
+                }),
+            ),
+            answer(
+                Match::exact("/invalid"),
+                Action::Forward(vec![WeightedBackend {
+                    weight: 1,
+                    target: BackendRef::Invalid("no such Service".into()),
+                }]),
+            ),
+        ],
+    });
+    cfg
+}
+
 /// One case of the corpus: raw bytes a client sends on one connection
 /// (one or more requests; the last one closes), and whether each request is
 /// a HEAD.
@@ -409,6 +489,22 @@ fn corpus() -> Vec<Case> {
             ],
         ),
         case("HTTP/1.0", &["GET /old HTTP/1.0\nHost: t\n\n"]),
+        case(
+            "a filtered route",
+            &[
+                "GET /filtered/x?q=1 HTTP/1.1\nHost: t:8080\nX-Set: client\nX-Add: client\nX-Gone: 1\nX-Kept: client\n\n",
+                "POST /filtered/y HTTP/1.1\nHost: t\nX-Gone: 1\nContent-Length: 3\n\nabc",
+                "GET /plain HTTP/1.1\nHost: t\n\n",
+            ],
+        ),
+        case(
+            "local: a redirect, a fixed response, an invalid backend",
+            &[
+                "GET /redirect/a?b=c HTTP/1.1\nHost: t:8080\n\n",
+                "GET /fixed HTTP/1.1\nHost: t\n\n",
+                "GET /invalid HTTP/1.1\nHost: t\n\n",
+            ],
+        ),
     ]
 }
 
@@ -464,7 +560,7 @@ type Outcome = Vec<(Vec<Message>, Vec<Message>)>;
 async fn through(fast_path: bool) -> Outcome {
     let backend = Backend::start().await;
     let lb = TestLb::start_with(
-        routing(vec![EndpointSpec::new(backend.addr)]),
+        routes(backend.addr),
         ProxyConfig {
             fast_path,
             ..test_proxy_config()
@@ -541,10 +637,41 @@ async fn fast_and_general_paths_forward_the_same_bytes() {
         assert_eq!(f.0, g.0, "{name}: what the backend received differs");
         assert_eq!(f.1, g.1, "{name}: what the client received differs");
         assert!(
-            !f.0.is_empty() && !f.1.is_empty(),
+            (!f.0.is_empty() || name.starts_with("local:")) && !f.1.is_empty(),
             "{name}: nothing compared"
         );
     }
+    // What the filters did, checked once (both paths agree above).
+    let at = names.iter().position(|n| *n == "a filtered route").unwrap();
+    let (requests, responses) = &general[at];
+    let get = &requests[0];
+    assert_eq!(get.start_line, "GET /inner/x?q=1 HTTP/1.1");
+    assert_eq!(get.headers["host"], ["inner.example"]);
+    assert_eq!(get.headers["x-forwarded-host"], ["t:8080"]);
+    assert_eq!(get.headers["x-set"], ["route"]);
+    assert_eq!(get.headers["x-add"], ["client", "route"]);
+    assert!(!get.headers.contains_key("x-gone"));
+    assert_eq!(requests[1].start_line, "POST /inner/y HTTP/1.1");
+    assert!(!requests[1].headers.contains_key("x-gone"));
+    assert_eq!(requests[2].start_line, "GET /plain HTTP/1.1");
+    assert!(!requests[2].headers.contains_key("x-set"), "another route");
+    for r in &responses[..2] {
+        assert_eq!(r.headers["x-resp-set"], ["route"]);
+        assert_eq!(r.headers["x-kept"], ["yes", "again"]);
+        assert!(!r.headers.contains_key("set-cookie"));
+    }
+    assert_eq!(responses[2].headers["set-cookie"], ["a=1", "b=2"]);
+    let at = names.iter().position(|n| n.starts_with("local:")).unwrap();
+    let (requests, responses) = &general[at];
+    assert!(requests.is_empty(), "nothing reached the backend");
+    assert_eq!(responses[0].start_line, "HTTP/1.1 301");
+    assert_eq!(
+        responses[0].headers["location"],
+        ["https://t/elsewhere?b=c"]
+    );
+    assert_eq!(responses[1].start_line, "HTTP/1.1 503");
+    assert_eq!(responses[1].body, b"down for maintenance\n");
+    assert_eq!(responses[2].start_line, "HTTP/1.1 500");
     let upgrade = &general.last().unwrap().1[0];
     assert_eq!(upgrade.start_line, "HTTP/1.1 101");
     assert_eq!(upgrade.headers["upgrade"], ["echo"]);
@@ -574,7 +701,11 @@ async fn fast_and_general_paths_forward_the_same_bytes() {
                     "{gone} reached the backend: {r:?}"
                 );
             }
-            assert_eq!(r.headers["x-forwarded-proto"], ["http"], "{r:?}");
+            assert_eq!(
+                r.headers["x-forwarded-proto"],
+                ["http"],
+                "{r:?}: not editable"
+            );
             assert!(
                 r.headers["via"].last().unwrap().ends_with(" roundhouse"),
                 "{r:?}"
@@ -585,9 +716,14 @@ async fn fast_and_general_paths_forward_the_same_bytes() {
             );
         }
         for r in responses {
+            if !r.headers.contains_key("x-kept") {
+                // The LB's own answers (the "local:" case).
+                assert!(!r.headers.contains_key("via"), "{r:?}");
+                continue;
+            }
             assert!(!r.headers.contains_key("x-secret"), "{r:?}");
             assert!(!r.headers.contains_key("keep-alive"), "{r:?}");
-            assert_eq!(r.headers["x-kept"], ["yes"], "{r:?}");
+            assert_eq!(r.headers["x-kept"][0], "yes", "{r:?}");
             assert!(
                 r.headers["via"].iter().any(|v| v.ends_with("roundhouse")),
                 "{r:?}"

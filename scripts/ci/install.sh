@@ -7,7 +7,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 log() { printf '==> %s\n' "$*"; }
 
 apt_pkgs=()
-for tool in curl:curl wrk:wrk nginx:nginx shellcheck:shellcheck jq:jq ip:iproute2; do
+# valgrind, h2load and strace: the cost gate (bench/cost.sh --gate).
+for tool in curl:curl wrk:wrk nginx:nginx shellcheck:shellcheck jq:jq ip:iproute2 \
+    valgrind:valgrind h2load:nghttp2-client strace:strace openssl:openssl; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${tool#*:}")
 done
 # Headless Chromium from Debian's archive: the admin page's browser test

@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(count("x-forwarded-proto"), 1);
         assert_eq!(count("x-forwarded-host"), 1);
     }
-    match parse_response(bytes, mode & 1 == 1, mode & 2 == 2, &mut out) {
+    match parse_response(bytes, mode & 1 == 1, mode & 2 == 2, None, &mut out) {
         Ok(Response::Ready(head)) => {
             assert!(head.len <= bytes.len());
             let mut headers = [httparse::EMPTY_HEADER; 128];

@@ -69,6 +69,11 @@ impl Listeners {
         Listeners(self.0 | Self::only(id).0)
     }
 
+    /// Both sets together.
+    pub const fn union(self, other: Listeners) -> Self {
+        Listeners(self.0 | other.0)
+    }
+
     /// Whether `id` is in the set.
     #[inline]
     pub const fn contains(self, id: ListenerId) -> bool {

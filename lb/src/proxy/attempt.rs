@@ -3,10 +3,13 @@
 //! Every request, whichever transport carried it in and whichever carries it
 //! out, goes through [`Worker::route`] and [`Worker::forward`]:
 //!
-//! 1. **route**: the routing table's best match for host and path, else
-//!    [`Local::NoRoute`];
-//! 2. **pick**: the next endpoint from the upstream's cursor, else
-//!    [`Local::NoEndpoints`];
+//! 1. **decide** ([`Worker::decide`]): the routing table's best rule for
+//!    the request (listener, host, path, and method, headers and query
+//!    where a rule asks for them), else [`Local::NoRoute`]; the rule's
+//!    access checks and local answers (403, CORS preflight, redirect, fixed
+//!    response); then the **pick**: the next endpoint of the rule's exact
+//!    weighted split, else [`Local::NoEndpoints`], [`Local::InvalidBackend`]
+//!    or [`Local::NoBackends`];
 //! 3. **connect or check out** a connection ([`Connector::checkout`],
 //!    [`Connector::connect`]);
 //! 4. **send** the request and wait for the response head
@@ -31,10 +34,12 @@ use tracing::{debug, warn};
 
 use super::Worker;
 use super::access_log::{Record, UpstreamSide};
-use super::local::Local;
+use super::filters;
+use super::headers::ClientIp;
+use super::local::{Local, Reply};
 use super::upstream::{self, ConnectError, Pool, UpConn};
 use crate::metrics::Metrics;
-use crate::selection::{Policy, RoutingTable, Upstream};
+use crate::selection::{Hit, Pick, Policy, RequestView, RoutingTable, RuleAction, Upstream};
 
 /// Why one attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,10 +238,10 @@ pub fn may_retry(kind: FailureKind, unsent: bool, replayable: bool) -> bool {
 /// Most attempts per request (the first and ten retries).
 const MAX_TRIES: usize = 11;
 
-/// Attempts allowed for a request to `upstream`: the first plus its retries,
-/// at most one per endpoint.
-fn max_attempts(upstream: &Upstream) -> usize {
-    (upstream.policy.retries as usize + 1)
+/// Attempts allowed for a request to `upstream` under `policy`: the first
+/// plus its retries, at most one per endpoint.
+fn max_attempts(upstream: &Upstream, policy: &Policy) -> usize {
+    (policy.retries as usize + 1)
         .min(upstream.endpoints.len())
         .clamp(1, MAX_TRIES)
 }
@@ -291,45 +296,162 @@ pub(crate) struct Answered<R> {
     pub response: R,
 }
 
-impl Worker {
-    /// The upstream for a request to `host` and `path`, in `table`.
-    pub(crate) fn route<'t>(
-        &self,
-        table: &'t RoutingTable,
-        host: Option<&str>,
-        path: &str,
-    ) -> Result<&'t Upstream, Local> {
-        table
-            .routes
-            .find(host, path)
-            .map(AsRef::as_ref)
-            .ok_or_else(|| {
-                debug!(path, "no upstream matches");
-                Local::NoRoute
-            })
+/// Where a request goes: the rule that took it, the backend and endpoint
+/// of its first attempt, and the policy of its attempts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'t> {
+    /// The rule and the match that took the request.
+    pub hit: Hit<'t>,
+    /// The backend.
+    pub upstream: &'t Upstream,
+    /// The endpoint of the first attempt.
+    pub idx: usize,
+    /// Retries and timeouts.
+    pub policy: &'t Policy,
+}
+
+/// What [`Worker::decide`] made of a request.
+#[derive(Debug)]
+pub(crate) enum Decision<'t> {
+    /// Forward it.
+    Forward(Target<'t>),
+    /// Answer it locally (with the rule that decided so, if one matched).
+    Reply(Option<Hit<'t>>, Reply<'t>),
+}
+
+impl<'t> Decision<'t> {
+    /// The rule that took the request, if any.
+    pub(crate) fn hit(&self) -> Option<Hit<'t>> {
+        match self {
+            Decision::Forward(t) => Some(t.hit),
+            Decision::Reply(hit, _) => *hit,
+        }
     }
 
-    /// Forwards one request to `upstream` through `transport`: picks an
-    /// endpoint, sends, and retries on other endpoints by the rules above.
+    /// The access log's name of the rule that took the request.
+    pub(crate) fn label(&self) -> Option<&'t str> {
+        self.hit().map(|h| &*h.rule.label)
+    }
+}
+
+impl Worker {
+    /// Decides where a request on `client`'s connection with this `Host`
+    /// value goes, in `table`: the best rule, its access checks and local
+    /// answers, then the pick. The one call every client transport makes
+    /// before forwarding (the filters it then applies are the rule's:
+    /// [`crate::selection::RuleFilters`]).
+    pub(crate) fn decide<'t>(
+        &self,
+        table: &'t RoutingTable,
+        client: &ClientIp,
+        host: Option<&str>,
+        req: &dyn RequestView,
+    ) -> Decision<'t> {
+        match table.routes.find(client.listener, host, req) {
+            Some(hit) => self.decide_hit(hit, client, host, req),
+            None => {
+                debug!(path = req.path(), "no route matches");
+                Decision::Reply(None, Reply::new(Local::NoRoute))
+            }
+        }
+    }
+
+    /// [`Worker::decide`] once the rule is known.
+    pub(crate) fn decide_hit<'t>(
+        &self,
+        hit: Hit<'t>,
+        client: &ClientIp,
+        host: Option<&str>,
+        req: &dyn RequestView,
+    ) -> Decision<'t> {
+        let rule = hit.rule;
+        let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
+        if let Some(f) = &rule.filters {
+            if let Some(ranges) = &f.source
+                && !ranges.permits(client.ip)
+            {
+                debug!(client = %client.ip, route = %rule.label, "client address not allowed; answering 403");
+                return reply(Reply::new(Local::Forbidden));
+            }
+            if let Some(cors) = &f.cors
+                && filters::is_preflight(req)
+            {
+                let origin = filters::origin(req).unwrap_or_default();
+                return reply(Reply {
+                    headers: filters::preflight_headers(cors, &origin),
+                    ..Reply::new(Local::Preflight)
+                });
+            }
+        }
+        match &rule.action {
+            RuleAction::Forward(forward) => match forward.pick() {
+                Pick::Endpoint {
+                    upstream,
+                    idx,
+                    policy,
+                } => Decision::Forward(Target {
+                    hit,
+                    upstream,
+                    idx,
+                    policy,
+                }),
+                Pick::NoEndpoints(upstream) => {
+                    warn!(upstream = %upstream.name, "no endpoints available; answering 503");
+                    reply(Reply::new(Local::NoEndpoints))
+                }
+                Pick::Invalid => {
+                    debug!(route = %rule.label, "this share goes to an invalid backend reference; answering 500");
+                    reply(Reply::new(Local::InvalidBackend))
+                }
+                Pick::NoBackends => {
+                    debug!(route = %rule.label, "the rule has no backend; answering 500");
+                    reply(Reply::new(Local::NoBackends))
+                }
+            },
+            RuleAction::Redirect(redirect) => {
+                let location = filters::redirect_location(
+                    redirect,
+                    hit.path,
+                    client.proto,
+                    host,
+                    req.path(),
+                    req.query(),
+                );
+                reply(Reply {
+                    headers: location
+                        .map(|l| vec![(http::header::LOCATION, l)])
+                        .unwrap_or_default(),
+                    ..Reply::new(Local::Redirect(redirect.status))
+                })
+            }
+            RuleAction::Respond(fixed) => reply(Reply {
+                body: Some(&fixed.body),
+                ..Reply::new(Local::Fixed(fixed.status))
+            }),
+        }
+    }
+
+    /// Forwards one request to `target` through `transport`: sends, and
+    /// retries on other endpoints of the same backend by the rules above.
     /// `Err` is the local response to give instead.
     pub(crate) async fn forward<T: Transport>(
         &self,
-        upstream: &Upstream,
+        target: &Target<'_>,
         transport: &mut T,
         request: T::Request,
     ) -> Result<Answered<T::Response>, Local> {
-        let Some(mut idx) = upstream.pick() else {
-            warn!(upstream = %upstream.name, "no endpoints available; answering 503");
-            if self.log.is_some() {
-                self.last_forward.set(Forwarded::default());
-            }
-            return Err(Local::NoEndpoints);
-        };
-        let max_attempts = max_attempts(upstream);
+        let Target {
+            upstream,
+            mut idx,
+            policy,
+            ..
+        } = *target;
+        let max_attempts = max_attempts(upstream, policy);
         let mut tried = [usize::MAX; MAX_TRIES];
         let mut attempts = 0;
         let mut pending = Some(request);
         let start = Instant::now();
+        let mut capped;
         loop {
             tried[attempts] = idx;
             attempts += 1;
@@ -337,7 +459,21 @@ impl Worker {
             let Some(request) = pending.take().or_else(|| transport.replay()) else {
                 unreachable!("a retry is only decided with a request to send");
             };
-            let failure = match attempt(transport, endpoint.addr, request, &upstream.policy).await {
+            // A request timeout bounds all attempts together.
+            let policy = match policy.request_timeout {
+                None => policy,
+                Some(limit) => {
+                    let left = limit.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        self.note_forward(endpoint.addr, None, start.elapsed(), attempts - 1);
+                        return Err(Local::UpstreamTimeout);
+                    }
+                    capped = policy.clone();
+                    capped.response_header_timeout = capped.response_header_timeout.min(left);
+                    &capped
+                }
+            };
+            let failure = match attempt(transport, endpoint.addr, request, policy).await {
                 Ok(response) => {
                     let status = T::status(&response);
                     endpoint.record_response(status);
@@ -667,11 +803,15 @@ mod tests {
     ) -> (Result<(u16, u16), Local>, Vec<(u16, bool)>, u64) {
         let worker = crate::proxy::tests::worker(b.clone(), ProxyConfig::default());
         let table = b.snapshot();
-        let upstream = &table.upstreams[0];
-        let out = worker
-            .forward(upstream, script, ())
-            .await
-            .map(|a| (upstream.endpoints[a.idx].addr.port(), a.response));
+        let client = ClientIp::new([127, 0, 0, 1].into());
+        let req = crate::selection::route::SimpleRequest::get("/");
+        let out = match worker.decide(&table, &client, Some("a"), &req) {
+            Decision::Forward(target) => worker
+                .forward(&target, script, ())
+                .await
+                .map(|a| (target.upstream.endpoints[a.idx].addr.port(), a.response)),
+            Decision::Reply(_, reply) => Err(reply.local),
+        };
         (
             out,
             std::mem::take(&mut script.attempts),

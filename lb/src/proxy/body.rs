@@ -208,6 +208,13 @@ pub enum RespBody {
     Local(Option<Bytes>),
 }
 
+impl From<String> for RespBody {
+    /// A local body made per request (a rule's fixed response).
+    fn from(text: String) -> Self {
+        RespBody::Local(Some(Bytes::from(text)))
+    }
+}
+
 impl From<&'static str> for RespBody {
     /// A short local body.
     fn from(text: &'static str) -> Self {

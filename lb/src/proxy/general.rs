@@ -21,18 +21,20 @@ use tracing::{debug, warn};
 
 use super::Worker;
 use super::attempt::{
-    Connector, Failure, FailureKind, Finished, Forwarded, SendFailure, Transport, is_idempotent,
+    Connector, Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Transport,
+    is_idempotent,
 };
 use super::body::{BodyOutcome, BodyState, Inbound, Lease, ReqBody, RespBody, UpstreamBody};
+use super::filters;
 use super::grpc::{grpc_timeout, is_grpc};
 use super::h2::upstream::{self as h2, H2Pool, H2Stream, for_h2};
 use super::headers::{
-    ClientIp, forward_request_headers, forward_response_headers, is_upgrade_request,
+    ClientIp, apply_edits, forward_request_headers, forward_response_headers, is_upgrade_request,
 };
-use super::local::{BadRequest, Local};
+use super::local::{BadRequest, Local, Reply};
 use super::upstream::{Pool, Reuse, UpConn};
 use crate::discovery::Protocol;
-use crate::selection::Policy;
+use crate::selection::{Policy, RequestView};
 
 /// The request id header (sent upstream when the access log is on).
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
@@ -297,14 +299,45 @@ fn keeps_alive<B>(response: &Response<B>) -> bool {
     response.version() == Version::HTTP_11 && !close
 }
 
+/// A request hyper parsed, as routing reads it.
+struct HyperView<'a, B>(&'a Request<B>);
+
+impl<B> RequestView for HyperView<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.0.uri().query()
+    }
+
+    fn any_header(&self, name: &header::HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .any(|v| f(v.as_bytes()))
+    }
+}
+
 impl Worker {
     /// A local response, counted; a gRPC call gets it as a gRPC status.
     fn local(&self, local: Local, grpc: bool) -> Response<RespBody> {
-        local.count(&self.shared.metrics);
-        if grpc {
-            local.grpc_response()
+        self.reply(&Reply::new(local), grpc)
+    }
+
+    /// A local response with its per-request parts, counted; a gRPC call
+    /// gets it as a gRPC status unless it is a rule's own answer.
+    fn reply(&self, reply: &Reply<'_>, grpc: bool) -> Response<RespBody> {
+        reply.count(&self.shared.metrics);
+        if grpc && !reply.local.is_http_answer() {
+            reply.local.grpc_response()
         } else {
-            local.response()
+            reply.response()
         }
     }
 
@@ -332,7 +365,7 @@ impl Worker {
         mut req: Request<Incoming>,
     ) -> Response<RespBody> {
         if self.log.is_none() {
-            return self.handle_request(client, req).await;
+            return self.handle_request(client, req, &mut None).await;
         }
         let start = std::time::Instant::now();
         let method = req.method().clone();
@@ -356,23 +389,13 @@ impl Worker {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             req.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
-        let route = {
-            let table = self.table();
-            let host = req.uri().host().or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            });
-            self.route(&table, host, req.uri().path())
-                .ok()
-                .map(|u| u.name.clone())
-        };
+        let mut route = None;
         let client_addr = client.addr();
         // No await between `forward` noting the upstream side and this
         // request's `handle_request` returning, so what `take_forward`
         // reads is this request's (or nothing, when it was not forwarded).
         self.last_forward.set(Forwarded::default());
-        let response = self.clone().handle_request(client, req).await;
+        let response = self.clone().handle_request(client, req, &mut route).await;
         let forwarded = self.take_forward();
         self.log_request(
             &Finished {
@@ -391,11 +414,13 @@ impl Worker {
         response
     }
 
-    /// Handles one client request (the access log aside).
+    /// Handles one client request (the access log aside); with the access
+    /// log on, `route` gets the name of the rule that took it.
     async fn handle_request(
         self: Rc<Self>,
         client: Rc<ClientIp>,
         mut req: Request<Incoming>,
+        route: &mut Option<Arc<str>>,
     ) -> Response<RespBody> {
         let shared = &self.shared;
         let grpc = is_grpc(req.headers());
@@ -421,19 +446,43 @@ impl Worker {
             return self.local(Local::UnsupportedCoding, grpc);
         }
         let table = self.table();
-        let host = req.uri().host().or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        let upstream = match self.route(&table, host, req.uri().path()) {
-            Ok(u) => u,
-            Err(local) => return self.local(local, grpc),
+        // The authority the client addressed, with its port (a redirect
+        // keeps it): absolute-form's or `:authority` (without userinfo),
+        // else `Host`.
+        let host = req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().rsplit('@').next())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            });
+        let decision = self.decide(&table, &client, host, &HyperView(&req));
+        if self.log.is_some() {
+            *route = decision.label().map(Arc::from);
+        }
+        let target = match decision {
+            Decision::Forward(target) => target,
+            Decision::Reply(_, reply) => return self.reply(&reply, grpc),
         };
+        let upstream = target.upstream;
+        let filters = target.hit.rule.filters.as_deref();
+        let origin = filters
+            .filter(|f| f.cors.is_some())
+            .and_then(|_| filters::origin(&HyperView(&req)));
 
-        // Body limit: refuse a declared oversize body without reading it;
-        // a streamed one is counted as it passes (ReqBody::client).
-        if let Some(max) = shared.config.max_body_bytes
+        // Body limit (the LB's, or the rule's if lower): refuse a declared
+        // oversize body without reading it; a streamed one is counted as it
+        // passes (ReqBody::client).
+        let max_body = match (
+            shared.config.max_body_bytes,
+            filters.and_then(|f| f.max_body_bytes),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(max) = max_body
             && req.body().size_hint().lower() > max
         {
             warn!(limit = max, "request body over the limit; answering 413");
@@ -472,13 +521,40 @@ impl Worker {
             upgrade,
             shared.host_override.as_ref(),
         );
+        if let Some(f) = filters {
+            apply_edits(&mut parts.headers, &f.request_headers);
+            if let Some(rewrite) = &f.rewrite {
+                if let Some(host) = &rewrite.hostname {
+                    parts.headers.insert(header::HOST, host.clone());
+                }
+                if let Some(path) = &rewrite.path {
+                    let mut target_path = String::with_capacity(64);
+                    filters::rewrite_path(
+                        path,
+                        target.hit.path,
+                        parts.uri.path(),
+                        &mut target_path,
+                    );
+                    if let Some(q) = parts.uri.query() {
+                        target_path.push('?');
+                        target_path.push_str(q);
+                    }
+                    match target_path.parse::<Uri>() {
+                        Ok(uri) => parts.uri = uri,
+                        Err(e) => {
+                            warn!(path = %target_path, error = %e, "rewritten path is not a valid URI; forwarding the original")
+                        }
+                    }
+                }
+            }
+        }
         let h2 = upstream.protocol == Protocol::H2c && !upgrade;
         if h2 {
             for_h2(&mut parts, te_trailers);
         } else {
             parts.version = Version::HTTP_11;
         }
-        let (body, body_state) = ReqBody::client(body, shared.config.max_body_bytes);
+        let (body, body_state) = ReqBody::client(body, max_body);
         let saved = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
             (
                 parts.method.clone(),
@@ -499,7 +575,7 @@ impl Worker {
                 },
                 attempts,
             };
-            self.forward(upstream, &mut transport, request).await
+            self.forward(&target, &mut transport, request).await
         } else {
             let mut transport = Hyper {
                 upstream: H1 {
@@ -509,7 +585,7 @@ impl Worker {
                 },
                 attempts,
             };
-            self.forward(upstream, &mut transport, request).await
+            self.forward(&target, &mut transport, request).await
         };
         let answered = match answered {
             Ok(a) => a,
@@ -546,6 +622,14 @@ impl Worker {
         }
         let (mut parts, body) = response.into_parts();
         forward_response_headers(&mut parts.headers, client_version, false);
+        if let Some(f) = filters {
+            apply_edits(&mut parts.headers, &f.response_headers);
+            if let (Some(cors), Some(origin)) = (&f.cors, &origin) {
+                for (name, value) in filters::response_cors_headers(cors, origin) {
+                    parts.headers.append(name, value);
+                }
+            }
+        }
         Response::from_parts(
             parts,
             RespBody::Upstream(UpstreamBody::new(

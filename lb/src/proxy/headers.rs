@@ -8,6 +8,9 @@ use std::net::IpAddr;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::discovery::ListenerId;
+use crate::discovery::route::HeaderEdits;
+
 /// How a header field is treated when a message is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -196,6 +199,55 @@ pub fn forward_response_headers(headers: &mut HeaderMap, version: Version, upgra
     headers.append(header::VIA, via_value(version));
 }
 
+/// Whether a route's header edits may touch the field `name`: only fields
+/// the table leaves to the client ([`Rule::Keep`]); the LB's own
+/// (hop-by-hop, framing, `Host`, `X-Forwarded-*`) are never edited.
+#[inline]
+pub fn editable(name: &[u8]) -> bool {
+    rule(name) == Rule::Keep
+}
+
+/// Whether `edits` replace or remove the field `name`, so that the
+/// message's own fields of that name are dropped.
+#[inline]
+pub fn edited_away(edits: &HeaderEdits, name: &[u8]) -> bool {
+    edits
+        .remove
+        .iter()
+        .chain(edits.set.iter().map(|(n, _)| n))
+        .any(|n| n.as_str().len() == name.len() && name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+}
+
+/// The fields `edits` add to a message, in order: `set` then `add`, only
+/// [`editable`] ones.
+pub fn added_fields(edits: &HeaderEdits) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+    edits
+        .set
+        .iter()
+        .chain(edits.add.iter())
+        .filter(|(n, _)| editable(n.as_str().as_bytes()))
+}
+
+/// Applies a route's header edits to a message's headers: `remove`, then
+/// `set`, then `add`, on [`editable`] fields only.
+pub fn apply_edits(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    for name in &edits.remove {
+        if editable(name.as_str().as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for (name, value) in &edits.set {
+        if editable(name.as_str().as_bytes()) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in &edits.add {
+        if editable(name.as_str().as_bytes()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 /// A client connection as the forwarding headers describe it: its address,
 /// rendered once per connection as a header value, and the scheme it came
 /// in on (`X-Forwarded-Proto`).
@@ -208,6 +260,8 @@ pub struct ClientIp {
     pub proto: &'static str,
     /// The client's port (0 when unknown), for the access log.
     pub port: u16,
+    /// The listener it connected to (routes are scoped by listener).
+    pub listener: ListenerId,
 }
 
 impl ClientIp {
@@ -215,6 +269,7 @@ impl ClientIp {
     pub fn tls(ip: IpAddr) -> Self {
         Self {
             proto: "https",
+            listener: ListenerId::TLS,
             ..Self::new(ip)
         }
     }
@@ -233,6 +288,7 @@ impl ClientIp {
             value,
             proto: "http",
             port: 0,
+            listener: ListenerId::PLAIN,
         }
     }
 
@@ -357,6 +413,62 @@ mod tests {
     fn mapped_ipv6_is_rendered_as_ipv4() {
         let c = ClientIp::new("::ffff:127.0.0.1".parse().unwrap());
         assert_eq!(c.value, "127.0.0.1");
+    }
+
+    #[test]
+    fn route_edits_touch_only_the_clients_fields() {
+        let edits = HeaderEdits {
+            set: vec![
+                (
+                    HeaderName::from_static("x-set"),
+                    HeaderValue::from_static("new"),
+                ),
+                (
+                    HeaderName::from_static("via"),
+                    HeaderValue::from_static("x"),
+                ),
+            ],
+            add: vec![
+                (
+                    HeaderName::from_static("x-add"),
+                    HeaderValue::from_static("2"),
+                ),
+                (
+                    HeaderName::from_static("x-forwarded-for"),
+                    HeaderValue::from_static("6.6.6.6"),
+                ),
+            ],
+            remove: vec![
+                HeaderName::from_static("x-gone"),
+                HeaderName::from_static("connection"),
+            ],
+        };
+        let mut h = map(&[
+            ("x-set", "old"),
+            ("x-set", "older"),
+            ("x-add", "1"),
+            ("x-gone", "1"),
+            ("connection", "keep-alive"),
+        ]);
+        apply_edits(&mut h, &edits);
+        assert_eq!(h["x-set"], "new");
+        assert_eq!(h.get_all("x-set").iter().count(), 1);
+        let added: Vec<_> = h.get_all("x-add").iter().collect();
+        assert_eq!(added, ["1", "2"]);
+        assert!(!h.contains_key("x-gone"));
+        assert!(
+            h.contains_key("connection"),
+            "the LB's own fields are not edited"
+        );
+        assert!(!h.contains_key("x-forwarded-for"));
+        assert!(edited_away(&edits, b"X-Set") && edited_away(&edits, b"x-gone"));
+        assert!(!edited_away(&edits, b"x-add"));
+        let names: Vec<_> = added_fields(&edits).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-set", "via", "x-add"],
+            "x-forwarded-for is the LB's (its own Via is appended anyway)"
+        );
     }
 
     #[test]

@@ -5,9 +5,10 @@
 
 use std::io::Write as _;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::discovery::route::RedirectStatus;
 use crate::metrics::Metrics;
 
 /// A response produced by the LB itself.
@@ -33,6 +34,19 @@ pub enum Local {
     BodyTooLarge,
     /// `--max-connections` reached; the connection is refused.
     TooManyConnections,
+    /// A route's rule forwards to no backend, or only with weight 0.
+    NoBackends,
+    /// This request's share of a rule goes to a backend reference that
+    /// could not be resolved.
+    InvalidBackend,
+    /// The client's address is not allowed by the rule.
+    Forbidden,
+    /// A rule's redirect (the `Location` is per request: [`Reply`]).
+    Redirect(RedirectStatus),
+    /// A rule's fixed response (its body is the rule's: [`Reply`]).
+    Fixed(StatusCode),
+    /// The answer to a CORS preflight (its headers: [`Reply`]).
+    Preflight,
 }
 
 /// Why a request is malformed (the 400 body says it).
@@ -60,6 +74,11 @@ impl Local {
             Local::BadRequest(_) => StatusCode::BAD_REQUEST,
             Local::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             Local::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Local::NoBackends | Local::InvalidBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            Local::Forbidden => StatusCode::FORBIDDEN,
+            Local::Redirect(r) => r.code(),
+            Local::Fixed(status) => status,
+            Local::Preflight => StatusCode::NO_CONTENT,
         }
     }
 
@@ -79,6 +98,10 @@ impl Local {
             Local::UnsupportedCoding => "transfer coding not supported\n",
             Local::BodyTooLarge => "request body too large\n",
             Local::TooManyConnections => "too many connections\n",
+            Local::NoBackends => "no backend is configured for this route\n",
+            Local::InvalidBackend => "this route's backend reference is invalid\n",
+            Local::Forbidden => "forbidden\n",
+            Local::Redirect(_) | Local::Fixed(_) | Local::Preflight => "",
         }
     }
 
@@ -93,6 +116,12 @@ impl Local {
             Local::BadRequest(_) | Local::UnsupportedCoding => "bad_request",
             Local::BodyTooLarge => "body_too_large",
             Local::TooManyConnections => "too_many_connections",
+            Local::NoBackends => "no_backends",
+            Local::InvalidBackend => "invalid_backend",
+            Local::Forbidden => "forbidden",
+            Local::Redirect(_) => "redirect",
+            Local::Fixed(_) => "fixed_response",
+            Local::Preflight => "cors_preflight",
         }
     }
 
@@ -123,21 +152,17 @@ impl Local {
     /// contents); `close` adds `Connection: close` (it is added anyway when
     /// [`Local::closes`]).
     pub fn write_h1(self, out: &mut Vec<u8>, close: bool) {
-        let status = self.status();
-        let body = self.body();
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{}\r\n", body.len());
-        if close || self.closes() {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body.as_bytes());
+        Reply::new(self).write_h1(out, close);
+    }
+
+    /// Whether a gRPC client gets it as an HTTP response rather than a
+    /// gRPC status (a redirect or a rule's own response is the rule's
+    /// answer, whatever the protocol).
+    pub fn is_http_answer(self) -> bool {
+        matches!(
+            self,
+            Local::Redirect(_) | Local::Fixed(_) | Local::Preflight
+        )
     }
 
     /// The gRPC status for a gRPC call (gRPC's HTTP-to-status mapping,
@@ -146,8 +171,10 @@ impl Local {
         match self {
             Local::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
             Local::NoRoute | Local::ConnectRefused | Local::UnsupportedCoding => 12, // UNIMPLEMENTED
-            Local::BodyTooLarge => 8,   // RESOURCE_EXHAUSTED
-            Local::BadRequest(_) => 13, // INTERNAL
+            Local::BodyTooLarge => 8, // RESOURCE_EXHAUSTED
+            Local::BadRequest(_) | Local::NoBackends | Local::InvalidBackend => 13, // INTERNAL
+            Local::Forbidden => 7,    // PERMISSION_DENIED
+            Local::Redirect(_) | Local::Fixed(_) | Local::Preflight => 2, // UNKNOWN
             Local::NoEndpoints
             | Local::UpstreamFailed
             | Local::UnexpectedUpgrade
@@ -177,16 +204,95 @@ impl Local {
     }
 
     /// It as an `http::Response` for hyper to write.
-    pub fn response<B: From<&'static str>>(self) -> Response<B> {
-        let mut resp = Response::new(B::from(self.body()));
-        *resp.status_mut() = self.status();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if self.closes() {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    pub fn response<B: From<&'static str> + From<String>>(self) -> Response<B> {
+        Reply::new(self).response()
+    }
+}
+
+/// A local response with what varies per request: header fields of its own
+/// (a redirect's `Location`, CORS headers) and a body other than
+/// [`Local::body`] (a rule's fixed response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply<'a> {
+    /// The response.
+    pub local: Local,
+    /// Extra header fields.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body, when not the default one.
+    pub body: Option<&'a str>,
+}
+
+impl<'a> Reply<'a> {
+    /// `local` as it is.
+    pub fn new(local: Local) -> Self {
+        Reply {
+            local,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The body sent.
+    pub fn body(&self) -> &str {
+        self.body.unwrap_or(self.local.body())
+    }
+
+    /// Counts it (see [`Local::count`]).
+    pub fn count(&self, metrics: &Metrics) {
+        self.local.count(metrics);
+    }
+
+    /// Writes it as an HTTP/1.1 response into `out` (replacing its
+    /// contents); `close` adds `Connection: close` (it is added anyway when
+    /// [`Local::closes`]). A head-only response (`204`) has no body and no
+    /// length.
+    pub fn write_h1(&self, out: &mut Vec<u8>, close: bool) {
+        let status = self.local.status();
+        let body = self.body();
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if status != StatusCode::NO_CONTENT {
+            out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{}\r\n", body.len());
+        }
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if close || self.local.closes() {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+    }
+
+    /// It as an `http::Response` for hyper to write.
+    pub fn response<B: From<&'static str> + From<String>>(&self) -> Response<B> {
+        let body = match self.body {
+            Some(b) => B::from(b.to_owned()),
+            None => B::from(self.local.body()),
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.local.status();
+        let h = resp.headers_mut();
+        if self.local.status() != StatusCode::NO_CONTENT {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+        for (name, value) in &self.headers {
+            h.append(name.clone(), value.clone());
+        }
+        if self.local.closes() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -220,7 +326,7 @@ pub fn https_redirect<B: From<&'static str>>(
 mod tests {
     use super::*;
 
-    const ALL: [Local; 13] = [
+    const ALL: [Local; 19] = [
         Local::NoRoute,
         Local::NoEndpoints,
         Local::UpstreamFailed,
@@ -234,6 +340,12 @@ mod tests {
         Local::UnsupportedCoding,
         Local::BodyTooLarge,
         Local::TooManyConnections,
+        Local::NoBackends,
+        Local::InvalidBackend,
+        Local::Forbidden,
+        Local::Redirect(RedirectStatus::PERMANENT_REDIRECT),
+        Local::Fixed(StatusCode::IM_A_TEAPOT),
+        Local::Preflight,
     ];
 
     #[test]
@@ -302,7 +414,38 @@ mod tests {
                         .parse::<usize>()
                         .unwrap()
                 });
-            assert_eq!(length, Some(local.body().len()), "{local:?}");
+            let want = (local.status() != StatusCode::NO_CONTENT).then_some(local.body().len());
+            assert_eq!(length, want, "{local:?}");
         }
+    }
+
+    #[test]
+    fn replies_carry_their_headers_and_body() {
+        let reply = Reply {
+            local: Local::Redirect(RedirectStatus::MOVED_PERMANENTLY),
+            headers: vec![(
+                header::LOCATION,
+                HeaderValue::from_static("https://example.org/x"),
+            )],
+            body: Some("moved\n"),
+        };
+        let mut out = Vec::new();
+        reply.write_h1(&mut out, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 301 Moved Permanently\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: 6\r\nlocation: https://example.org/x\r\nconnection: close\r\n\r\nmoved\n"
+        );
+        let resp = reply.response::<String>();
+        assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(resp.headers()["location"], "https://example.org/x");
+        assert_eq!(resp.body(), "moved\n");
+        let mut out = Vec::new();
+        Reply::new(Local::Preflight).write_h1(&mut out, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "no length, no body"
+        );
     }
 }

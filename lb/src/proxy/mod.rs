@@ -24,6 +24,7 @@ pub mod body;
 mod buffers;
 mod conn;
 pub mod fast;
+pub mod filters;
 mod general;
 mod grpc;
 pub mod h2;

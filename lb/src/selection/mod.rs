@@ -1,14 +1,18 @@
 //! Which endpoint gets the next request.
 //!
-//! The [`Balancer`] turns each discovery snapshot into an immutable
-//! [`RoutingTable`] and publishes it with one atomic pointer swap. Requests
-//! load the current table, match an [`Upstream`] and pick an endpoint with
-//! one `fetch_add` on the upstream's cursor. The cursor and each endpoint's
-//! state outlive table rebuilds, so an endpoint-set change neither resets
-//! fairness nor disturbs in-flight requests (they hold their own `Arc`s).
+//! The [`Balancer`] turns each discovery snapshot (routes of the route
+//! model, `discovery::route`) into an immutable [`RoutingTable`] and
+//! publishes it with one atomic pointer swap. Requests load the current
+//! table, match a rule ([`route::Routes::find`]) and pick an endpoint
+//! ([`rule::Forward::pick`]) with one `fetch_add` on a cursor: the
+//! backend's own when the rule has one backend, the rule's for a weighted
+//! split. Cursors and each endpoint's state outlive table rebuilds, so an
+//! endpoint-set change neither resets fairness nor disturbs in-flight
+//! requests (they hold their own `Arc`s).
 
 mod endpoint;
 pub mod route;
+pub mod rule;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -21,10 +25,14 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
 pub use endpoint::{Endpoint, FailureOutcome};
-pub use route::Routes;
+pub use route::{Hit, RequestView, Routes};
+pub use rule::{Forward, Pick, RouteRule, RuleAction, RuleFilters};
 pub use schedule::Strategy;
 
-use crate::discovery::{Protocol, RouteMatch, RoutingConfig, UpstreamPolicy};
+use crate::discovery::route::{Action, BackendRef, HostMatch, Listeners, Precedence, RulePolicy};
+use crate::discovery::{
+    Backend, Origin, Protocol, Route, RouteKind, RouteMatch, RoutingConfig, UpstreamPolicy,
+};
 use crate::metrics::{EndpointStateLabels, Metrics};
 
 /// Effective per-upstream settings: the LB's flags with the upstream's
@@ -41,6 +49,9 @@ pub struct Policy {
     pub eject_after: u32,
     /// Base ejection period.
     pub ejection_time: Duration,
+    /// A deadline for the response head across all attempts (a route's
+    /// `timeouts.request`); `None`: only the per-attempt timeout.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -51,6 +62,7 @@ impl Default for Policy {
             retries: 2,
             eject_after: 3,
             ejection_time: Duration::from_secs(5),
+            request_timeout: None,
         }
     }
 }
@@ -66,6 +78,24 @@ impl Policy {
             retries: over.retries.unwrap_or(self.retries),
             eject_after: over.eject_after.unwrap_or(self.eject_after),
             ejection_time: over.ejection_time.unwrap_or(self.ejection_time),
+            request_timeout: self.request_timeout,
+        }
+    }
+
+    /// This policy with a rule's overrides: its retries, its backend
+    /// request timeout as the response-header timeout, its request timeout
+    /// as the deadline across attempts (a zero duration: no limit).
+    pub fn for_rule(&self, rule: &RulePolicy) -> Self {
+        /// What "no limit" is (a timer this far out never fires).
+        const UNLIMITED: Duration = Duration::from_secs(365 * 24 * 3600);
+        let limit = |d: Duration| if d.is_zero() { UNLIMITED } else { d };
+        Self {
+            retries: rule.retries.unwrap_or(self.retries),
+            response_header_timeout: rule
+                .backend_request_timeout
+                .map_or(self.response_header_timeout, limit),
+            request_timeout: rule.request_timeout.map(limit).or(self.request_timeout),
+            ..self.clone()
         }
     }
 }
@@ -163,9 +193,11 @@ impl Upstream {
 /// One immutable routing snapshot.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
-    /// Upstreams by name.
+    /// The endpoint sets (backends) by name: the `Upstream` shapes first,
+    /// in configuration order, then the other routes' backends in order of
+    /// first use.
     pub upstreams: Vec<Arc<Upstream>>,
-    /// Request matcher.
+    /// The rules, indexed for matching.
     pub routes: Routes,
     /// Version, incremented on each applied snapshot.
     pub version: u64,
@@ -174,6 +206,7 @@ pub struct RoutingTable {
 #[derive(Debug, Default)]
 struct BuildState {
     cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
+    rule_cursors: HashMap<(Origin, usize), Arc<AtomicUsize>>,
     endpoints: HashMap<(Arc<str>, SocketAddr), Arc<Endpoint>>,
     version: u64,
 }
@@ -232,52 +265,68 @@ impl Balancer {
     }
 
     /// Builds a table from `config` and swaps it in. Endpoints and cursors
-    /// that persist keep their state; removed ones are forgotten.
+    /// that persist keep their state; removed ones are forgotten. A rule
+    /// the model calls invalid ([`crate::discovery::Rule::validate`]) is
+    /// logged and left out; a backend name used for two different backends
+    /// keeps the first.
     pub fn apply(&self, config: &RoutingConfig) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cursors = HashMap::new();
-        let mut endpoints = HashMap::new();
-        let mut upstreams = Vec::with_capacity(config.upstreams.len());
-        for u in &config.upstreams {
-            let cursor = state
-                .cursors
-                .get(&u.name)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(AtomicUsize::new(0)));
-            cursors.insert(u.name.clone(), cursor.clone());
-            let mut eps = Vec::with_capacity(u.endpoints.len());
-            for spec in &u.endpoints {
-                let key = (u.name.clone(), spec.addr);
-                if endpoints.contains_key(&key) {
-                    continue; // duplicate address in one upstream
+        let mut build = Build {
+            balancer: self,
+            old: &state,
+            cursors: HashMap::new(),
+            endpoints: HashMap::new(),
+            upstreams: Vec::new(),
+            by_name: HashMap::new(),
+            displayed: config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), u.route.clone()))
+                .collect(),
+        };
+        let routes: Vec<_> = config.all_routes().collect();
+        let every_path = crate::discovery::Match::default();
+        let mut rules = Vec::new();
+        let mut filed = Vec::new();
+        let mut rule_cursors = HashMap::new();
+        for route in &routes {
+            let origin = Arc::new(route.origin.clone());
+            let hosts = scope_hosts(route);
+            for (index, rule) in route.rules.iter().enumerate() {
+                if let Err(e) = rule.validate(index) {
+                    warn!(route = %route.origin, error = %e, "invalid rule left out of the routing table");
+                    continue;
                 }
-                let ep = match state.endpoints.get(&key) {
-                    Some(ep) if ep.weight == spec.weight.max(1) && ep.name == spec.name => {
-                        ep.clone()
-                    }
-                    _ => Arc::new(Endpoint::new(
-                        &u.name,
-                        spec.addr,
-                        spec.name.clone(),
-                        spec.weight,
-                        &self.metrics,
-                    )),
+                let key = ((*origin).clone(), index);
+                let cursor = state
+                    .rule_cursors
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AtomicUsize::new(0)));
+                rule_cursors.insert(key, cursor.clone());
+                let at = rules.len();
+                rules.push(build.rule(&origin, index, rule, cursor));
+                let matches = if rule.matches.is_empty() {
+                    std::slice::from_ref(&every_path)
+                } else {
+                    &rule.matches[..]
                 };
-                endpoints.insert(key, ep.clone());
-                eps.push(ep);
+                for (i, m) in matches.iter().enumerate() {
+                    filed.push(route::Filed {
+                        rule: at,
+                        matched: m,
+                        precedence: Precedence::of(route, index, m, i),
+                        hosts: hosts.clone(),
+                    });
+                }
             }
-            upstreams.push(Arc::new(
-                Upstream::new(
-                    u.name.clone(),
-                    u.route.clone(),
-                    eps,
-                    self.defaults.with(&u.policy),
-                    self.strategy,
-                    cursor,
-                )
-                .speaking(u.protocol),
-            ));
         }
+        let Build {
+            cursors,
+            endpoints,
+            upstreams,
+            ..
+        } = build;
         for (name, addr) in state.endpoints.keys() {
             if !endpoints.contains_key(&(name.clone(), *addr)) {
                 info!(upstream = %name, endpoint = %addr, "endpoint removed");
@@ -288,10 +337,11 @@ impl Balancer {
                 info!(upstream = %name, endpoint = %addr, "endpoint added");
             }
         }
+        let routes = Routes::new(rules, filed);
         state.cursors = cursors;
+        state.rule_cursors = rule_cursors;
         state.endpoints = endpoints;
         state.version += 1;
-        let routes = Routes::new(&upstreams);
         let table = RoutingTable {
             upstreams,
             routes,
@@ -371,6 +421,156 @@ impl Balancer {
                 endpoint = %ep.addr,
                 "endpoint keeps failing but is the last available one; not ejecting"
             ),
+        }
+    }
+}
+
+/// The hostnames a route is filed under (`None`: any host), each with the
+/// listeners it applies on.
+fn scope_hosts(route: &Route) -> Vec<(Option<HostMatch>, Listeners)> {
+    let mut out: Vec<(Option<HostMatch>, Listeners)> = Vec::new();
+    for scope in &route.scopes {
+        let hosts: Vec<Option<HostMatch>> = if scope.hostnames.is_empty() {
+            vec![None]
+        } else {
+            scope.hostnames.iter().cloned().map(Some).collect()
+        };
+        for host in hosts {
+            match out.iter_mut().find(|(h, _)| *h == host) {
+                Some((_, l)) => *l = l.union(scope.listeners),
+                None => out.push((host, scope.listeners)),
+            }
+        }
+    }
+    out
+}
+
+/// One table build in progress: the endpoint sets made so far, by name.
+struct Build<'b> {
+    balancer: &'b Balancer,
+    old: &'b BuildState,
+    cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
+    endpoints: HashMap<(Arc<str>, SocketAddr), Arc<Endpoint>>,
+    upstreams: Vec<Arc<Upstream>>,
+    by_name: HashMap<Arc<str>, (Arc<Upstream>, Arc<Backend>)>,
+    /// The match of each `Upstream`-shaped route, shown by the admin page.
+    displayed: HashMap<Arc<str>, RouteMatch>,
+}
+
+impl Build<'_> {
+    /// The endpoint set for `backend`: the one already made under its
+    /// name, else a new one whose endpoints and cursor carry over from the
+    /// previous table.
+    fn backend(&mut self, backend: &Arc<Backend>) -> Arc<Upstream> {
+        if let Some((u, first)) = self.by_name.get(&backend.name) {
+            if **first != **backend {
+                warn!(
+                    backend = %backend.name,
+                    "two different backends share a name; the first one is used"
+                );
+            }
+            return u.clone();
+        }
+        let name = backend.name.clone();
+        let metrics = &self.balancer.metrics;
+        let cursor = self
+            .old
+            .cursors
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(AtomicUsize::new(0)));
+        self.cursors.insert(name.clone(), cursor.clone());
+        let mut eps = Vec::with_capacity(backend.endpoints.len());
+        for spec in &backend.endpoints {
+            let key = (name.clone(), spec.addr);
+            if self.endpoints.contains_key(&key) {
+                continue; // duplicate address in one backend
+            }
+            let ep = match self.old.endpoints.get(&key) {
+                Some(ep) if ep.weight == spec.weight.max(1) && ep.name == spec.name => ep.clone(),
+                _ => Arc::new(Endpoint::new(
+                    &name,
+                    spec.addr,
+                    spec.name.clone(),
+                    spec.weight,
+                    metrics,
+                )),
+            };
+            self.endpoints.insert(key, ep.clone());
+            eps.push(ep);
+        }
+        let upstream = Arc::new(
+            Upstream::new(
+                name.clone(),
+                self.displayed.get(&name).cloned().unwrap_or_default(),
+                eps,
+                self.balancer.defaults.with(&backend.policy),
+                self.balancer.strategy,
+                cursor,
+            )
+            .speaking(backend.protocol),
+        );
+        self.upstreams.push(upstream.clone());
+        self.by_name
+            .insert(name, (upstream.clone(), backend.clone()));
+        upstream
+    }
+
+    /// Compiles rule `index` of the route from `origin`.
+    fn rule(
+        &mut self,
+        origin: &Arc<Origin>,
+        index: usize,
+        rule: &crate::discovery::Rule,
+        cursor: Arc<AtomicUsize>,
+    ) -> RouteRule {
+        let action = match &rule.action {
+            Action::Forward(shares) => {
+                let shares = shares
+                    .iter()
+                    .map(|s| match &s.target {
+                        BackendRef::Resolved(b) => {
+                            let u = self.backend(b);
+                            let policy = u.policy.for_rule(&rule.policy);
+                            (rule::Share::Backend(u, s.weight), policy)
+                        }
+                        BackendRef::Invalid(_) => (
+                            rule::Share::Invalid(s.weight),
+                            self.balancer.defaults.clone(),
+                        ),
+                    })
+                    .collect();
+                RuleAction::Forward(Forward::new(shares, cursor))
+            }
+            Action::Redirect(r) => RuleAction::Redirect(r.clone()),
+            Action::Respond(f) => RuleAction::Respond(f.clone()),
+        };
+        let f = &rule.filters;
+        let filters = (!f.is_empty()).then(|| {
+            Box::new(RuleFilters {
+                request_headers: f.request_headers.clone(),
+                response_headers: f.response_headers.clone(),
+                rewrite: f.rewrite.clone(),
+                source: f.source.clone(),
+                cors: f.cors.clone(),
+                max_body_bytes: f.max_body_bytes,
+                affinity: f.affinity.clone(),
+            })
+        });
+        let label: Arc<str> = if origin.kind == RouteKind::Upstream && origin.namespace.is_empty() {
+            origin.name.clone()
+        } else {
+            match &rule.name {
+                Some(n) => format!("{}/{}#{n}", origin.namespace, origin.name).into(),
+                None => format!("{}/{}#{index}", origin.namespace, origin.name).into(),
+            }
+        };
+        RouteRule {
+            origin: origin.clone(),
+            index,
+            label,
+            filters,
+            action,
         }
     }
 }
@@ -498,6 +698,529 @@ mod tests {
     fn empty_upstream_picks_nothing() {
         let b = balancer(&[]);
         assert_eq!(b.load().upstreams[0].pick(), None);
+    }
+
+    mod rules {
+        //! The route model through the table: matching, precedence,
+        //! hostnames, listeners, weights.
+
+        use std::collections::HashMap;
+
+        use http::{HeaderName, Method};
+
+        use super::*;
+        use crate::discovery::route::{
+            HeaderMatch, ListenerId, Match, Order, PathMatch, Pattern, QueryMatch, Rule, Scope,
+            ValueMatch, WeightedBackend,
+        };
+        use crate::discovery::{EndpointSpec, Origin};
+        use crate::selection::route::SimpleRequest;
+
+        pub(crate) fn backend(name: &str, ports: &[u16]) -> Arc<Backend> {
+            Arc::new(Backend {
+                name: name.into(),
+                endpoints: ports
+                    .iter()
+                    .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
+                    .collect(),
+                protocol: Protocol::Http1,
+                policy: UpstreamPolicy::default(),
+            })
+        }
+
+        /// A route `ns/name` created at `created`, for `hosts` (any when
+        /// empty), each rule forwarding to a backend named after it.
+        pub(crate) fn route(
+            name: &str,
+            created: Option<i64>,
+            hosts: &[&str],
+            rules: Vec<Vec<Match>>,
+        ) -> Route {
+            Route {
+                origin: Origin {
+                    kind: RouteKind::HttpRoute,
+                    namespace: "ns".into(),
+                    name: name.into(),
+                },
+                order: Order { created },
+                scopes: vec![Scope {
+                    listeners: Listeners::ALL,
+                    hostnames: hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect(),
+                }],
+                rules: rules
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, m)| Rule::forward(m, backend(&format!("{name}-{i}"), &[1])))
+                    .collect(),
+            }
+        }
+
+        pub(crate) fn table(routes: Vec<Route>) -> Balancer {
+            let b = Balancer::new(Policy::default(), Arc::new(Metrics::new(1)));
+            b.apply(&RoutingConfig {
+                upstreams: vec![],
+                routes,
+            });
+            b
+        }
+
+        /// The label of the rule that takes the request, on the plain
+        /// listener.
+        fn find(b: &Balancer, host: &str, req: &SimpleRequest<'_>) -> Option<String> {
+            find_on(b, ListenerId::PLAIN, host, req)
+        }
+
+        fn find_on(
+            b: &Balancer,
+            listener: ListenerId,
+            host: &str,
+            req: &SimpleRequest<'_>,
+        ) -> Option<String> {
+            let t = b.load();
+            t.routes
+                .find(listener, Some(host), req)
+                .map(|h| h.rule.label.to_string())
+        }
+
+        fn get(path: &str) -> SimpleRequest<'_> {
+            SimpleRequest::get(path)
+        }
+
+        fn header(name: &'static str, value: &str) -> HeaderMatch {
+            HeaderMatch {
+                name: HeaderName::from_static(name),
+                value: ValueMatch::Exact(value.into()),
+            }
+        }
+
+        #[test]
+        fn paths_exact_before_longest_prefix_across_routes() {
+            let b = table(vec![
+                route("a", Some(1), &[], vec![vec![Match::prefix("/")]]),
+                route("b", Some(2), &[], vec![vec![Match::prefix("/foo")]]),
+                route("c", Some(3), &[], vec![vec![Match::exact("/foo/bar")]]),
+                route("d", Some(4), &[], vec![vec![Match::prefix("/foo/bar/")]]),
+            ]);
+            assert_eq!(find(&b, "x", &get("/foo/bar")).unwrap(), "ns/c#0");
+            assert_eq!(find(&b, "x", &get("/foo/bar/baz")).unwrap(), "ns/d#0");
+            assert_eq!(find(&b, "x", &get("/foo/bar/")).unwrap(), "ns/d#0");
+            assert_eq!(find(&b, "x", &get("/foo/barn")).unwrap(), "ns/b#0");
+            assert_eq!(find(&b, "x", &get("/fo")).unwrap(), "ns/a#0");
+        }
+
+        #[test]
+        fn method_headers_and_query_rank_in_that_order() {
+            let with = |m: Match| vec![m];
+            let b = table(vec![
+                route("plain", Some(1), &[], vec![with(Match::prefix("/p"))]),
+                route(
+                    "query",
+                    Some(2),
+                    &[],
+                    vec![with(Match {
+                        query: vec![QueryMatch {
+                            name: "q".into(),
+                            value: ValueMatch::Exact("1".into()),
+                        }],
+                        ..Match::prefix("/p")
+                    })],
+                ),
+                route(
+                    "header",
+                    Some(3),
+                    &[],
+                    vec![with(Match {
+                        headers: vec![header("x-a", "1")],
+                        ..Match::prefix("/p")
+                    })],
+                ),
+                route(
+                    "headers",
+                    Some(4),
+                    &[],
+                    vec![with(Match {
+                        headers: vec![header("x-a", "1"), header("x-b", "2")],
+                        ..Match::prefix("/p")
+                    })],
+                ),
+                route(
+                    "method",
+                    Some(5),
+                    &[],
+                    vec![with(Match {
+                        method: Some(Method::POST),
+                        ..Match::prefix("/p")
+                    })],
+                ),
+            ]);
+            let req = |method, headers, query| SimpleRequest {
+                method,
+                path: "/p",
+                query,
+                headers,
+            };
+            let both = [("x-a", "1"), ("x-b", "2")];
+            assert_eq!(
+                find(&b, "h", &req("POST", &both, Some("q=1"))).unwrap(),
+                "ns/method#0"
+            );
+            assert_eq!(
+                find(&b, "h", &req("GET", &both, Some("q=1"))).unwrap(),
+                "ns/headers#0"
+            );
+            assert_eq!(
+                find(&b, "h", &req("GET", &both[..1], Some("q=1"))).unwrap(),
+                "ns/header#0"
+            );
+            assert_eq!(
+                find(&b, "h", &req("GET", &[], Some("a=2&q=1"))).unwrap(),
+                "ns/query#0"
+            );
+            assert_eq!(
+                find(&b, "h", &req("GET", &[], Some("q=2"))).unwrap(),
+                "ns/plain#0"
+            );
+            // Header names are case-insensitive, values are not.
+            assert_eq!(
+                find(&b, "h", &req("GET", &[("X-A", "1")], None)).unwrap(),
+                "ns/header#0"
+            );
+            assert_eq!(
+                find(&b, "h", &req("GET", &[("x-a", "X")], None)).unwrap(),
+                "ns/plain#0"
+            );
+        }
+
+        #[test]
+        fn ties_go_to_the_oldest_then_by_name_then_rule_order() {
+            let b = table(vec![
+                route("young", Some(20), &[], vec![vec![Match::prefix("/")]]),
+                route("old", Some(10), &[], vec![vec![Match::prefix("/")]]),
+            ]);
+            assert_eq!(find(&b, "h", &get("/")).unwrap(), "ns/old#0");
+            let b = table(vec![
+                route("b", Some(10), &[], vec![vec![Match::prefix("/")]]),
+                route("a", Some(10), &[], vec![vec![Match::prefix("/")]]),
+            ]);
+            assert_eq!(find(&b, "h", &get("/")).unwrap(), "ns/a#0");
+            let b = table(vec![route(
+                "r",
+                None,
+                &[],
+                vec![vec![Match::prefix("/x")], vec![Match::prefix("/x")]],
+            )]);
+            assert_eq!(find(&b, "h", &get("/x")).unwrap(), "ns/r#0");
+        }
+
+        #[test]
+        fn hostnames_exact_then_longest_wildcard_then_any_falling_through() {
+            let b = table(vec![
+                route("any", Some(1), &[], vec![vec![Match::prefix("/")]]),
+                route(
+                    "wild",
+                    Some(2),
+                    &["*.example.com"],
+                    vec![vec![Match::prefix("/")]],
+                ),
+                route(
+                    "deep",
+                    Some(3),
+                    &["*.b.example.com"],
+                    vec![vec![Match::prefix("/")]],
+                ),
+                route(
+                    "exact",
+                    Some(4),
+                    &["a.b.example.com"],
+                    vec![vec![Match::prefix("/only")]],
+                ),
+            ]);
+            assert_eq!(
+                find(&b, "a.b.example.com", &get("/only/x")).unwrap(),
+                "ns/exact#0"
+            );
+            assert_eq!(
+                find(&b, "A.B.Example.COM:8080", &get("/only")).unwrap(),
+                "ns/exact#0",
+                "case and port do not matter"
+            );
+            assert_eq!(
+                find(&b, "a.b.example.com", &get("/other")).unwrap(),
+                "ns/deep#0",
+                "no match under the exact name: the longest wildcard"
+            );
+            assert_eq!(find(&b, "c.example.com", &get("/")).unwrap(), "ns/wild#0");
+            assert_eq!(
+                find(&b, "example.com", &get("/")).unwrap(),
+                "ns/any#0",
+                "a wildcard needs one more label"
+            );
+            assert_eq!(find(&b, "other.org", &get("/")).unwrap(), "ns/any#0");
+            let no_any = table(vec![route("exact", None, &["a.example"], vec![vec![]])]);
+            assert_eq!(find(&no_any, "b.example", &get("/")), None, "404");
+            assert_eq!(
+                find(&no_any, "a.example", &get("/anything")).unwrap(),
+                "ns/exact#0"
+            );
+        }
+
+        #[test]
+        fn scopes_pick_listeners() {
+            let mut tls_only = route("tls", None, &[], vec![vec![Match::prefix("/")]]);
+            tls_only.scopes[0].listeners = Listeners::only(ListenerId::TLS);
+            let mut two = route("two", None, &["a.example"], vec![vec![Match::prefix("/")]]);
+            two.scopes = vec![
+                Scope {
+                    listeners: Listeners::only(ListenerId::PLAIN),
+                    hostnames: vec![HostMatch::parse("a.example").unwrap()],
+                },
+                Scope {
+                    listeners: Listeners::only(ListenerId(5)),
+                    hostnames: vec![],
+                },
+            ];
+            let b = table(vec![tls_only, two]);
+            assert_eq!(
+                find_on(&b, ListenerId::TLS, "h", &get("/")).unwrap(),
+                "ns/tls#0"
+            );
+            assert_eq!(find_on(&b, ListenerId::PLAIN, "h", &get("/")), None);
+            assert_eq!(
+                find_on(&b, ListenerId::PLAIN, "a.example", &get("/")).unwrap(),
+                "ns/two#0"
+            );
+            assert_eq!(
+                find_on(&b, ListenerId(5), "zzz", &get("/")).unwrap(),
+                "ns/two#0"
+            );
+            assert_eq!(find_on(&b, ListenerId(6), "a.example", &get("/")), None);
+        }
+
+        #[test]
+        fn regex_paths_rank_by_length_among_prefixes() {
+            let regex = |p: &str| Match {
+                path: PathMatch::Regex(Pattern::new(p).unwrap()),
+                ..Match::default()
+            };
+            let b = table(vec![
+                route("root", None, &[], vec![vec![Match::prefix("/")]]),
+                route("re", None, &[], vec![vec![regex("/v[0-9]+/.*")]]),
+                route(
+                    "long",
+                    None,
+                    &[],
+                    vec![vec![Match::prefix("/v1/users/admin")]],
+                ),
+            ]);
+            assert_eq!(find(&b, "h", &get("/v2/x")).unwrap(), "ns/re#0");
+            assert_eq!(
+                find(&b, "h", &get("/v1/users/admin/1")).unwrap(),
+                "ns/long#0"
+            );
+            assert_eq!(find(&b, "h", &get("/vx/x")).unwrap(), "ns/root#0");
+        }
+
+        /// Many rules under one host use the index; its answers must be
+        /// the scan's.
+        #[test]
+        fn a_large_bucket_answers_as_a_scan_would() {
+            let mut routes = Vec::new();
+            let segments = ["", "/a", "/a/b", "/a/b/c", "/b", "/a/bc", "/x/y"];
+            for (i, seg) in segments.iter().enumerate() {
+                for (j, kind) in ["exact", "prefix", "prefix-method"].iter().enumerate() {
+                    let path = if seg.is_empty() { "/" } else { seg };
+                    let m = match *kind {
+                        "exact" => Match::exact(path),
+                        "prefix" => Match::prefix(path),
+                        _ => Match {
+                            method: Some(Method::POST),
+                            ..Match::prefix(path)
+                        },
+                    };
+                    routes.push(route(
+                        &format!("r{i}-{j}"),
+                        Some((i * 10 + j) as i64),
+                        &["big.example"],
+                        vec![vec![m]],
+                    ));
+                }
+            }
+            let indexed = table(routes.clone());
+            assert!(indexed.load().routes.len() > route::SCAN_LIMIT_FOR_TESTS);
+            // The reference: every match of the model sorted by its
+            // precedence, the first that holds wins.
+            let mut all: Vec<(Precedence<'_>, &Route, &Match)> = Vec::new();
+            for r in &routes {
+                for (ri, rule) in r.rules.iter().enumerate() {
+                    for (mi, m) in rule.matches.iter().enumerate() {
+                        all.push((Precedence::of(r, ri, m, mi), r, m));
+                    }
+                }
+            }
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            for path in [
+                "/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/c", "/a/b/c/d", "/a/bc", "/a/bcd", "/b",
+                "/bb", "/x", "/x/y", "/x/y/z", "/zzz",
+            ] {
+                for method in ["GET", "POST"] {
+                    let req = SimpleRequest {
+                        method,
+                        ..SimpleRequest::get(path)
+                    };
+                    let want = all
+                        .iter()
+                        .find(|(_, _, m)| {
+                            let path_ok = match &m.path {
+                                PathMatch::Exact(p) => **p == *path,
+                                PathMatch::Prefix(p) => {
+                                    crate::discovery::route::prefix_matches(p, path)
+                                }
+                                PathMatch::Regex(r) => r.is_match(path),
+                            };
+                            path_ok && m.method.as_ref().is_none_or(|x| x.as_str() == method)
+                        })
+                        .map(|(_, r, _)| format!("ns/{}#0", r.origin.name));
+                    assert_eq!(find(&indexed, "big.example", &req), want, "{method} {path}");
+                }
+            }
+        }
+
+        fn weighted(name: &str, shares: Vec<(Arc<Backend>, u32)>) -> Route {
+            let mut r = route(name, None, &[], vec![vec![]]);
+            r.rules[0].action = Action::Forward(
+                shares
+                    .into_iter()
+                    .map(|(b, weight)| WeightedBackend {
+                        weight,
+                        target: BackendRef::Resolved(b),
+                    })
+                    .collect(),
+            );
+            r
+        }
+
+        fn picks(b: &Balancer, n: usize) -> HashMap<u16, usize> {
+            let mut out = HashMap::new();
+            for _ in 0..n {
+                let t = b.load();
+                let hit = t.routes.find(ListenerId::PLAIN, None, &get("/")).unwrap();
+                let Pick::Endpoint { upstream, idx, .. } = hit.rule.forward().unwrap().pick()
+                else {
+                    panic!("no endpoint")
+                };
+                *out.entry(upstream.endpoints[idx].addr.port()).or_default() += 1;
+            }
+            out
+        }
+
+        #[test]
+        fn a_weighted_rules_rotation_survives_updates() {
+            let cfg = || {
+                weighted(
+                    "w",
+                    vec![(backend("a", &[10]), 80), (backend("b", &[20]), 20)],
+                )
+            };
+            let b = table(vec![cfg()]);
+            let first = picks(&b, 37);
+            b.apply(&RoutingConfig {
+                upstreams: vec![],
+                routes: vec![cfg()],
+            });
+            let rest = picks(&b, 63);
+            assert_eq!(
+                first[&10] + rest[&10],
+                80,
+                "the cursor carried over: exact over the 100"
+            );
+        }
+
+        #[test]
+        fn rules_that_share_a_backend_share_its_endpoints() {
+            let shared = backend("svc", &[10, 11]);
+            let mut r = route(
+                "r",
+                None,
+                &[],
+                vec![vec![Match::prefix("/a")], vec![Match::prefix("/b")]],
+            );
+            for rule in &mut r.rules {
+                rule.action = Action::Forward(vec![WeightedBackend {
+                    weight: 1,
+                    target: BackendRef::Resolved(shared.clone()),
+                }]);
+            }
+            let b = table(vec![r]);
+            let t = b.load();
+            assert_eq!(t.upstreams.len(), 1, "one endpoint set");
+            let mut seen = Vec::new();
+            for path in ["/a", "/b", "/a", "/b"] {
+                let hit = t.routes.find(ListenerId::PLAIN, None, &get(path)).unwrap();
+                let Pick::Endpoint { upstream, idx, .. } = hit.rule.forward().unwrap().pick()
+                else {
+                    panic!()
+                };
+                seen.push(upstream.endpoints[idx].addr.port());
+            }
+            assert_eq!(seen, [10, 11, 10, 11], "one rotation across both rules");
+        }
+
+        #[test]
+        fn invalid_rules_are_left_out_and_name_clashes_keep_the_first() {
+            let mut bad = route(
+                "bad",
+                None,
+                &[],
+                vec![vec![Match::exact("/x")], vec![Match::prefix("/")]],
+            );
+            bad.rules[0].filters.rewrite = Some(crate::discovery::route::Rewrite {
+                hostname: None,
+                path: Some(crate::discovery::route::PathRewrite::ReplacePrefix(
+                    "/y".into(),
+                )),
+            });
+            let mut clash = route("clash", None, &["c.example"], vec![vec![]]);
+            clash.rules[0] = Rule::forward(vec![], backend("bad-1", &[99]));
+            let b = table(vec![bad, clash]);
+            let t = b.load();
+            assert_eq!(t.routes.len(), 2, "the invalid rule is left out");
+            assert_eq!(find(&b, "h", &get("/x")).unwrap(), "ns/bad#1");
+            let hit = t
+                .routes
+                .find(ListenerId::PLAIN, Some("c.example"), &get("/"))
+                .unwrap();
+            let Pick::Endpoint { upstream, idx, .. } = hit.rule.forward().unwrap().pick() else {
+                panic!()
+            };
+            assert_eq!(
+                upstream.endpoints[idx].addr.port(),
+                1,
+                "the first bad-1 backend"
+            );
+        }
+
+        #[test]
+        fn rule_policies_override_the_backends() {
+            let mut r = route("r", None, &[], vec![vec![]]);
+            r.rules[0].policy = crate::discovery::route::RulePolicy {
+                request_timeout: Some(Duration::from_secs(3)),
+                backend_request_timeout: Some(Duration::ZERO),
+                retries: Some(0),
+            };
+            let b = table(vec![r]);
+            let t = b.load();
+            let hit = t.routes.find(ListenerId::PLAIN, None, &get("/")).unwrap();
+            let Pick::Endpoint { policy, .. } = hit.rule.forward().unwrap().pick() else {
+                panic!()
+            };
+            assert_eq!(policy.retries, 0);
+            assert_eq!(policy.request_timeout, Some(Duration::from_secs(3)));
+            assert!(
+                policy.response_header_timeout > Duration::from_secs(86_400),
+                "zero: no limit"
+            );
+            assert_eq!(policy.connect_timeout, Policy::default().connect_timeout);
+        }
     }
 
     impl Balancer {

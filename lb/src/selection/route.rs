@@ -1,23 +1,43 @@
-//! Request → upstream matching: exact host before any host, then the longest
-//! path prefix on a segment boundary.
+//! Request → rule matching.
+//!
+//! Every match of every rule of every route becomes one entry, filed under
+//! the hostnames its route serves: exact names in a map, `*.` wildcards in a
+//! map by suffix, and the rest under "any host". A request's host picks the
+//! buckets to look in, most specific first (its exact name, then its
+//! wildcard suffixes longest first, then any host), and the first bucket
+//! with a matching entry decides. Inside a bucket the entries are sorted by
+//! the route model's [`Precedence`], so the first entry whose conditions
+//! hold wins. A small bucket is scanned in that order; a large one (many
+//! rules for one host) is indexed by exact path and by prefix, so a lookup
+//! costs a few hash probes (one per `/`-separated element of the path), not
+//! a scan. Method, headers and query are only read for an entry that has
+//! conditions on them, so a table without such matches never reads them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use super::Upstream;
-use crate::discovery::RouteMatch;
+use http::HeaderName;
 
-/// Upstreams under one host, longest path prefix first.
-type PrefixList = Vec<(Box<str>, Arc<Upstream>)>;
+use super::rule::RouteRule;
+use crate::discovery::route::{
+    HeaderMatch, HostMatch, ListenerId, Listeners, Match, PathMatch, Precedence, QueryMatch,
+    prefix_matches,
+};
 
-/// Upstreams ordered for matching.
-#[derive(Debug, Default)]
-pub struct Routes {
-    by_host: HashMap<Box<str>, PrefixList>,
-    any_host: PrefixList,
+/// What matching may read of a request besides its host and path; each
+/// transport implements it over its own parsed head.
+pub trait RequestView {
+    /// The method.
+    fn method(&self) -> &str;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// The query (after `?`), if any.
+    fn query(&self) -> Option<&str>;
+    /// Whether some value of the header `name` satisfies `f`.
+    fn any_header(&self, name: &HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
 }
 
-/// Normalises a `Host` value for matching: lower case, without port.
+/// Normalises a `Host` value for matching: without port (lower-casing is
+/// the caller's, only when needed).
 pub fn normalize_host(host: &str) -> &str {
     let host = host.trim();
     if let Some(rest) = host.strip_prefix('[') {
@@ -30,82 +50,350 @@ pub fn normalize_host(host: &str) -> &str {
     }
 }
 
-/// True when `path` is under `prefix` on a segment boundary.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" || prefix.is_empty() {
-        return true;
+/// A bucket this large or smaller is scanned; a larger one is indexed.
+const SCAN_LIMIT: usize = 16;
+
+/// [`SCAN_LIMIT`], for the table's tests.
+#[cfg(test)]
+pub(crate) const SCAN_LIMIT_FOR_TESTS: usize = SCAN_LIMIT;
+
+/// Conditions beyond the path.
+#[derive(Debug)]
+struct Conditions {
+    method: Option<http::Method>,
+    headers: Box<[HeaderMatch]>,
+    query: Box<[QueryMatch]>,
+}
+
+impl Conditions {
+    fn hold(&self, req: &dyn RequestView) -> bool {
+        if let Some(m) = &self.method
+            && m.as_str() != req.method()
+        {
+            return false;
+        }
+        let headers_ok = self
+            .headers
+            .iter()
+            .all(|h| req.any_header(&h.name, &mut |v| h.value.matches(v)));
+        headers_ok
+            && self.query.iter().all(|q| {
+                first_param(req.query(), &q.name).is_some_and(|v| q.value.matches(v.as_bytes()))
+            })
     }
-    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
-        None => false,
+}
+
+/// The value of the first parameter called `name` in `query` (`a=1&b`:
+/// `b` has the value `""`).
+fn first_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// One match of one rule, filed under one host.
+#[derive(Debug)]
+struct Entry {
+    rule: u32,
+    listeners: Listeners,
+    path: PathMatch,
+    conditions: Option<Box<Conditions>>,
+}
+
+impl Entry {
+    #[inline]
+    fn path_matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Exact(p) => **p == *path,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+            PathMatch::Regex(r) => r.is_match(path),
+        }
     }
+
+    #[inline]
+    fn accepts(&self, listener: ListenerId, req: &dyn RequestView) -> bool {
+        self.listeners.contains(listener) && self.conditions.as_ref().is_none_or(|c| c.hold(req))
+    }
+}
+
+/// The entries for one host, in precedence order.
+#[derive(Debug, Default)]
+struct Bucket {
+    entries: Vec<Entry>,
+    index: Option<Box<PathIndex>>,
+}
+
+/// A large bucket's index: entry positions by exact path and by prefix
+/// (without its trailing `/`), each list in precedence order.
+#[derive(Debug, Default)]
+struct PathIndex {
+    exact: HashMap<Box<str>, Vec<u32>>,
+    prefix: HashMap<Box<str>, Vec<u32>>,
+    /// Positions of the non-exact entries, when some are regular
+    /// expressions (which cannot be probed by prefix): scanned in order.
+    ordered: Option<Vec<u32>>,
+}
+
+impl Bucket {
+    fn seal(&mut self) {
+        if self.entries.len() <= SCAN_LIMIT {
+            return;
+        }
+        let mut index = PathIndex::default();
+        let mut regex = false;
+        for (i, e) in self.entries.iter().enumerate() {
+            let i = i as u32;
+            match &e.path {
+                PathMatch::Exact(p) => index.exact.entry(p.clone()).or_default().push(i),
+                PathMatch::Prefix(p) => index
+                    .prefix
+                    .entry(PathMatch::normalized_prefix(p).into())
+                    .or_default()
+                    .push(i),
+                PathMatch::Regex(_) => regex = true,
+            }
+        }
+        if regex {
+            index.ordered = Some(
+                (0..self.entries.len() as u32)
+                    .filter(|i| !matches!(self.entries[*i as usize].path, PathMatch::Exact(_)))
+                    .collect(),
+            );
+        }
+        self.index = Some(Box::new(index));
+    }
+
+    /// The first entry that takes the request.
+    #[inline]
+    fn find(&self, listener: ListenerId, req: &dyn RequestView) -> Option<&Entry> {
+        let path = req.path();
+        let Some(index) = &self.index else {
+            return self
+                .entries
+                .iter()
+                .find(|e| e.path_matches(path) && e.accepts(listener, req));
+        };
+        let take = |list: &[u32]| {
+            list.iter()
+                .map(|i| &self.entries[*i as usize])
+                .find(|e| e.path_matches(path) && e.accepts(listener, req))
+        };
+        if let Some(hit) = index.exact.get(path).and_then(|l| take(l)) {
+            return Some(hit);
+        }
+        if let Some(ordered) = &index.ordered {
+            return take(ordered);
+        }
+        // Every prefix of the path that ends at an element boundary,
+        // longest first.
+        let bytes = path.as_bytes();
+        let mut end = path.len();
+        loop {
+            if (end == path.len() || bytes[end] == b'/')
+                && let Some(hit) = index.prefix.get(&path[..end]).and_then(|l| take(l))
+            {
+                return Some(hit);
+            }
+            if end == 0 {
+                return None;
+            }
+            end -= 1;
+        }
+    }
+}
+
+/// The rules of one routing snapshot, ordered for matching.
+#[derive(Debug, Default)]
+pub struct Routes {
+    rules: Vec<RouteRule>,
+    exact: HashMap<Box<str>, Bucket>,
+    /// By suffix (without `*.`).
+    wildcard: HashMap<Box<str>, Bucket>,
+    any_host: Bucket,
+}
+
+/// A rule that matched, with the path condition that matched it (a prefix
+/// rewrite replaces what it matched; a capture rewrite uses its groups).
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'t> {
+    /// The rule.
+    pub rule: &'t RouteRule,
+    /// The path condition of the match that took the request.
+    pub path: &'t PathMatch,
+}
+
+/// One match of one rule, with where it applies, for [`Routes::new`].
+#[derive(Debug)]
+pub struct Filed<'a> {
+    /// The rule's position in the rules given to [`Routes::new`].
+    pub rule: usize,
+    /// The match.
+    pub matched: &'a Match,
+    /// Its precedence.
+    pub precedence: Precedence<'a>,
+    /// The hostnames it is filed under (empty: any host), with the
+    /// listeners for each.
+    pub hosts: Vec<(Option<HostMatch>, Listeners)>,
 }
 
 impl Routes {
-    /// Builds the matcher. Ties (same host, same prefix) go to the upstream
-    /// whose name sorts first, so the choice is stable across replicas.
-    pub fn new(upstreams: &[Arc<Upstream>]) -> Self {
-        let mut routes = Routes::default();
-        let mut sorted: Vec<&Arc<Upstream>> = upstreams.iter().collect();
-        sorted.sort_by(|a, b| a.name.cmp(&b.name));
-        for u in sorted {
-            let RouteMatch { host, path_prefix } = &u.route;
-            let prefix: Box<str> = path_prefix.as_deref().unwrap_or("/").into();
-            let list = match host {
-                Some(h) => routes
-                    .by_host
-                    .entry(h.to_ascii_lowercase().into_boxed_str())
-                    .or_default(),
-                None => &mut routes.any_host,
-            };
-            list.push((prefix, u.clone()));
-        }
-        let by_len = |a: &(Box<str>, Arc<Upstream>), b: &(Box<str>, Arc<Upstream>)| {
-            let la = a.0.trim_end_matches('/').len();
-            let lb = b.0.trim_end_matches('/').len();
-            lb.cmp(&la)
+    /// Builds the index over `rules` from every match of every rule.
+    pub fn new(rules: Vec<RouteRule>, mut filed: Vec<Filed<'_>>) -> Self {
+        filed.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+        let mut routes = Routes {
+            rules,
+            ..Routes::default()
         };
-        for list in routes.by_host.values_mut() {
-            list.sort_by(by_len);
+        for f in &filed {
+            let m = f.matched;
+            let conditional = m.method.is_some() || !m.headers.is_empty() || !m.query.is_empty();
+            let conditions = || {
+                conditional.then(|| {
+                    Box::new(Conditions {
+                        method: m.method.clone(),
+                        headers: m.headers.clone().into_boxed_slice(),
+                        query: m.query.clone().into_boxed_slice(),
+                    })
+                })
+            };
+            for (host, listeners) in &f.hosts {
+                let bucket = match host {
+                    None => &mut routes.any_host,
+                    Some(HostMatch::Exact(h)) => routes.exact.entry(h.clone()).or_default(),
+                    Some(HostMatch::Wildcard(s)) => routes.wildcard.entry(s.clone()).or_default(),
+                };
+                bucket.entries.push(Entry {
+                    rule: f.rule as u32,
+                    listeners: *listeners,
+                    path: m.path.clone(),
+                    conditions: conditions(),
+                });
+            }
         }
-        routes.any_host.sort_by(by_len);
+        routes.any_host.seal();
+        for b in routes
+            .exact
+            .values_mut()
+            .chain(routes.wildcard.values_mut())
+        {
+            b.seal();
+        }
         routes
     }
 
-    /// The upstream for a request with this `Host` value and path.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
-        if !self.by_host.is_empty()
+    /// The rule for a request on `listener` with this `Host` value.
+    #[inline]
+    pub fn find<'t>(
+        &'t self,
+        listener: ListenerId,
+        host: Option<&str>,
+        req: &dyn RequestView,
+    ) -> Option<Hit<'t>> {
+        let hit = |e: &'t Entry| Hit {
+            rule: &self.rules[e.rule as usize],
+            path: &e.path,
+        };
+        if !(self.exact.is_empty() && self.wildcard.is_empty())
             && let Some(host) = host
         {
             let host = normalize_host(host);
-            let hit = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                self.by_host.get(host.to_ascii_lowercase().as_str())
+            let lower;
+            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower = host.to_ascii_lowercase();
+                lower.as_str()
             } else {
-                self.by_host.get(host)
+                host
             };
-            if let Some(found) = hit.and_then(|list| first_match(list, path)) {
-                return Some(found);
+            let host = host.strip_suffix('.').unwrap_or(host);
+            if let Some(e) = self.exact.get(host).and_then(|b| b.find(listener, req)) {
+                return Some(hit(e));
+            }
+            if !self.wildcard.is_empty() {
+                // `*.b.example` then `*.example` for `a.b.example`.
+                let mut rest = host;
+                while let Some((_, suffix)) = rest.split_once('.') {
+                    if let Some(e) = self
+                        .wildcard
+                        .get(suffix)
+                        .and_then(|b| b.find(listener, req))
+                    {
+                        return Some(hit(e));
+                    }
+                    rest = suffix;
+                }
             }
         }
-        first_match(&self.any_host, path)
+        self.any_host.find(listener, req).map(hit)
     }
 
-    /// Number of upstreams.
+    /// The rules.
+    pub fn rules(&self) -> &[RouteRule] {
+        &self.rules
+    }
+
+    /// Number of rules.
     pub fn len(&self) -> usize {
-        self.any_host.len() + self.by_host.values().map(Vec::len).sum::<usize>()
+        self.rules.len()
     }
 
-    /// True without upstreams.
+    /// True without rules.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.rules.is_empty()
     }
 }
 
-fn first_match<'a>(list: &'a [(Box<str>, Arc<Upstream>)], path: &str) -> Option<&'a Arc<Upstream>> {
-    list.iter()
-        .find(|(prefix, _)| prefix_matches(prefix, path))
-        .map(|(_, u)| u)
+/// A request given as plain parts (tests, fuzzing, tools).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimpleRequest<'a> {
+    /// Method (`GET` when empty).
+    pub method: &'a str,
+    /// Path without query.
+    pub path: &'a str,
+    /// Query.
+    pub query: Option<&'a str>,
+    /// Headers, names in lower case.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl RequestView for SimpleRequest<'_> {
+    fn method(&self) -> &str {
+        if self.method.is_empty() {
+            "GET"
+        } else {
+            self.method
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.path
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+
+    fn any_header(&self, name: &HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
+            .any(|(_, v)| f(v.as_bytes()))
+    }
+}
+
+impl<'a> SimpleRequest<'a> {
+    /// A `GET` of `target` (path and query).
+    pub fn get(target: &'a str) -> Self {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        SimpleRequest {
+            path,
+            query,
+            ..SimpleRequest::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -120,12 +408,10 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_match_on_segments() {
-        assert!(prefix_matches("/api", "/api"));
-        assert!(prefix_matches("/api", "/api/v1"));
-        assert!(prefix_matches("/api/", "/api/v1"));
-        assert!(prefix_matches("/api", "/api?x=1"));
-        assert!(!prefix_matches("/api", "/apix"));
-        assert!(prefix_matches("/", "/anything"));
+    fn query_parameters_first_occurrence() {
+        assert_eq!(first_param(Some("a=1&b=2&a=3"), "a"), Some("1"));
+        assert_eq!(first_param(Some("a&b=2"), "a"), Some(""));
+        assert_eq!(first_param(Some("ab=1"), "a"), None);
+        assert_eq!(first_param(None, "a"), None);
     }
 }

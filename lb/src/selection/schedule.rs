@@ -27,42 +27,53 @@ impl Strategy {
     }
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
+fn gcd(a: u128, b: u128) -> u128 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// nginx's smooth weighted round-robin, unrolled into one full cycle.
 fn smooth_wrr(weights: &[u32]) -> Box<[u32]> {
+    let weights: Vec<u128> = weights.iter().map(|w| u128::from((*w).max(1))).collect();
+    weighted_schedule(&weights)
+}
+
+/// The smooth weighted round-robin cycle for these weights (each at least
+/// 1): index `i` appears `weights[i] / g` times, `g` their greatest common
+/// divisor, so every full cycle is exact. A cycle longer than
+/// [`MAX_SCHEDULE`] is scaled down proportionally (every index kept at
+/// least once), the one case where the split is only approximate.
+pub fn weighted_schedule(weights: &[u128]) -> Box<[u32]> {
     let n = weights.len();
     if n == 0 {
         return Box::new([]);
     }
-    let weights: Vec<u64> = weights.iter().map(|w| u64::from((*w).max(1))).collect();
+    let weights: Vec<u128> = weights.iter().map(|w| (*w).max(1)).collect();
     if weights.iter().all(|w| *w == weights[0]) {
         return (0..n as u32).collect();
     }
     let g = weights.iter().copied().fold(0, gcd);
-    let mut weights: Vec<u64> = weights.iter().map(|w| w / g).collect();
-    let mut total: u64 = weights.iter().sum();
-    if total as usize > MAX_SCHEDULE {
+    let mut weights: Vec<u128> = weights.iter().map(|w| w / g).collect();
+    let mut total: u128 = weights.iter().sum();
+    if total > MAX_SCHEDULE as u128 {
         // Scale down proportionally, keeping every endpoint at least 1.
         let scale = total as f64 / MAX_SCHEDULE as f64;
         for w in &mut weights {
-            *w = ((*w as f64 / scale).floor() as u64).max(1);
+            *w = ((*w as f64 / scale).floor() as u128).max(1);
         }
         total = weights.iter().sum();
     }
-    let mut current = vec![0i64; n];
+    let total = total as i128;
+    let mut current = vec![0i128; n];
     let mut out = Vec::with_capacity(total as usize);
     for _ in 0..total {
         let mut best = 0;
         for i in 0..n {
-            current[i] += weights[i] as i64;
+            current[i] += weights[i] as i128;
             if current[i] > current[best] {
                 best = i;
             }
         }
-        current[best] -= total as i64;
+        current[best] -= total;
         out.push(best as u32);
     }
     out.into_boxed_slice()

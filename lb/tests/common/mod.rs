@@ -42,10 +42,24 @@ impl TestBackend {
     }
 
     /// Same, on a given address (to restart a killed backend in place).
+    /// The backend in echo mode: every path answers `backend::Echo` JSON
+    /// (what it received, and `name`/`namespace`/pod).
+    pub fn echo(name: &str, namespace: &str) -> TestBackend {
+        let state = backend::AppState::new(name).echoing(backend::Identity {
+            namespace: namespace.to_owned(),
+            pod: String::new(),
+        });
+        Self::serve_app("127.0.0.1:0".parse().unwrap(), name, state)
+    }
+
     pub fn start_on(addr: SocketAddr, name: &str) -> TestBackend {
+        Self::serve_app(addr, name, backend::AppState::new(name))
+    }
+
+    fn serve_app(addr: SocketAddr, name: &str, state: backend::AppState) -> TestBackend {
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
-        let app = backend::app(backend::AppState::new(name)).layer(axum::middleware::from_fn(
+        let app = backend::app(state).layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let h = h.clone();
                 async move {

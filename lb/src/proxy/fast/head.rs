@@ -11,10 +11,15 @@
 
 use std::ops::Range;
 
-use http::Method;
+use http::{HeaderName, Method};
 
+use crate::discovery::route::{HeaderEdits, PathMatch};
 use crate::proxy::attempt::is_idempotent;
-use crate::proxy::headers::{ClientIp, Rule, VIA_NAME, connection_tokens, is_hop_by_hop, rule};
+use crate::proxy::filters::rewrite_path;
+use crate::proxy::headers::{
+    ClientIp, Rule, VIA_NAME, added_fields, connection_tokens, edited_away, is_hop_by_hop, rule,
+};
+use crate::selection::{RequestView, RuleFilters};
 
 /// Most headers the fast path parses in one head (more → fallback for
 /// requests, 502 for responses).
@@ -124,11 +129,228 @@ fn via(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// What the bytes at the front of a client connection are, parsed but not
+/// yet rewritten ([`parse`]).
+#[derive(Debug)]
+pub enum Parse<'b, 'h> {
+    /// Not a complete head yet.
+    Partial,
+    /// Not for the fast path: hand the connection to the general path.
+    Fallback,
+    /// A bodiless request, to be routed and then rewritten
+    /// ([`Parsed::write`]).
+    Ready(Parsed<'b, 'h>),
+}
+
+/// A parsed request head: what routing reads ([`Parsed::view`],
+/// [`Parsed::host`]) and what [`Parsed::write`] rewrites for upstream.
+#[derive(Debug)]
+pub struct Parsed<'b, 'h> {
+    buf: &'b [u8],
+    len: usize,
+    method: &'b str,
+    target: &'b str,
+    path: &'b str,
+    query: Option<&'b str>,
+    host: &'b [u8],
+    headers: &'h [httparse::Header<'b>],
+    close: bool,
+}
+
+/// How a rule's filters change the head sent upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestEdits<'r> {
+    /// The rule's filters.
+    pub filters: &'r RuleFilters,
+    /// The path condition that took the request (for a prefix rewrite).
+    pub matched: &'r PathMatch,
+}
+
+/// Parses the request head at the front of `buf` into `headers` (up to
+/// `limits.max_headers` of them). Anything the fast path does not take is
+/// [`Parse::Fallback`] (see the module's documentation).
+pub fn parse<'b, 'h>(
+    buf: &'b [u8],
+    limits: Limits,
+    headers: &'h mut [httparse::Header<'b>],
+) -> Parse<'b, 'h> {
+    let n = limits.max_headers.clamp(1, headers.len());
+    let mut req = httparse::Request::new(&mut headers[..n]);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => len,
+        Ok(httparse::Status::Partial) if buf.len() < limits.max_header_bytes => {
+            return Parse::Partial;
+        }
+        _ => return Parse::Fallback,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parse::Fallback;
+    };
+    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(target_byte) {
+        return Parse::Fallback;
+    }
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+    let mut host: Option<&[u8]> = None;
+    let mut content_length = false;
+    let mut close = false;
+    for h in headers {
+        match rule(h.name.as_bytes()) {
+            Rule::Host if host.replace(h.value).is_some() => return Parse::Fallback,
+            Rule::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
+                return Parse::Fallback;
+            }
+            Rule::ContentLength => content_length = true,
+            Rule::TransferEncoding | Rule::Upgrade | Rule::Expect => return Parse::Fallback,
+            Rule::Connection => {
+                for token in connection_tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Parse::Fallback;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(host) = host.filter(|h| !h.is_empty() && h.iter().all(|b| host_byte(*b))) else {
+        return Parse::Fallback;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    Parse::Ready(Parsed {
+        buf,
+        len,
+        method,
+        target,
+        path,
+        query,
+        host,
+        headers,
+        close,
+    })
+}
+
+impl RequestView for Parsed<'_, '_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+
+    fn path(&self) -> &str {
+        self.path
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+
+    fn any_header(&self, name: &HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let name = name.as_str().as_bytes();
+        self.headers
+            .iter()
+            .filter(|h| h.name.len() == name.len() && h.name.as_bytes().eq_ignore_ascii_case(name))
+            .any(|h| f(h.value))
+    }
+}
+
+impl Parsed<'_, '_> {
+    /// The `Host` value (only host characters: valid UTF-8).
+    pub fn host(&self) -> &str {
+        std::str::from_utf8(self.host).unwrap_or_default()
+    }
+
+    /// Bytes of the head.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the head is empty (never, for a parsed head).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the head to send upstream into `out`: hop-by-hop headers
+    /// removed, `X-Forwarded-For` appended to, `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` replaced, `Via` appended, `Host` kept unless
+    /// `host_override` (or the rule's host rewrite); with `edits`, the
+    /// rule's header edits and path rewrite applied by the same header rule
+    /// table.
+    pub fn write(
+        &self,
+        client: &ClientIp,
+        host_override: Option<&[u8]>,
+        edits: Option<RequestEdits<'_>>,
+        out: &mut Vec<u8>,
+    ) -> RequestHead {
+        let header_edits = edits.map(|e| &e.filters.request_headers);
+        let rewrite = edits.and_then(|e| e.filters.rewrite.as_ref().map(|r| (r, e.matched)));
+        let host_override = rewrite
+            .and_then(|(r, _)| r.hostname.as_ref())
+            .map(|h| h.as_bytes())
+            .or(host_override);
+        out.clear();
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        match rewrite.and_then(|(r, m)| r.path.as_ref().map(|p| (p, m))) {
+            Some((path_rewrite, matched)) => {
+                let mut path = String::with_capacity(self.target.len() + 16);
+                rewrite_path(path_rewrite, matched, self.path, &mut path);
+                out.extend_from_slice(path.as_bytes());
+                if let Some(q) = self.query {
+                    out.push(b'?');
+                    out.extend_from_slice(q.as_bytes());
+                }
+            }
+            None => out.extend_from_slice(self.target.as_bytes()),
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut xff = false;
+        for h in self.headers {
+            let name = h.name.as_bytes();
+            match rule(name) {
+                Rule::Keep if header_edits.is_some_and(|e| edited_away(e, name)) => {}
+                Rule::Keep | Rule::ContentLength => header(out, name, h.value),
+                Rule::Host => header(out, b"host", host_override.unwrap_or(h.value)),
+                Rule::ForwardedFor => xff = true,
+                _ => {}
+            }
+        }
+        if let Some(e) = header_edits {
+            for (name, value) in added_fields(e) {
+                header(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if xff {
+            for h in self.headers {
+                if rule(h.name.as_bytes()) == Rule::ForwardedFor {
+                    out.extend_from_slice(h.value);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+        out.extend_from_slice(client.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        header(out, b"x-forwarded-proto", client.proto.as_bytes());
+        header(out, b"x-forwarded-host", self.host);
+        via(out);
+        out.extend_from_slice(b"\r\n");
+        RequestHead {
+            len: self.len,
+            host: range_in(self.buf, self.host),
+            path: range_in(self.buf, self.path.as_bytes()),
+            idempotent: Method::from_bytes(self.method.as_bytes()).is_ok_and(|m| is_idempotent(&m)),
+            head: self.method == "HEAD",
+            close: self.close,
+        }
+    }
+}
+
 /// Parses the request head at the front of `buf` and, when it is for the
-/// fast path, writes the head to send upstream into `out`: hop-by-hop
-/// headers removed, `X-Forwarded-For` appended to, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` replaced, `Via` appended, `Host` kept unless
-/// `host_override`.
+/// fast path, writes the head to send upstream into `out` with no route
+/// filters ([`parse`], then [`Parsed::write`]).
 pub fn parse_request(
     buf: &[u8],
     limits: Limits,
@@ -137,86 +359,11 @@ pub fn parse_request(
     out: &mut Vec<u8>,
 ) -> Request {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let n = limits.max_headers.clamp(1, MAX_HEADERS);
-    let mut req = httparse::Request::new(&mut headers[..n]);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => len,
-        Ok(httparse::Status::Partial) if buf.len() < limits.max_header_bytes => {
-            return Request::Partial;
-        }
-        _ => return Request::Fallback,
-    };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Request::Fallback;
-    };
-    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(target_byte) {
-        return Request::Fallback;
+    match parse(buf, limits, &mut headers) {
+        Parse::Partial => Request::Partial,
+        Parse::Fallback => Request::Fallback,
+        Parse::Ready(parsed) => Request::Ready(parsed.write(client, host_override, None, out)),
     }
-    let mut host: Option<&[u8]> = None;
-    let mut content_length = false;
-    let mut close = false;
-    for h in req.headers.iter() {
-        match rule(h.name.as_bytes()) {
-            Rule::Host if host.replace(h.value).is_some() => return Request::Fallback,
-            Rule::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
-                return Request::Fallback;
-            }
-            Rule::ContentLength => content_length = true,
-            Rule::TransferEncoding | Rule::Upgrade | Rule::Expect => return Request::Fallback,
-            Rule::Connection => {
-                for token in connection_tokens(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                        return Request::Fallback;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let Some(host_bytes) = host.filter(|h| !h.is_empty() && h.iter().all(|b| host_byte(*b))) else {
-        return Request::Fallback;
-    };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-
-    out.clear();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff = false;
-    for h in req.headers.iter() {
-        match rule(h.name.as_bytes()) {
-            Rule::Keep | Rule::ContentLength => header(out, h.name.as_bytes(), h.value),
-            Rule::Host => header(out, b"host", host_override.unwrap_or(h.value)),
-            Rule::ForwardedFor => xff = true,
-            _ => {}
-        }
-    }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if xff {
-        for h in req.headers.iter() {
-            if rule(h.name.as_bytes()) == Rule::ForwardedFor {
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b", ");
-            }
-        }
-    }
-    out.extend_from_slice(client.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    header(out, b"x-forwarded-proto", client.proto.as_bytes());
-    header(out, b"x-forwarded-host", host_bytes);
-    via(out);
-    out.extend_from_slice(b"\r\n");
-    Request::Ready(RequestHead {
-        len,
-        host: range_in(buf, host_bytes),
-        path: range_in(buf, path.as_bytes()),
-        idempotent: Method::from_bytes(method.as_bytes()).is_ok_and(|m| is_idempotent(&m)),
-        head: method == "HEAD",
-        close,
-    })
 }
 
 /// The method and target of a complete request head (for the access log).
@@ -320,11 +467,13 @@ pub struct BadResponse(pub &'static str);
 /// Parses the response head at the front of `buf` and writes the head for
 /// the client into `out`: hop-by-hop headers (and those named in
 /// `Connection`) removed, `Via` appended, `Connection: close` added when
-/// `client_close` or the body runs until the upstream closes.
+/// `client_close` or the body runs until the upstream closes; with
+/// `edits`, a route's response header edits applied by the same table.
 pub fn parse_response(
     buf: &[u8],
     head_request: bool,
     client_close: bool,
+    edits: Option<&HeaderEdits>,
     out: &mut Vec<u8>,
 ) -> Result<Response, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -419,7 +568,13 @@ pub fn parse_response(
             }
             r if is_hop_by_hop(r, false) => {}
             _ if connection_options && named_in_connection(name, resp.headers) => {}
+            Rule::Keep if edits.is_some_and(|e| edited_away(e, name)) => {}
             _ => header(out, name, h.value),
+        }
+    }
+    if let Some(e) = edits {
+        for (name, value) in added_fields(e) {
+            header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     if framing == Framing::Chunked {
@@ -572,7 +727,7 @@ mod tests {
         client_close: bool,
     ) -> (Result<Response, BadResponse>, String) {
         let mut out = Vec::new();
-        let r = parse_response(raw.as_bytes(), head_request, client_close, &mut out);
+        let r = parse_response(raw.as_bytes(), head_request, client_close, None, &mut out);
         (r, String::from_utf8(out).unwrap())
     }
 

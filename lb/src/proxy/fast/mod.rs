@@ -33,20 +33,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
-use self::head::{Framing, Limits, Request, Response, ResponseHead};
+use self::head::{Framing, Limits, Parse, Parsed, RequestEdits, Response, ResponseHead};
 use super::Worker;
 use super::attempt::{
-    Failure, FailureKind, Finished, Forwarded, SendFailure, Transport, body_failed,
+    Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Target, Transport,
+    body_failed,
 };
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
 use super::headers::ClientIp;
-use super::local::Local;
+use super::local::Reply;
 use super::park::Parked;
 use super::stream::{ClientStream, h2_preface};
 use super::timer::LazyTimer;
 use super::upstream::{Pool, UpConn};
-use crate::discovery::Protocol;
-use crate::selection::{Policy, Upstream};
+use crate::discovery::route::HeaderEdits;
+use crate::selection::{Policy, RoutingTable, RuleAction};
 
 /// Reads into the spare capacity of `buf` (at least `reserve` bytes). A
 /// read that does not fill it has emptied the socket's receive queue
@@ -127,6 +128,8 @@ struct RawH1<'a> {
     head_request: bool,
     /// The client asked to close after this response.
     client_close: bool,
+    /// The route's response header edits, if it has any.
+    response_edits: Option<&'a HeaderEdits>,
     out: &'a mut Vec<u8>,
 }
 
@@ -181,6 +184,7 @@ impl<'a> Transport for RawH1<'a> {
                     &conn.buf,
                     self.head_request,
                     self.client_close,
+                    self.response_edits,
                     self.out,
                 ) {
                     Ok(Response::Partial) => break,
@@ -300,7 +304,8 @@ async fn serve_one<S: ClientStream>(
     let ClientBufs { inb, up_head, out } = bufs;
     let cancelled = drain.cancelled();
     tokio::pin!(cancelled);
-    let req = loop {
+    let table = w.table();
+    let (req, decision) = loop {
         if *h2c && !inb.is_empty() {
             match h2_preface(inb) {
                 Some(true) => return Step::Http2(std::mem::take(inb)),
@@ -309,11 +314,39 @@ async fn serve_one<S: ClientStream>(
             }
         }
         if !*h2c && !inb.is_empty() {
-            match head::parse_request(inb, limits, client, host_override, up_head) {
-                Request::Ready(req) => break req,
-                // The general path takes the bytes read so far.
-                Request::Fallback => return Step::Fallback(std::mem::take(inb)),
-                Request::Partial => {}
+            // Parsed, routed and rewritten in one go, with nothing held
+            // across an await.
+            let routed = {
+                let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+                match head::parse(inb, limits, &mut headers) {
+                    Parse::Ready(parsed) => match w.decide_fast(&table, client, &parsed) {
+                        Some(decision) => {
+                            let edits = match &decision {
+                                Decision::Forward(t) => {
+                                    t.hit.rule.filters.as_deref().map(|filters| RequestEdits {
+                                        filters,
+                                        matched: t.hit.path,
+                                    })
+                                }
+                                Decision::Reply(..) => None,
+                            };
+                            Some(Some((
+                                parsed.write(client, host_override, edits, up_head),
+                                decision,
+                            )))
+                        }
+                        None => Some(None),
+                    },
+                    Parse::Fallback => Some(None),
+                    Parse::Partial => None,
+                }
+            };
+            match routed {
+                Some(Some(ready)) => break ready,
+                // The general path takes the bytes read so far (and parses
+                // them again).
+                Some(None) => return Step::Fallback(std::mem::take(inb)),
+                None => {}
             }
         }
         tokio::select! {
@@ -339,26 +372,30 @@ async fn serve_one<S: ClientStream>(
         None => None,
     };
     let close = req.close || drain.is_cancelled();
-    let table = w.table();
-    let routed = w.route(&table, Some(req.host(inb)), req.path(inb));
-    if routed.is_ok_and(|u| u.protocol != Protocol::Http1) {
-        // An HTTP/2 upstream: the general path speaks it. It starts with
-        // this request, which it parses again.
-        return Step::Fallback(std::mem::take(inb));
-    }
     inb.advance(req.len);
-    let served = match routed {
-        Err(local) => Served::local(local, w.local_fast(stream, out, local, close).await),
-        Ok(upstream) => {
+    let label = decision.label();
+    let served = match decision {
+        Decision::Reply(_, reply) => {
+            Served::reply(&reply, w.reply_fast(stream, out, &reply, close).await)
+        }
+        Decision::Forward(target) => {
+            let response_edits = target
+                .hit
+                .rule
+                .filters
+                .as_deref()
+                .map(|f| &f.response_headers)
+                .filter(|e| !e.is_empty());
             let transport = RawH1 {
                 pool: &w.pool,
                 head: up_head,
                 idempotent: req.idempotent,
                 head_request: req.head,
                 client_close: close,
+                response_edits,
                 out,
             };
-            w.forward_fast(stream, upstream, transport, close).await
+            w.forward_fast(stream, &target, transport, close).await
         }
     };
     if let Some(meta) = meta {
@@ -371,7 +408,7 @@ async fn serve_one<S: ClientStream>(
                 protocol: "HTTP/1.1",
                 status: served.status,
                 bytes: served.bytes,
-                route: routed.ok().map(|u| &*u.name),
+                route: label,
                 request_id: &meta.request_id,
             },
             served.forwarded,
@@ -536,16 +573,45 @@ impl Worker {
 
     /// Writes a response of the LB's own; returns whether the connection
     /// stays open.
-    async fn local_fast<S: ClientStream>(
+    async fn reply_fast<S: ClientStream>(
         &self,
         stream: &mut S,
         out: &mut Vec<u8>,
-        local: Local,
+        reply: &Reply<'_>,
         close: bool,
     ) -> bool {
-        local.count(&self.shared.metrics);
-        local.write_h1(out, close);
-        stream.write_all(out).await.is_ok() && !close && !local.closes()
+        reply.count(&self.shared.metrics);
+        reply.write_h1(out, close);
+        stream.write_all(out).await.is_ok() && !close && !reply.local.closes()
+    }
+
+    /// [`Worker::decide`] for a head the fast path parsed; `None` when the
+    /// request is for the general path instead: its rule forwards to an
+    /// HTTP/2 backend, or has filters only the general path applies (CORS
+    /// response headers, cookie affinity). Decided before the pick, so the
+    /// general path picks once.
+    fn decide_fast<'t>(
+        &self,
+        table: &'t RoutingTable,
+        client: &ClientIp,
+        parsed: &Parsed<'_, '_>,
+    ) -> Option<Decision<'t>> {
+        let host = parsed.host();
+        let Some(hit) = table.routes.find(client.listener, Some(host), parsed) else {
+            return Some(self.decide(table, client, Some(host), parsed));
+        };
+        let rule = hit.rule;
+        if let RuleAction::Forward(f) = &rule.action
+            && !f.all_http1
+        {
+            return None;
+        }
+        if let Some(f) = &rule.filters
+            && (f.cors.is_some() || f.affinity.is_some())
+        {
+            return None;
+        }
+        Some(self.decide_hit(hit, client, Some(host), parsed))
     }
 
     /// Forwards one request through the attempt core and relays the
@@ -553,11 +619,12 @@ impl Worker {
     async fn forward_fast<S: ClientStream>(
         &self,
         stream: &mut S,
-        upstream: &Upstream,
+        target: &Target<'_>,
         mut transport: RawH1<'_>,
         close: bool,
     ) -> Served {
-        let answered = self.forward(upstream, &mut transport, ()).await;
+        let upstream = target.upstream;
+        let answered = self.forward(target, &mut transport, ()).await;
         let forwarded = if self.log.is_some() {
             self.take_forward()
         } else {
@@ -567,10 +634,11 @@ impl Worker {
         let (idx, (mut conn, resp)) = match answered {
             Ok(a) => (a.idx, a.response),
             Err(local) => {
-                let keep = self.local_fast(stream, out, local, close).await;
+                let reply = Reply::new(local);
+                let keep = self.reply_fast(stream, out, &reply, close).await;
                 return Served {
                     forwarded,
-                    ..Served::local(local, keep)
+                    ..Served::reply(&reply, keep)
                 };
             }
         };
@@ -612,11 +680,11 @@ struct Served {
 
 impl Served {
     /// A local response.
-    fn local(local: Local, keep: bool) -> Self {
+    fn reply(reply: &Reply<'_>, keep: bool) -> Self {
         Self {
             keep,
-            status: local.status().as_u16(),
-            bytes: local.body().len() as u64,
+            status: reply.local.status().as_u16(),
+            bytes: reply.body().len() as u64,
             forwarded: Forwarded::default(),
         }
     }
@@ -826,6 +894,7 @@ mod tests {
             idempotent: true,
             head_request: false,
             client_close: false,
+            response_edits: None,
             out: &mut out,
         };
         let start = Instant::now();

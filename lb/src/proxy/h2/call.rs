@@ -9,9 +9,11 @@ use http::request::Parts;
 use tracing::debug;
 
 use crate::proxy::Worker;
-use crate::proxy::attempt::Forwarded;
+use crate::proxy::attempt::{Forwarded, Target};
+use crate::proxy::filters;
 use crate::proxy::headers::ClientIp;
-use crate::proxy::local::Local;
+use crate::proxy::local::{Local, Reply};
+use crate::selection::RuleFilters;
 
 /// How a stream was answered, for its access log line.
 pub(super) struct Done {
@@ -35,6 +37,35 @@ pub(super) struct Call<'a> {
     pub(super) request_id: Option<&'a str>,
 }
 
+/// Where the attempt core decided a request goes, and what its rule asks
+/// of the forwarding.
+pub(super) struct Forwarding<'a> {
+    /// The rule, the backend and the first endpoint.
+    pub(super) target: &'a Target<'a>,
+    /// The body limit (the LB's, or the rule's if lower).
+    pub(super) max_body: Option<u64>,
+    /// The request's `Origin`, when the rule answers CORS.
+    pub(super) origin: Option<&'a str>,
+}
+
+impl Forwarding<'_> {
+    /// The rule's filters, when it has any.
+    pub(super) fn filters(&self) -> Option<&RuleFilters> {
+        self.target.hit.rule.filters.as_deref()
+    }
+
+    /// Adds the rule's CORS response headers (for the request's `Origin`).
+    pub(super) fn cors(&self, headers: &mut http::HeaderMap) {
+        if let (Some(cors), Some(origin)) =
+            (self.filters().and_then(|f| f.cors.as_ref()), self.origin)
+        {
+            for (name, value) in filters::response_cors_headers(cors, origin) {
+                headers.append(name, value);
+            }
+        }
+    }
+}
+
 impl Call<'_> {
     /// The response-header timeout of an attempt under `policy`.
     pub(super) fn timeout(&self, policy: &crate::selection::Policy) -> std::time::Duration {
@@ -46,16 +77,20 @@ impl Call<'_> {
 
     /// Answers the stream with one of the LB's own responses (counted).
     pub(super) fn local(&self, respond: &mut SendResponse<Bytes>, local: Local) -> Done {
-        local.count(&self.w.shared.metrics);
-        let resp: Response<Bytes> = if self.grpc {
-            local.grpc_response()
+        self.reply(respond, &Reply::new(local))
+    }
+
+    /// Answers the stream with a reply of the LB's own (counted); a gRPC
+    /// call gets it as a gRPC status unless it is an HTTP answer (a
+    /// redirect, a fixed response).
+    pub(super) fn reply(&self, respond: &mut SendResponse<Bytes>, reply: &Reply<'_>) -> Done {
+        reply.count(&self.w.shared.metrics);
+        let resp: Response<Bytes> = if self.grpc && !reply.local.is_http_answer() {
+            reply.local.grpc_response()
         } else {
-            local.response()
+            reply.response()
         };
-        Done {
-            forwarded: Forwarded::default(),
-            ..send_whole(respond, resp)
-        }
+        send_whole(respond, resp)
     }
 }
 

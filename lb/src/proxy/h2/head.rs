@@ -9,8 +9,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 
-use crate::proxy::fast::head::{BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD};
-use crate::proxy::headers::{ClientIp, Rule, VIA_NAME, connection_tokens, is_hop_by_hop, rule};
+use crate::discovery::route::HeaderEdits;
+use crate::proxy::fast::head::{
+    BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD, RequestEdits,
+};
+use crate::proxy::filters::rewrite_path;
+use crate::proxy::headers::{
+    ClientIp, Rule, VIA_NAME, added_fields, connection_tokens, edited_away, is_hop_by_hop, rule,
+};
 
 /// How a request's body goes to an HTTP/1.1 endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub(crate) struct Forwarding<'a> {
     /// The request id, when the access log is on (it replaces the client's
     /// `X-Request-Id`).
     pub(crate) request_id: Option<&'a str>,
+    /// The route rule's filters (header edits, rewrites), when it has any.
+    pub(crate) edits: Option<RequestEdits<'a>>,
 }
 
 /// The host a request names: `:authority`, else its `Host` header.
@@ -57,7 +65,8 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// `--host-header`), `X-Forwarded-For` appended to, `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` replaced, `Via: 2 roundhouse` appended (as the hyper
 /// path does for HTTP/2 clients), `Cookie` fields joined into one (RFC 9113
-/// §8.2.3), and the body framed as `body` says.
+/// §8.2.3), the route rule's header edits and rewrites applied (as the fast
+/// path's writer applies them), and the body framed as `body` says.
 pub(crate) fn write_request(
     parts: &Parts,
     fwd: &Forwarding<'_>,
@@ -65,22 +74,44 @@ pub(crate) fn write_request(
     out: &mut Vec<u8>,
 ) {
     let host = host(parts).map(str::as_bytes);
+    let header_edits = fwd.edits.map(|e| &e.filters.request_headers);
+    let rewrite = fwd
+        .edits
+        .and_then(|e| e.filters.rewrite.as_ref().map(|r| (r, e.matched)));
+    let host_override = rewrite
+        .and_then(|(r, _)| r.hostname.as_ref())
+        .map(|h| h.as_bytes())
+        .or(fwd.host_override);
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
+    match rewrite.and_then(|(r, m)| r.path.as_ref().map(|p| (p, m))) {
+        Some((path_rewrite, matched)) => {
+            let mut path = String::with_capacity(64);
+            rewrite_path(path_rewrite, matched, parts.uri.path(), &mut path);
+            out.extend_from_slice(path.as_bytes());
+            if let Some(q) = parts.uri.query() {
+                out.push(b'?');
+                out.extend_from_slice(q.as_bytes());
+            }
+        }
+        None => {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            out.extend_from_slice(if target.is_empty() {
+                b"/"
+            } else {
+                target.as_bytes()
+            });
+        }
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    line(out, b"host", fwd.host_override.or(host).unwrap_or_default());
+    line(out, b"host", host_override.or(host).unwrap_or_default());
     let mut xff = false;
     let mut cookies = 0;
     for (name, value) in &parts.headers {
         let n = name.as_str().as_bytes();
         match rule(n) {
+            Rule::Keep if header_edits.is_some_and(|e| edited_away(e, n)) => {}
             Rule::Keep | Rule::Expect => {
                 if name == header::COOKIE {
                     cookies += 1;
@@ -103,6 +134,11 @@ pub(crate) fn write_request(
             out.extend_from_slice(v.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(e) = header_edits {
+        for (name, value) in added_fields(e) {
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if xff {
@@ -175,10 +211,15 @@ pub(crate) struct Head {
 /// Parses the response head at the front of `buf` into a response for an
 /// HTTP/2 client: hop-by-hop fields and those named in `Connection` removed
 /// (HTTP/2 has no such fields), `Transfer-Encoding` dropped (the body is
-/// passed on decoded), `Via: 2 roundhouse` appended. The framing rules are
-/// the fast path's (RFC 9112 §6.3). The head and the body bytes that came
-/// with it are copied once; header values and `first` are slices of that.
-pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, BadResponse> {
+/// passed on decoded), the route rule's response header `edits` applied,
+/// `Via: 2 roundhouse` appended. The framing rules are the fast path's
+/// (RFC 9112 §6.3). The head and the body bytes that came with it are
+/// copied once; header values and `first` are slices of that.
+pub(crate) fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    edits: Option<&HeaderEdits>,
+) -> Result<Parsed, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -271,6 +312,7 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, B
             }
             r if is_hop_by_hop(r, false) => continue,
             _ if connection_options && named_in_connection(name, resp.headers) => continue,
+            Rule::Keep if edits.is_some_and(|e| edited_away(e, name)) => continue,
             _ => {}
         }
         let Ok(name) = HeaderName::from_bytes(name) else {
@@ -285,6 +327,11 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Parsed, B
                 .map_err(|_| BadResponse("invalid header value"))?
         };
         map.append(name, value);
+    }
+    if let Some(e) = edits {
+        for (name, value) in added_fields(e) {
+            map.append(name.clone(), value.clone());
+        }
     }
     map.append(header::VIA, HeaderValue::from_static("2 roundhouse"));
     let mut response = Response::new(());
@@ -343,6 +390,7 @@ mod tests {
             client: &client,
             host_override: None,
             request_id: None,
+            edits: None,
         };
         assert_eq!(
             write(&parts(req), &fwd, BodyFraming::Length(5)),
@@ -364,6 +412,7 @@ mod tests {
             client: &client,
             host_override: Some(b"b"),
             request_id: Some("ours-1"),
+            edits: None,
         };
         assert_eq!(
             write(&parts(req), &fwd, BodyFraming::Chunked),
@@ -374,7 +423,7 @@ mod tests {
     }
 
     fn ready(raw: &str, head: bool) -> Head {
-        match parse_response(raw.as_bytes(), head) {
+        match parse_response(raw.as_bytes(), head, None) {
             Ok(Parsed::Ready(h)) => h,
             Ok(_) => panic!("not ready: {raw:?}"),
             Err(e) => panic!("{e}: {raw:?}"),
@@ -430,11 +479,11 @@ mod tests {
     #[test]
     fn interim_partial_and_bad_responses() {
         assert!(matches!(
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false),
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false, None),
             Ok(Parsed::Interim(25))
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false),
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false, None),
             Ok(Parsed::Partial)
         ));
         for raw in [
@@ -444,7 +493,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             "HTTP/1.1 200 OK\r\nX: a\x01b\r\n\r\n",
         ] {
-            assert!(parse_response(raw.as_bytes(), false).is_err(), "{raw:?}");
+            assert!(
+                parse_response(raw.as_bytes(), false, None).is_err(),
+                "{raw:?}"
+            );
         }
     }
 }

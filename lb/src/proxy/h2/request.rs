@@ -14,14 +14,16 @@ use http::request::Parts;
 use http::{Method, Request};
 use tracing::{debug, warn};
 
-use super::call::{Call, Done, declared_length, send_whole};
+use super::call::{Call, Done, Forwarding, declared_length, send_whole};
 use super::{to_h1, to_h2};
 use crate::discovery::Protocol;
 use crate::proxy::Worker;
-use crate::proxy::attempt::Finished;
+use crate::proxy::attempt::{Decision, Finished};
+use crate::proxy::filters;
 use crate::proxy::grpc::{grpc_timeout, is_grpc};
 use crate::proxy::headers::ClientIp;
 use crate::proxy::local::{self, BadRequest, Local};
+use crate::selection::RequestView;
 
 static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
@@ -103,15 +105,15 @@ async fn answer(
         deadline: grpc.then(|| grpc_timeout(&parts.headers)).flatten(),
         request_id,
     };
-    let host = parts.uri.host().or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
     if let Some(port) = shared.config.https_redirect
         && client.proto == "http"
     {
+        let host = parts.uri.host().or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         shared.metrics.local("https_redirect");
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         return match local::https_redirect::<Bytes>(host, target, port) {
@@ -131,25 +133,80 @@ async fn answer(
         return (call.local(respond, Local::BadRequest(why)), None);
     }
     let table = w.table();
-    let upstream = match w.route(&table, host, parts.uri.path()) {
-        Ok(u) => u,
-        Err(local) => return (call.local(respond, local), None),
+    // The authority the client addressed, with its port (a redirect keeps
+    // it): `:authority` (without userinfo), else `Host`.
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|a| a.as_str().rsplit('@').next())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+    let decision = w.decide(&table, client, authority, &PartsView(&parts));
+    let route = w
+        .log
+        .is_some()
+        .then(|| decision.hit().map(|h| h.rule.label.clone()))
+        .flatten();
+    let target = match decision {
+        Decision::Forward(target) => target,
+        Decision::Reply(_, reply) => return (call.reply(respond, &reply), route),
     };
-    let route = w.log.is_some().then(|| upstream.name.clone());
-    if let Some(max) = shared.config.max_body_bytes
+    let filters = target.hit.rule.filters.as_deref();
+    // The LB's body limit, or the rule's if lower.
+    let max_body = match (
+        shared.config.max_body_bytes,
+        filters.and_then(|f| f.max_body_bytes),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(max) = max_body
         && declared_length(&parts).is_some_and(|n| n > max)
     {
         warn!(limit = max, "request body over the limit; answering 413");
         return (call.local(respond, Local::BodyTooLarge), route);
     }
-    let done = if upstream.protocol == Protocol::H2c {
+    let origin = filters
+        .filter(|f| f.cors.is_some())
+        .and_then(|_| filters::origin(&PartsView(&parts)));
+    let forwarding = Forwarding {
+        target: &target,
+        max_body,
+        origin: origin.as_deref(),
+    };
+    let done = if target.upstream.protocol == Protocol::H2c {
         // Boxed: its state is larger than the HTTP/1.1 path's, and would
         // otherwise make every stream's future as large.
-        Box::pin(to_h2::forward(&call, upstream, parts, body, respond)).await
+        Box::pin(to_h2::forward(&call, &forwarding, parts, body, respond)).await
     } else {
-        to_h1::forward(&call, upstream, &parts, body, respond).await
+        to_h1::forward(&call, &forwarding, &parts, body, respond).await
     };
     (done, route)
+}
+
+/// An HTTP/2 request's head, as routing reads it.
+struct PartsView<'a>(&'a Parts);
+
+impl RequestView for PartsView<'_> {
+    fn method(&self) -> &str {
+        self.0.method.as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.0.uri.query()
+    }
+
+    fn any_header(&self, name: &header::HeaderName, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.0.headers.get_all(name).iter().any(|v| f(v.as_bytes()))
+    }
 }
 
 /// RFC 9110 §7.2 as the hyper path applies it: at most one `Host`, and a

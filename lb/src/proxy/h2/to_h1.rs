@@ -22,30 +22,32 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::{BodyError, send_all};
-use super::call::{Call, Done, declared_length};
-use super::head::{self, BodyFraming, Forwarding, Head, Parsed};
+use super::call::{Call, Done, Forwarding, declared_length};
+use super::head::{self, BodyFraming, Head, Parsed};
+use crate::discovery::route::HeaderEdits;
 use crate::proxy::attempt::{
     Failure, FailureKind, Forwarded, SendFailure, Transport, body_failed, is_idempotent,
 };
 use crate::proxy::buffers::UPSTREAM_BUF;
 use crate::proxy::fast::ChunkedScanner;
-use crate::proxy::fast::head::Framing;
+use crate::proxy::fast::head::{Framing, RequestEdits};
 use crate::proxy::local::{BadRequest, Local};
 use crate::proxy::stream::ClientStream;
 use crate::proxy::upstream::{Pool, UpConn};
-use crate::selection::{Policy, Upstream};
+use crate::selection::Policy;
 
 /// Forwards a stream's request to an HTTP/1.1 Upstream and relays the
 /// response; the client resetting the stream abandons the exchange (and
 /// the upstream connection).
 pub(super) async fn forward(
     call: &Call<'_>,
-    upstream: &Upstream,
+    fwd: &Forwarding<'_>,
     parts: &Parts,
     mut body: RecvStream,
     respond: &mut SendResponse<Bytes>,
 ) -> Done {
     let w = call.w;
+    let filters = fwd.filters();
     let framing = if body.is_end_stream() {
         BodyFraming::None
     } else {
@@ -54,10 +56,14 @@ pub(super) async fn forward(
     let mut up_head = Vec::with_capacity(512);
     head::write_request(
         parts,
-        &Forwarding {
+        &head::Forwarding {
             client: call.client,
             host_override: w.shared.host_override.as_ref().map(|h| h.as_bytes()),
             request_id: call.request_id,
+            edits: filters.map(|filters| RequestEdits {
+                filters,
+                matched: fwd.target.hit.path,
+            }),
         },
         framing,
         &mut up_head,
@@ -70,11 +76,14 @@ pub(super) async fn forward(
             .then(|| RequestBody::new(&mut body, framing, w.shared.config.max_body_bytes)),
         idempotent: bodiless && is_idempotent(&parts.method),
         head_request: parts.method == Method::HEAD,
+        response_edits: filters
+            .map(|f| &f.response_headers)
+            .filter(|e| !e.is_empty()),
         call,
         fault: None,
     };
     let answered = {
-        let forward = w.forward(upstream, &mut transport, ());
+        let forward = w.forward(fwd.target, &mut transport, ());
         tokio::select! {
             biased;
             r = forward => r,
@@ -100,14 +109,15 @@ pub(super) async fn forward(
             };
         }
     };
-    let endpoint = upstream.endpoints[idx].addr;
+    let endpoint = fwd.target.upstream.endpoints[idx].addr;
     let Head {
         len,
         first,
         framing,
         reusable,
-        response,
+        mut response,
     } = head;
+    fwd.cors(response.headers_mut());
     conn.buf.advance(len);
     let status = response.status().as_u16();
     let empty = matches!(framing, Framing::Empty | Framing::Length(0));
@@ -160,6 +170,8 @@ struct ToH1<'a, 'c> {
     idempotent: bool,
     /// `HEAD`: the response has no body.
     head_request: bool,
+    /// The route rule's response header edits, when it has any.
+    response_edits: Option<&'a HeaderEdits>,
     call: &'a Call<'c>,
     /// What the client's body did wrong, when that ended the attempt.
     fault: Option<Local>,
@@ -191,10 +203,10 @@ impl<'a> Transport for ToH1<'a, '_> {
             ));
         }
         let due = Instant::now() + self.call.timeout(policy);
-        let head_request = self.head_request;
+        let (head_request, edits) = (self.head_request, self.response_edits);
         let (body, fault) = (&mut self.body, &mut self.fault);
         let head = poll_fn(|cx| {
-            if let Some(head) = ready_head(cx, &mut conn, head_request)? {
+            if let Some(head) = ready_head(cx, &mut conn, head_request, edits)? {
                 return Poll::Ready(Ok(head));
             }
             if let Some(body) = body.as_mut()
@@ -244,10 +256,11 @@ fn ready_head(
     cx: &mut Context<'_>,
     conn: &mut UpConn,
     head_request: bool,
+    edits: Option<&HeaderEdits>,
 ) -> Result<Option<Head>, Failure> {
     loop {
         while !conn.buf.is_empty() {
-            match head::parse_response(&conn.buf, head_request) {
+            match head::parse_response(&conn.buf, head_request, edits) {
                 Ok(Parsed::Partial) => break,
                 Ok(Parsed::Interim(len)) => conn.buf.advance(len),
                 Ok(Parsed::Ready(head)) => return Ok(Some(head)),

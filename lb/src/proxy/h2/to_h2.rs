@@ -18,28 +18,29 @@ use http::{Request, Response, Version};
 use tracing::debug;
 
 use super::body::{BodyError, Pump};
-use super::call::{Call, Done};
+use super::call::{Call, Done, Forwarding};
 use super::upstream::{self, H2Pool, H2Stream, for_h2};
 use crate::proxy::attempt::{
     Failure, FailureKind, Forwarded, SendFailure, Transport, body_failed, is_idempotent,
 };
-use crate::proxy::headers::{forward_request_headers, forward_response_headers};
+use crate::proxy::filters;
+use crate::proxy::headers::{apply_edits, forward_request_headers, forward_response_headers};
 use crate::proxy::local::{BadRequest, Local};
 use crate::proxy::upstream::StreamLease;
-use crate::selection::{Policy, Upstream};
+use crate::selection::Policy;
 
 /// Forwards a stream's call to an `h2c` Upstream and relays the response,
 /// pumping the rest of the request body meanwhile.
 pub(super) async fn forward(
     call: &Call<'_>,
-    upstream: &Upstream,
+    fwd: &Forwarding<'_>,
     parts: Parts,
     mut body: RecvStream,
     respond: &mut SendResponse<Bytes>,
 ) -> Done {
     let w = call.w;
     let end = body.is_end_stream();
-    let request = upstream_request(call, parts);
+    let request = upstream_request(call, fwd, parts);
     let saved = (end && is_idempotent(request.method())).then(|| {
         let mut r = Request::new(());
         *r.method_mut() = request.method().clone();
@@ -57,12 +58,12 @@ pub(super) async fn forward(
         pump: if end {
             Pump::finished()
         } else {
-            Pump::new(w.shared.config.max_body_bytes)
+            Pump::new(fwd.max_body)
         },
         fault: None,
     };
     let answered = {
-        let forward = w.forward(upstream, &mut transport, request);
+        let forward = w.forward(fwd.target, &mut transport, request);
         tokio::select! {
             biased;
             r = forward => r,
@@ -86,7 +87,7 @@ pub(super) async fn forward(
             lease: _lease,
         },
     ) = match answered {
-        Ok(a) => (upstream.endpoints[a.idx].addr, a.response),
+        Ok(a) => (fwd.target.upstream.endpoints[a.idx].addr, a.response),
         Err(local) => {
             return Done {
                 forwarded,
@@ -96,6 +97,10 @@ pub(super) async fn forward(
     };
     let (mut head, mut up_rx) = response.into_parts();
     forward_response_headers(&mut head.headers, Version::HTTP_2, false);
+    if let Some(f) = fwd.filters() {
+        apply_edits(&mut head.headers, &f.response_headers);
+    }
+    fwd.cors(&mut head.headers);
     let status = head.status.as_u16();
     let end = up_rx.is_end_stream();
     let mut tx = match respond.send_response(Response::from_parts(head, ()), end) {
@@ -148,8 +153,9 @@ pub(super) async fn forward(
 
 /// The request head for an `h2c` endpoint: the forwarding headers by the
 /// rule table, `:authority` kept (or `--host-header`), `te: trailers` kept
-/// when the client sent it (gRPC needs it).
-fn upstream_request(call: &Call<'_>, parts: Parts) -> Request<()> {
+/// when the client sent it (gRPC needs it), then the route rule's header
+/// edits and rewrites (in the hyper path's order).
+fn upstream_request(call: &Call<'_>, fwd: &Forwarding<'_>, parts: Parts) -> Request<()> {
     let Parts {
         method,
         uri,
@@ -179,6 +185,33 @@ fn upstream_request(call: &Call<'_>, parts: Parts) -> Request<()> {
         false,
         call.w.shared.host_override.as_ref(),
     );
+    let mut uri = uri;
+    if let Some(f) = fwd.filters() {
+        apply_edits(&mut headers, &f.request_headers);
+        if let Some(rewrite) = &f.rewrite {
+            if let Some(host) = &rewrite.hostname {
+                headers.insert(header::HOST, host.clone());
+            }
+            if let Some(path) = &rewrite.path {
+                let mut target = String::with_capacity(64);
+                filters::rewrite_path(path, fwd.target.hit.path, uri.path(), &mut target);
+                if let Some(q) = uri.query() {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                match target.parse::<http::uri::PathAndQuery>() {
+                    Ok(pq) => {
+                        let mut p = uri.into_parts();
+                        p.path_and_query = Some(pq);
+                        uri = http::Uri::from_parts(p).unwrap_or_default();
+                    }
+                    Err(e) => {
+                        debug!(path = %target, error = %e, "rewritten path is not a valid URI; forwarding the original");
+                    }
+                }
+            }
+        }
+    }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
