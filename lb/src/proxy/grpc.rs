@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
+
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether a request is a gRPC call (RFC-less but universal:
 /// `content-type: application/grpc`, optionally `+proto` and so on).
@@ -17,7 +19,7 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// A `grpc-timeout` value (`1H`, `5M`, `30S`, `100m`, `10u`, `1n`: at most
 /// eight digits and a unit), or `None` when absent or malformed.
 pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    let v = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

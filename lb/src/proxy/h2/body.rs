@@ -92,6 +92,8 @@ pub(crate) struct Pump {
     /// `chunk` is the last of the body.
     last: bool,
     done: bool,
+    /// Nothing has been sent yet.
+    first: bool,
     /// Bytes still allowed (`u64::MAX`: no limit).
     remaining: u64,
     /// Body bytes sent so far.
@@ -105,6 +107,7 @@ impl Pump {
             chunk: Bytes::new(),
             last: false,
             done: false,
+            first: true,
             remaining: limit.unwrap_or(u64::MAX),
             sent: 0,
         }
@@ -168,7 +171,14 @@ impl Pump {
                 return Poll::Ready(Ok(()));
             }
             if !self.chunk.is_empty() {
-                let n = ready!(poll_window(tx, self.chunk.len(), cx))?;
+                // The first chunk goes without waiting for the window: it
+                // is at most one coalesced read (COALESCE), the bound the
+                // window gives anyway, and most bodies are that one chunk.
+                let n = if std::mem::take(&mut self.first) {
+                    self.chunk.len()
+                } else {
+                    ready!(poll_window(tx, self.chunk.len(), cx))?
+                };
                 let part = self.chunk.split_to(n);
                 let end = self.last && self.chunk.is_empty();
                 tx.send_data(part, end)

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use crate::discovery::route::HeaderEdits;
 use crate::proxy::fast::head::{
@@ -40,6 +40,9 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) request_id: Option<&'a str>,
     /// The route rule's filters (header edits, rewrites), when it has any.
     pub(crate) edits: Option<RequestEdits<'a>>,
+    /// `--host-header` as a header value (for an `h2c` endpoint's
+    /// `:authority`).
+    pub(crate) host_override_value: Option<&'a HeaderValue>,
 }
 
 /// The host a request names: `:authority`, else its `Host` header.
@@ -180,6 +183,136 @@ pub(crate) fn write_request(
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The head for an `h2c` endpoint of the HTTP/2 request `parts`, built in
+/// one pass over its fields by the rule table: `X-Forwarded-For` appended
+/// to, `X-Forwarded-Proto` and `X-Forwarded-Host` replaced, `Via: 2
+/// roundhouse` appended, `te: trailers` kept (gRPC needs it; RFC 9113
+/// §8.2.2 allows no other `TE`), `:authority` kept (or `--host-header`,
+/// or the rule's hostname rewrite), the rule's header edits and path
+/// rewrite applied (in the hyper path's order: edits after the forwarding
+/// fields). An HTTP/2 message carries no other connection-specific field
+/// (the `h2` crate refuses one as malformed), so there is nothing else to
+/// strip.
+pub(crate) fn h2_request(parts: Parts, fwd: &Forwarding<'_>) -> Request<()> {
+    let Parts {
+        method,
+        uri,
+        headers: theirs,
+        ..
+    } = parts;
+    let header_edits = fwd.edits.map(|e| &e.filters.request_headers);
+    let rewrite = fwd
+        .edits
+        .and_then(|e| e.filters.rewrite.as_ref().map(|r| (r, e.matched)));
+    let forwarded_host = match uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => theirs.get(header::HOST).cloned(),
+    };
+    let mut headers = HeaderMap::with_capacity(theirs.len() + 5);
+    let mut xff: Option<Vec<u8>> = None;
+    let mut last = None;
+    for (name, value) in theirs {
+        let name = match name {
+            Some(n) => {
+                last = Some(n.clone());
+                n
+            }
+            // Another value of the previous field.
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        let n = name.as_str().as_bytes();
+        match rule(n) {
+            Rule::Keep if header_edits.is_some_and(|e| edited_away(e, n)) => {}
+            Rule::Keep if fwd.request_id.is_some() && name == X_REQUEST_ID => {}
+            Rule::Keep | Rule::Expect | Rule::ContentLength => {
+                headers.append(name, value);
+            }
+            Rule::HopByHop
+                if name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers") =>
+            {
+                headers.append(name, value);
+            }
+            Rule::ForwardedFor => {
+                let joined = xff.get_or_insert_with(|| Vec::with_capacity(64));
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            // Replaced below, or connection-specific.
+            _ => {}
+        }
+    }
+    let xff = match xff {
+        Some(mut joined) => {
+            joined.extend_from_slice(fwd.client.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| fwd.client.header_value().clone())
+        }
+        None => fwd.client.header_value().clone(),
+    };
+    headers.append(X_FORWARDED_FOR.clone(), xff);
+    headers.append(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.client.proto),
+    );
+    if let Some(h) = forwarded_host {
+        headers.append(X_FORWARDED_HOST.clone(), h);
+    }
+    headers.append(header::VIA, HeaderValue::from_static("2 roundhouse"));
+    if let Some(id) = fwd.request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.append(X_REQUEST_ID.clone(), id);
+    }
+    if let Some(e) = header_edits {
+        for (name, value) in added_fields(e) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    // :authority: the rule's hostname, --host-header, or the client's.
+    let override_authority = rewrite
+        .and_then(|(r, _)| r.hostname.as_ref())
+        .or(fwd.host_override_value)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    let mut p = uri.into_parts();
+    p.scheme = Some(http::uri::Scheme::HTTP);
+    if let Some(a) = override_authority {
+        p.authority = Some(a);
+    } else if p.authority.is_none() {
+        p.authority = Some(http::uri::Authority::from_static("upstream"));
+    }
+    if let Some((path_rewrite, matched)) =
+        rewrite.and_then(|(r, m)| r.path.as_ref().map(|p| (p, m)))
+    {
+        let (path, query) = match &p.path_and_query {
+            Some(pq) => (pq.path(), pq.query()),
+            None => ("/", None),
+        };
+        let mut target = String::with_capacity(64);
+        rewrite_path(path_rewrite, matched, path, &mut target);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        if let Ok(pq) = target.parse() {
+            p.path_and_query = Some(pq);
+        }
+    }
+    if p.path_and_query.is_none() {
+        p.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = http::Uri::from_parts(p).unwrap_or_default();
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    request
 }
 
 /// What the bytes at the front of an upstream connection are.
@@ -391,6 +524,7 @@ mod tests {
             host_override: None,
             request_id: None,
             edits: None,
+            host_override_value: None,
         };
         assert_eq!(
             write(&parts(req), &fwd, BodyFraming::Length(5)),
@@ -413,6 +547,7 @@ mod tests {
             host_override: Some(b"b"),
             request_id: Some("ours-1"),
             edits: None,
+            host_override_value: None,
         };
         assert_eq!(
             write(&parts(req), &fwd, BodyFraming::Chunked),
@@ -420,6 +555,62 @@ mod tests {
              x-forwarded-host: a\r\nvia: 2 roundhouse\r\nx-request-id: ours-1\r\n\
              transfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn an_h2_request_for_an_h2c_endpoint() {
+        let client = ClientIp::new("10.1.2.3".parse().unwrap());
+        let req = Request::post("http://api.example:8080/pkg.Svc/Call?x=1")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "1.1.1.1")
+            .header("x-forwarded-for", "2.2.2.2")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "spoofed")
+            .header("x-request-id", "theirs")
+            .header("grpc-timeout", "5S")
+            .body(())
+            .unwrap();
+        let fwd = Forwarding {
+            client: &client,
+            host_override: None,
+            request_id: Some("ours"),
+            edits: None,
+            host_override_value: None,
+        };
+        let up = h2_request(parts(req.clone()), &fwd);
+        assert_eq!(up.uri(), "http://api.example:8080/pkg.Svc/Call?x=1");
+        assert_eq!(up.version(), http::Version::HTTP_2);
+        let fields: Vec<(&str, &str)> = up
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("grpc-timeout", "5S"),
+                ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.1.2.3"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "api.example:8080"),
+                ("via", "2 roundhouse"),
+                ("x-request-id", "ours"),
+            ]
+        );
+        // --host-header becomes :authority; the forwarded host stays the
+        // client's.
+        let over = HeaderValue::from_static("internal:9000");
+        let fwd = Forwarding {
+            host_override_value: Some(&over),
+            request_id: None,
+            ..fwd
+        };
+        let up = h2_request(parts(req), &fwd);
+        assert_eq!(up.uri(), "http://internal:9000/pkg.Svc/Call?x=1");
+        assert_eq!(up.headers()["x-forwarded-host"], "api.example:8080");
+        assert_eq!(up.headers()["x-request-id"], "theirs");
     }
 
     fn ready(raw: &str, head: bool) -> Head {

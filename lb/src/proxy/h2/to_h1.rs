@@ -64,6 +64,7 @@ pub(super) async fn forward(
                 filters,
                 matched: fwd.target.hit.path,
             }),
+            host_override_value: None,
         },
         framing,
         &mut up_head,

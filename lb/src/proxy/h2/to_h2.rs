@@ -19,12 +19,13 @@ use tracing::debug;
 
 use super::body::{BodyError, Pump};
 use super::call::{Call, Done, Forwarding};
-use super::upstream::{self, H2Pool, H2Stream, for_h2};
+use super::head;
+use super::upstream::{self, H2Pool, H2Stream};
 use crate::proxy::attempt::{
     Failure, FailureKind, Forwarded, SendFailure, Transport, body_failed, is_idempotent,
 };
-use crate::proxy::filters;
-use crate::proxy::headers::{apply_edits, forward_request_headers, forward_response_headers};
+use crate::proxy::fast::head::RequestEdits;
+use crate::proxy::headers::apply_edits;
 use crate::proxy::local::{BadRequest, Local};
 use crate::proxy::upstream::StreamLease;
 use crate::selection::Policy;
@@ -40,7 +41,19 @@ pub(super) async fn forward(
 ) -> Done {
     let w = call.w;
     let end = body.is_end_stream();
-    let request = upstream_request(call, fwd, parts);
+    let request = head::h2_request(
+        parts,
+        &head::Forwarding {
+            client: call.client,
+            host_override: None,
+            request_id: call.request_id,
+            edits: fwd.filters().map(|filters| RequestEdits {
+                filters,
+                matched: fwd.target.hit.path,
+            }),
+            host_override_value: w.shared.host_override.as_ref(),
+        },
+    );
     let saved = (end && is_idempotent(request.method())).then(|| {
         let mut r = Request::new(());
         *r.method_mut() = request.method().clone();
@@ -96,7 +109,11 @@ pub(super) async fn forward(
         }
     };
     let (mut head, mut up_rx) = response.into_parts();
-    forward_response_headers(&mut head.headers, Version::HTTP_2, false);
+    // An HTTP/2 response has no connection-specific fields (the h2 crate
+    // refuses them), so forwarding it adds only `Via`, as the rule table's
+    // writers do.
+    head.headers
+        .append(header::VIA, HeaderValue::from_static("2 roundhouse"));
     if let Some(f) = fwd.filters() {
         apply_edits(&mut head.headers, &f.response_headers);
     }
@@ -149,75 +166,6 @@ pub(super) async fn forward(
         bytes: down.sent,
         forwarded,
     }
-}
-
-/// The request head for an `h2c` endpoint: the forwarding headers by the
-/// rule table, `:authority` kept (or `--host-header`), `te: trailers` kept
-/// when the client sent it (gRPC needs it), then the route rule's header
-/// edits and rewrites (in the hyper path's order).
-fn upstream_request(call: &Call<'_>, fwd: &Forwarding<'_>, parts: Parts) -> Request<()> {
-    let Parts {
-        method,
-        uri,
-        mut headers,
-        ..
-    } = parts;
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if let Some(a) = uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        headers.insert(header::HOST, a);
-    }
-    if let Some(id) = call
-        .request_id
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    {
-        headers.insert("x-request-id", id);
-    }
-    forward_request_headers(
-        &mut headers,
-        Version::HTTP_2,
-        call.client,
-        false,
-        call.w.shared.host_override.as_ref(),
-    );
-    let mut uri = uri;
-    if let Some(f) = fwd.filters() {
-        apply_edits(&mut headers, &f.request_headers);
-        if let Some(rewrite) = &f.rewrite {
-            if let Some(host) = &rewrite.hostname {
-                headers.insert(header::HOST, host.clone());
-            }
-            if let Some(path) = &rewrite.path {
-                let mut target = String::with_capacity(64);
-                filters::rewrite_path(path, fwd.target.hit.path, uri.path(), &mut target);
-                if let Some(q) = uri.query() {
-                    target.push('?');
-                    target.push_str(q);
-                }
-                match target.parse::<http::uri::PathAndQuery>() {
-                    Ok(pq) => {
-                        let mut p = uri.into_parts();
-                        p.path_and_query = Some(pq);
-                        uri = http::Uri::from_parts(p).unwrap_or_default();
-                    }
-                    Err(e) => {
-                        debug!(path = %target, error = %e, "rewritten path is not a valid URI; forwarding the original");
-                    }
-                }
-            }
-        }
-    }
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.headers = headers;
-    for_h2(&mut parts, te_trailers);
-    Request::from_parts(parts, ())
 }
 
 /// A call to an `h2c` endpoint while it is being attempted.
