@@ -114,6 +114,18 @@ impl Server {
     }
 }
 
+/// Polls the streams that are ready; whether any of them finished.
+fn poll_streams<F: Future<Output = request::Served>>(
+    streams: &mut FuturesUnordered<F>,
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    let mut done = false;
+    while let Poll::Ready(Some(request::Served)) = streams.poll_next_unpin(cx) {
+        done = true;
+    }
+    done
+}
+
 /// Serves an HTTP/2 client connection until it closes: every stream is one
 /// request through the attempt core. The connection is closed gracefully
 /// (GOAWAY, in-flight streams finish) when `drain` is cancelled, or when it
@@ -149,12 +161,19 @@ pub(crate) async fn serve<S>(
         () = drain.cancelled() => return,
     };
     let mut streams = FuturesUnordered::new();
+    // Polled once, so that the drain wakes this task; after that an atomic
+    // load says whether it began (polling it again costs a lock).
     let mut cancelled = pin!(drain.cancelled());
+    let mut watching = false;
     let mut closing = false;
     let result = poll_fn(|cx| {
         loop {
-            // New streams, and the connection's own work: reading frames,
-            // writing what the streams queued.
+            // The streams that were woken (their endpoint answered) first:
+            // the connection's poll just after writes what they queued.
+            let mut done = poll_streams(&mut streams, cx);
+            // The connection's own work: writing frames, reading frames,
+            // new streams.
+            let mut accepted = false;
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
@@ -163,17 +182,18 @@ pub(crate) async fn serve<S>(
                         // set only moves a pointer around.
                         let stream = request::serve(w.clone(), client.clone(), req, respond);
                         streams.push(pooled(stream));
+                        accepted = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
                 }
             }
-            let mut finished = false;
-            while let Poll::Ready(Some(request::Served)) = streams.poll_next_unpin(cx) {
-                finished = true;
-            }
-            if finished && streams.is_empty() {
+            // New streams start at once; one the LB answers itself (or
+            // whose endpoint is that quick) queues frames to write.
+            let new_done = accepted && poll_streams(&mut streams, cx);
+            done |= new_done;
+            if done && streams.is_empty() {
                 idle_since = Instant::now();
             }
             if !closing {
@@ -182,15 +202,20 @@ pub(crate) async fn serve<S>(
                 if idle_for {
                     debug!(client = %peer, "HTTP/2 connection idle; closing");
                 }
-                if idle_for || cancelled.as_mut().poll(cx).is_ready() {
+                let draining = if watching {
+                    drain.is_cancelled()
+                } else {
+                    watching = true;
+                    cancelled.as_mut().poll(cx).is_ready()
+                };
+                if idle_for || draining {
                     closing = true;
                     conn.graceful_shutdown();
                     continue;
                 }
             }
-            if finished {
-                // Streams that ended queued their last frames: write them
-                // in this pass rather than after another wake-up.
+            if new_done {
+                // Their frames are written by the next pass.
                 continue;
             }
             return Poll::Pending;
