@@ -334,6 +334,11 @@ impl ClientIp {
     pub fn as_bytes(&self) -> &[u8] {
         self.value.as_bytes()
     }
+
+    /// The address as a header value (shared, not copied).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.value
+    }
 }
 
 #[cfg(test)]
