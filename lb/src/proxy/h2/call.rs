@@ -54,11 +54,22 @@ impl Forwarding<'_> {
         self.target.hit.rule.filters.as_deref()
     }
 
-    /// Adds the rule's CORS response headers (for the request's `Origin`).
-    pub(super) fn cors(&self, headers: &mut http::HeaderMap) {
-        if let (Some(cors), Some(origin)) =
-            (self.filters().and_then(|f| f.cors.as_ref()), self.origin)
-        {
+    /// Adds what the rule's filters add to a response from endpoint `idx`:
+    /// the affinity cookie (unless the client's cookie already named that
+    /// endpoint) and the CORS headers (for the request's `Origin`).
+    pub(super) fn response_filters(&self, headers: &mut http::HeaderMap, idx: usize) {
+        let Some(f) = self.filters() else {
+            return;
+        };
+        if let Some(affinity) = &f.affinity {
+            let key = self.target.upstream.endpoints[idx].affinity_key;
+            if self.target.sticky != Some(key)
+                && let Some(cookie) = filters::affinity_set_cookie(affinity, key)
+            {
+                headers.append(header::SET_COOKIE, cookie);
+            }
+        }
+        if let (Some(cors), Some(origin)) = (&f.cors, self.origin) {
             for (name, value) in filters::response_cors_headers(cors, origin) {
                 headers.append(name, value);
             }

@@ -118,7 +118,7 @@ pub(super) async fn forward(
         reusable,
         mut response,
     } = head;
-    fwd.cors(response.headers_mut());
+    fwd.response_filters(response.headers_mut(), idx);
     conn.buf.advance(len);
     let status = response.status().as_u16();
     let empty = matches!(framing, Framing::Empty | Framing::Length(0));

@@ -93,14 +93,14 @@ pub(super) async fn forward(
     };
     let ToH2 { mut pump, .. } = transport;
     let (
-        endpoint,
+        idx,
         Exchange {
             response,
             mut up_tx,
             lease: _lease,
         },
     ) = match answered {
-        Ok(a) => (fwd.target.upstream.endpoints[a.idx].addr, a.response),
+        Ok(a) => (a.idx, a.response),
         Err(local) => {
             return Done {
                 forwarded,
@@ -117,7 +117,8 @@ pub(super) async fn forward(
     if let Some(f) = fwd.filters() {
         apply_edits(&mut head.headers, &f.response_headers);
     }
-    fwd.cors(&mut head.headers);
+    fwd.response_filters(&mut head.headers, idx);
+    let endpoint = fwd.target.upstream.endpoints[idx].addr;
     let status = head.status.as_u16();
     let end = up_rx.is_end_stream();
     let mut tx = match respond.send_response(Response::from_parts(head, ()), end) {
