@@ -272,8 +272,22 @@ note "backends on $b1 and $b2"
 tls_of() { [[ $1 == https || $1 == h2 ]]; }
 
 # start_proxy target protocol mode(callgrind|native) tag: starts it, waits
-# until it serves; sets proxy (pid), port, plog, cgfile.
+# until it serves; sets proxy (pid), port, plog, cgfile. A port chosen free
+# can be taken before the proxy binds it (h2load's own connections use the
+# same ephemeral range): then it starts again on other ports.
 start_proxy() {
+    local try
+    for try in 1 2 3; do
+        start_proxy_once "$@" && return 0
+        grep -qi 'address already in use' "$plog" 2>/dev/null || die "$1 did not start or does not serve $2 (see $plog)"
+        stop_pid "$proxy" || true
+        proxy=''
+        note "$1: a port was taken between choosing and binding it; starting again ($try of 3)"
+    done
+    die "$1 could not bind free ports three times"
+}
+
+start_proxy_once() {
     local t=$1 p=$2 mode=$3 tag=$4 dir=$work/$1-$2-$4 run=() flags=() tmpl opts='' admin listen unset=() v
     mkdir -p "$dir"
     port=$(free_port)
@@ -317,7 +331,7 @@ start_proxy() {
         env "${unset[@]}" "${run[@]}" "$lb_bin" serve --listen "$listen" --admin-listen "127.0.0.1:$admin" \
             --backend "$b1" --backend "$b2" --workers 1 "${flags[@]}" "${lb_flags[@]}" >"$plog" 2>&1 &
         proxy=$!
-        wait_ok "$proxy" "$plog" "lb admin" "http://127.0.0.1:$admin/readyz" || die "the lb did not become ready"
+        wait_ok "$proxy" "$plog" "lb admin" "http://127.0.0.1:$admin/readyz" || return 1
     fi
     local probe=()
     case $p in
@@ -326,7 +340,7 @@ start_proxy() {
     h2) probe=(-k --http2 "https://127.0.0.1:$port/host") ;;
     h2c | grpc) probe=(--http2-prior-knowledge "http://127.0.0.1:$port/host") ;;
     esac
-    wait_ok "$proxy" "$plog" "$t ($p)" "${probe[@]}" || die "$t does not serve $p"
+    wait_ok "$proxy" "$plog" "$t ($p)" "${probe[@]}" || return 1
 }
 
 load() { # protocol requests out: one fixed-count h2load run against $port, checked

@@ -281,3 +281,252 @@ async fn h2c_and_http11_share_the_plain_port_with_the_fast_path_off() {
     let (status, body) = get_once(lb.addr, "/host").await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// An HTTP/2 client on the `h2` crate, for what hyper's client does not
+/// let a test control: request bodies without a length, DATA frames one by
+/// one, resets.
+async fn raw_h2(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    tx
+}
+
+/// Sends `head` with `chunks` as its body (each its own DATA frame, each
+/// sent once the LB's window allows); returns status and body.
+async fn raw_call(
+    tx: &h2::client::SendRequest<Bytes>,
+    head: Request<()>,
+    chunks: Vec<Bytes>,
+) -> (StatusCode, String) {
+    let mut tx = tx.clone().ready().await.unwrap();
+    let (resp, mut body) = tx.send_request(head, chunks.is_empty()).unwrap();
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        body.reserve_capacity(chunk.len());
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let cap = std::future::poll_fn(|cx| body.poll_capacity(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            let part = rest.split_to(cap.min(rest.len()));
+            body.send_data(part, i + 1 == n && rest.is_empty()).unwrap();
+        }
+    }
+    let resp = within(HANG, resp).await.unwrap();
+    let status = resp.status();
+    let mut rx = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(data) = rx.data().await {
+        let data = data.unwrap();
+        let _ = rx.flow_control().release_capacity(data.len());
+        out.extend_from_slice(&data);
+    }
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A backend that answers with what framed the request's body and the
+/// body's length and first bytes.
+fn echo_backend() -> TestBackend {
+    TestBackend::with_service("echo", |req: Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+        };
+        let (cl, te, cookie) = (h("content-length"), h("transfer-encoding"), h("cookie"));
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let head = String::from_utf8_lossy(&body[..body.len().min(16)]).into_owned();
+        http::Response::new(Full::new(Bytes::from(format!(
+            "cl={cl} te={te} cookie={cookie} len={} head={head}",
+            body.len()
+        ))))
+    })
+}
+
+fn post(path: &str, length: Option<usize>) -> Request<()> {
+    let mut r = Request::post(format!("http://test{path}"));
+    if let Some(n) = length {
+        r = r.header("content-length", n);
+    }
+    r.body(()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_to_http11_backends_with_or_without_a_length() {
+    let b = echo_backend();
+    let lb = TestLb::start(routing(vec![b.spec()]));
+    let tx = raw_h2(lb.addr).await;
+    let parts = |s: &[&'static str]| s.iter().map(|p| Bytes::from_static(p.as_bytes())).collect();
+
+    // A declared length is forwarded as it is.
+    let (status, body) = raw_call(&tx, post("/a", Some(11)), parts(&["hello ", "world"])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "cl=11 te=- cookie=- len=11 head=hello world");
+
+    // Without one (HTTP/2 needs none), the body is chunked for HTTP/1.1.
+    let (status, body) = raw_call(&tx, post("/b", None), parts(&["a", "bb", "ccc"])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "cl=- te=chunked cookie=- len=6 head=abbccc");
+
+    // 4 MiB, four times the window the LB gives a connection: it can only
+    // be sent whole if the LB gives the window back as the backend takes
+    // the bytes.
+    let big: Vec<Bytes> = (0..256)
+        .map(|_| Bytes::from(vec![b'z'; 16 * 1024]))
+        .collect();
+    let (status, body) = within(HANG, raw_call(&tx, post("/c", None), big)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        "cl=- te=chunked cookie=- len=4194304 head=zzzzzzzzzzzzzzzz"
+    );
+
+    // Cookie fields, split in HTTP/2, are one field again in HTTP/1.1
+    // (RFC 9113 §8.2.3).
+    let req = Request::get("http://test/d")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(())
+        .unwrap();
+    let (status, body) = raw_call(&tx, req, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "cl=- te=- cookie=a=1; b=2 len=0 head=");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_over_the_limit_are_refused_with_413() {
+    let b = echo_backend();
+    let lb = TestLb::start_with(
+        routing(vec![b.spec()]),
+        lb::proxy::ProxyConfig {
+            max_body_bytes: Some(1000),
+            ..test_proxy_config()
+        },
+        lb::selection::Policy::default(),
+    );
+    let tx = raw_h2(lb.addr).await;
+    // Declared: refused before anything reaches the backend.
+    let req = post("/declared", Some(5000));
+    let mut open = tx.clone().ready().await.unwrap();
+    let (resp, _body) = open.send_request(req, false).unwrap();
+    let resp = within(HANG, resp).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(b.hits(), 0);
+    // Streamed without a length: refused when it passes the limit.
+    let chunks: Vec<Bytes> = (0..5).map(|_| Bytes::from(vec![b'x'; 1000])).collect();
+    let mut open = tx.clone().ready().await.unwrap();
+    let (resp, mut body) = open.send_request(post("/streamed", None), false).unwrap();
+    for c in chunks {
+        // The stream may be answered and reset before all of it is sent.
+        if body.send_data(c, false).is_err() {
+            break;
+        }
+    }
+    let resp = within(HANG, resp).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The connection is still good for the next request.
+    let (status, _) = raw_call(
+        &tx,
+        post("/small", Some(3)),
+        vec![Bytes::from_static(b"abc")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_and_close_delimited_responses_reach_http2_clients_whole() {
+    // 1,000 chunks of 3 bytes: decoded, and not relayed as 1,000 frames
+    // (the h2 client would end the connection for "too many data frames").
+    let b = TestBackend::with_streaming("b", |path| match path {
+        "/chunks" => (Bytes::from_static(b"abc"), 1000),
+        _ => (Bytes::from_static(b"x"), 1),
+    });
+    let lb = TestLb::start(routing(vec![b.spec()]));
+    let tx = raw_h2(lb.addr).await;
+    for _ in 0..3 {
+        let (status, body) = raw_call(&tx, h2_get_head("/chunks"), vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "abc".repeat(1000));
+    }
+
+    // A response without a length ends when the backend closes.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let (mut s, _) = raw.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nx-shape: close\r\n\r\n")
+                .await
+                .unwrap();
+            for _ in 0..100 {
+                s.write_all(b"0123456789").await.unwrap();
+            }
+        }
+    });
+    lb.update(routing(vec![lb::discovery::EndpointSpec::new(raw_addr)]));
+    for _ in 0..2 {
+        let (status, body) = raw_call(&tx, h2_get_head("/close"), vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "0123456789".repeat(100));
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_lb_sends_goaway_and_finishes_in_flight_streams() {
+    // The backend answers only once SIGTERM has arrived at the LB.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let answer = release.clone();
+    let slow = TestBackend::with_service("slow", move |_| {
+        let answer = answer.clone();
+        async move {
+            answer.notified().await;
+            http::Response::new(Full::new(Bytes::from_static(b"slow\n")))
+        }
+    });
+    let lb = TestLb::start(routing(vec![slow.spec()]));
+    let addr = lb.addr;
+    let ready = lb.running.ready.clone();
+    let tx = raw_h2(addr).await;
+    let call = {
+        let tx = tx.clone();
+        tokio::spawn(async move { raw_call(&tx, h2_get_head("/slow"), vec![]).await })
+    };
+    wait_until("the request reached the backend", || slow.hits() == 1).await;
+    let stopping = tokio::task::spawn_blocking(move || lb.stop());
+    wait_until("shutdown started", || !ready.get()).await;
+    // The GOAWAY reaches the client: it opens no new stream after it (the
+    // h2 client refuses to once it has one).
+    let goaway = async {
+        while tx.clone().ready().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    within(HANG, goaway).await;
+    release.notify_one();
+    assert_eq!(
+        within(HANG, call).await.unwrap(),
+        (StatusCode::OK, "slow\n".into()),
+        "the stream in flight finished"
+    );
+    assert!(within(HANG, stopping).await.unwrap().is_ok());
+    assert_eq!(slow.hits(), 1, "nothing after the GOAWAY was forwarded");
+}
+
+fn h2_get_head(path: &str) -> Request<()> {
+    Request::get(format!("http://test{path}")).body(()).unwrap()
+}

@@ -1,18 +1,18 @@
 //! The first bytes a client sends, whatever they are: the plain port's
 //! HTTP/2 preface detection, the TLS listener's rustls server (with the
-//! LB's own configuration: versions, ALPN, resumption), and hyper's HTTP/2
-//! server with the LB's limits. Nothing may panic, and the preface
-//! detection must agree with a plain prefix comparison.
+//! LB's own configuration: versions, ALPN, resumption), and the LB's HTTP/2
+//! server (the `h2` crate, built by `lb::proxy::h2::server_builder` with
+//! the LB's default limits) answering every stream it accepts. Nothing may
+//! panic, and the preface detection must agree with a plain prefix
+//! comparison.
 #![no_main]
 
-use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
+use lb::proxy::h2::{Limits, server_builder};
 use lb::proxy::stream::h2_preface;
 use lb::proxy::tls::{CertPair, CertStore, server_config};
 use tokio::io::AsyncWriteExt;
@@ -37,15 +37,6 @@ fn tls() -> Arc<rustls::ServerConfig> {
             server_config(store).unwrap()
         })
         .clone()
-}
-
-#[derive(Clone, Copy)]
-struct Exec;
-
-impl<F: Future + 'static> hyper::rt::Executor<F> for Exec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -82,28 +73,22 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // 3. hyper's HTTP/2 server with the LB's limits, given the preface and
-    //    then the bytes, on an in-memory pipe; bounded by a (paused) timer.
+    // 3. The LB's HTTP/2 server, given the preface and then the bytes, on
+    //    an in-memory pipe; every stream it accepts is answered at once
+    //    (its body left unread); bounded by a (paused) timer.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    rt.block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut h2 = hyper::server::conn::http2::Builder::new(Exec);
-        h2.max_concurrent_streams(100)
-            .max_header_list_size(32 * 1024)
-            .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(1024))
-            .max_send_buf_size(256 * 1024);
-        let svc = hyper::service::service_fn(|_req| async {
-            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
-        let conn = h2.serve_connection(TokioIo::new(server), svc);
+        let limits = Limits {
+            max_streams: 100,
+            max_header_list: 32 * 1024,
+        };
         let input = data.to_vec();
-        tokio::task::spawn_local(async move {
+        let feed = async move {
             let _ = client.write_all(PREFACE).await;
             let _ = client.write_all(&input).await;
             let _ = client.shutdown().await;
@@ -113,7 +98,20 @@ fuzz_target!(|data: &[u8]| {
                 .await
                 .is_ok_and(|n| n > 0)
             {}
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        };
+        let serve = async {
+            let Ok(mut conn) = server_builder(&limits).handshake::<_, Bytes>(server).await else {
+                return;
+            };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                if let Ok(mut tx) = respond.send_response(http::Response::new(()), false) {
+                    let _ = tx.send_data(Bytes::from_static(b"ok"), true);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(feed, serve);
+        })
+        .await;
     });
 });

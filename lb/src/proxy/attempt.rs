@@ -371,52 +371,80 @@ impl Worker {
     ) -> Decision<'t> {
         let rule = hit.rule;
         let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
-        if let Some(f) = &rule.filters {
-            if let Some(ranges) = &f.source
-                && !ranges.permits(client.ip)
-            {
-                debug!(client = %client.ip, route = %rule.label, "client address not allowed; answering 403");
-                return reply(Reply::new(Local::Forbidden));
-            }
-            if let Some(cors) = &f.cors
-                && filters::is_preflight(req)
-            {
-                let origin = filters::origin(req).unwrap_or_default();
-                return reply(Reply {
-                    headers: filters::preflight_headers(cors, &origin),
-                    ..Reply::new(Local::Preflight)
-                });
-            }
+        let Some(f) = &rule.filters else {
+            // The common case, with nothing to check first.
+            return match &rule.action {
+                RuleAction::Forward(forward) => self.forwarding(hit, forward.pick(), None),
+                _ => self.answer(hit, client, host, req),
+            };
+        };
+        if let Some(ranges) = &f.source
+            && !ranges.permits(client.ip)
+        {
+            debug!(client = %client.ip, route = %rule.label, "client address not allowed; answering 403");
+            return reply(Reply::new(Local::Forbidden));
+        }
+        if let Some(cors) = &f.cors
+            && filters::is_preflight(req)
+        {
+            let origin = filters::origin(req).unwrap_or_default();
+            return reply(Reply {
+                headers: filters::preflight_headers(cors, &origin),
+                ..Reply::new(Local::Preflight)
+            });
         }
         match &rule.action {
-            RuleAction::Forward(forward) => match self.pick(rule, forward, req) {
-                (
-                    Pick::Endpoint {
-                        upstream,
-                        idx,
-                        policy,
-                    },
-                    sticky,
-                ) => Decision::Forward(Target {
-                    hit,
-                    upstream,
-                    idx,
-                    policy,
-                    sticky,
-                }),
-                (Pick::NoEndpoints(upstream), _) => {
-                    warn!(upstream = %upstream.name, "no endpoints available; answering 503");
-                    reply(Reply::new(Local::NoEndpoints))
-                }
-                (Pick::Invalid, _) => {
-                    debug!(route = %rule.label, "this share goes to an invalid backend reference; answering 500");
-                    reply(Reply::new(Local::InvalidBackend))
-                }
-                (Pick::NoBackends, _) => {
-                    debug!(route = %rule.label, "the rule has no backend; answering 500");
-                    reply(Reply::new(Local::NoBackends))
-                }
-            },
+            RuleAction::Forward(forward) => {
+                let (pick, sticky) = self.pick(rule, forward, req);
+                self.forwarding(hit, pick, sticky)
+            }
+            _ => self.answer(hit, client, host, req),
+        }
+    }
+
+    /// The decision for a pick of a forwarding rule.
+    #[inline]
+    fn forwarding<'t>(&self, hit: Hit<'t>, pick: Pick<'t>, sticky: Option<u64>) -> Decision<'t> {
+        let rule = hit.rule;
+        let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
+        match pick {
+            Pick::Endpoint {
+                upstream,
+                idx,
+                policy,
+            } => Decision::Forward(Target {
+                hit,
+                upstream,
+                idx,
+                policy,
+                sticky,
+            }),
+            Pick::NoEndpoints(upstream) => {
+                warn!(upstream = %upstream.name, "no endpoints available; answering 503");
+                reply(Reply::new(Local::NoEndpoints))
+            }
+            Pick::Invalid => {
+                debug!(route = %rule.label, "this share goes to an invalid backend reference; answering 500");
+                reply(Reply::new(Local::InvalidBackend))
+            }
+            Pick::NoBackends => {
+                debug!(route = %rule.label, "the rule has no backend; answering 500");
+                reply(Reply::new(Local::NoBackends))
+            }
+        }
+    }
+
+    /// The local answer of a rule that does not forward (a redirect, a
+    /// fixed response).
+    fn answer<'t>(
+        &self,
+        hit: Hit<'t>,
+        client: &ClientIp,
+        host: Option<&str>,
+        req: &dyn RequestView,
+    ) -> Decision<'t> {
+        let reply = |r: Reply<'t>| Decision::Reply(Some(hit), r);
+        match &hit.rule.action {
             RuleAction::Redirect(redirect) => {
                 let location = filters::redirect_location(
                     redirect,
@@ -437,6 +465,7 @@ impl Worker {
                 body: Some(&fixed.body),
                 ..Reply::new(Local::Fixed(fixed.status))
             }),
+            RuleAction::Forward(forward) => self.forwarding(hit, forward.pick(), None),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Body types on the hyper path: request bodies forwarded upstream (with an
 //! optional size limit) and response bodies sent to clients (streamed from
-//! upstream, failures mid-body reported through a hook).
+//! upstream — an HTTP/1.1 exchange's or an HTTP/2 stream's — failures
+//! mid-body reported through a hook).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -143,6 +144,61 @@ impl Body for ReqBody {
     }
 }
 
+/// An error of a body, whichever side it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body from an endpoint: read by hyper's HTTP/1.1 client, or
+/// a stream of one of the worker's HTTP/2 connections (its window is given
+/// back as its data is passed on, so a slow client holds the endpoint
+/// back).
+#[derive(Debug)]
+pub enum Inbound {
+    /// An HTTP/1.1 response body.
+    H1(Incoming),
+    /// An HTTP/2 response stream.
+    H2(h2::RecvStream),
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Inbound::H1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Inbound::H2(rx) => match ready!(rx.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = rx.flow_control().release_capacity(data.len());
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                None => match ready!(rx.poll_trailers(cx)) {
+                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::H1(inner) => inner.is_end_stream(),
+            Inbound::H2(rx) => rx.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::H1(inner) => inner.size_hint(),
+            Inbound::H2(_) => SizeHint::default(),
+        }
+    }
+}
+
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub enum RespBody {
@@ -174,7 +230,7 @@ impl RespBody {
 }
 
 /// Told about an upstream body failing mid-stream (endpoint, error).
-pub type BodyErrorHook = Rc<dyn Fn(SocketAddr, &hyper::Error)>;
+pub type BodyErrorHook = Rc<dyn Fn(SocketAddr, &dyn std::fmt::Display)>;
 
 /// What a response body holds of its upstream connection until it ends.
 #[derive(Debug)]
@@ -190,7 +246,7 @@ pub enum Lease {
 
 /// Streams an upstream body (see [`UpstreamBody::new`]).
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Inbound,
     endpoint: SocketAddr,
     lease: Lease,
     on_error: BodyErrorHook,
@@ -201,7 +257,7 @@ impl UpstreamBody {
     /// ends (a pooled connection learns whether it was read to its end);
     /// `on_error` is told about a failure mid-body (for logs and metrics).
     pub fn new(
-        inner: Incoming,
+        inner: Inbound,
         endpoint: SocketAddr,
         lease: Lease,
         on_error: BodyErrorHook,
@@ -243,7 +299,7 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -259,7 +315,7 @@ impl Body for RespBody {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         u.settle(true);
-                        (u.on_error)(u.endpoint, e);
+                        (u.on_error)(u.endpoint, &**e);
                     }
                 }
                 Poll::Ready(frame)

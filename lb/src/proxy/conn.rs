@@ -1,10 +1,9 @@
 //! A client connection from accept to close: the connection limit, TLS,
 //! and which transport serves it — the HTTP/1.1 fast path, hyper's
-//! HTTP/1.1 server, or hyper's HTTP/2 server (ALPN `h2` on the TLS
+//! HTTP/1.1 server, or the HTTP/2 transport (`h2/`: ALPN `h2` on the TLS
 //! listener, or h2c with prior knowledge on the plain one). Every request,
 //! whichever of them carried it, goes through the same attempt core.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -27,16 +26,16 @@ use tracing::{debug, warn};
 use super::headers::ClientIp;
 use super::local::Local;
 use super::rewind::Rewind;
-use super::stream::{ClientStream, LocalExec, h2_preface};
-use super::{Worker, fast, park};
+use super::stream::{ClientStream, h2_preface};
+use super::{Worker, fast, h2, park};
 
 /// The servers a worker runs on its connections.
 pub(crate) struct Servers {
     pub(crate) h1: hyper::server::conn::http1::Builder,
-    pub(crate) h2: hyper::server::conn::http2::Builder<LocalExec>,
+    pub(crate) h2: h2::Server,
     /// The TLS listener's acceptor and handshake timeout.
     pub(crate) tls: Option<(TlsAcceptor, Duration)>,
-    /// An HTTP/2 connection without streams for this long is closed.
+    /// A plain connection's first bytes must come within this.
     pub(crate) idle_timeout: Duration,
 }
 
@@ -52,19 +51,9 @@ impl Servers {
             .max_buf_size(config.max_header_bytes.max(8192) + 8192)
             .max_header_size(config.max_header_bytes)
             .max_headers(config.max_headers);
-        let mut h2 = hyper::server::conn::http2::Builder::new(LocalExec);
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(config.h2_max_streams)
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-            // Rapid reset (CVE-2023-44487) and error-reset floods: h2's
-            // defaults, stated here so they are not lost in an upgrade.
-            .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(1024))
-            .max_send_buf_size(256 * 1024)
-            .auto_date_header(false);
         Rc::new(Self {
             h1,
-            h2,
+            h2: h2::Server::new(config),
             tls: tls.map(|a| (a, config.tls_handshake_timeout)),
             idle_timeout: config.header_read_timeout,
         })
@@ -387,97 +376,18 @@ async fn serve_h1<S: ClientStream>(
     }
 }
 
-/// Serves an HTTP/2 connection with hyper's server: every stream is one
-/// request through the attempt core, balanced on its own. The connection
-/// is closed gracefully (GOAWAY) when `drain` is cancelled, or when it has
-/// had no stream for the header-read timeout (as an idle HTTP/1.1
-/// keep-alive connection is).
+/// Serves an HTTP/2 connection on the HTTP/2 transport (`h2::serve`).
 async fn serve_h2<S>(
     w: Rc<Worker>,
     servers: &Servers,
     client: Rc<ClientIp>,
     drain: &CancellationToken,
     stream: S,
-    peer: SocketAddr,
+    _peer: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let idle = Rc::new(Activity::new());
-    let activity = idle.clone();
-    let service = service_fn(move |req| {
-        let w = w.clone();
-        let client = client.clone();
-        let guard = activity.start();
-        async move {
-            let resp = w.handle(client, req).await;
-            drop(guard);
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let timeout = servers.idle_timeout;
-    let conn = servers.h2.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = drain.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-        () = idle.idle_for(timeout) => {
-            debug!(client = %peer, "HTTP/2 connection idle; closing");
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(client = %peer, error = %e, "HTTP/2 client connection ended with an error");
-    }
-}
-
-/// Streams in flight on one HTTP/2 connection, and since when none is.
-struct Activity {
-    streams: Cell<usize>,
-    since: Cell<Instant>,
-}
-
-/// One stream in flight (until dropped).
-struct Stream(Rc<Activity>);
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let a = &self.0;
-        a.streams.set(a.streams.get() - 1);
-        a.since.set(Instant::now());
-    }
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            streams: Cell::new(0),
-            since: Cell::new(Instant::now()),
-        }
-    }
-
-    fn start(self: &Rc<Self>) -> Stream {
-        self.streams.set(self.streams.get() + 1);
-        Stream(self.clone())
-    }
-
-    /// Completes once no stream has been in flight for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let due = self.since.get() + timeout;
-            tokio::time::sleep_until(due).await;
-            if self.streams.get() == 0 && self.since.get() + timeout <= Instant::now() {
-                return;
-            }
-            if self.streams.get() > 0 {
-                // Busy: look again one timeout from now.
-                self.since.set(Instant::now());
-            }
-        }
-    }
+    h2::serve(w, &servers.h2, client, drain, stream).await;
 }
 
 /// The TLS acceptor for a server configuration.
@@ -488,24 +398,6 @@ pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn an_http2_connection_is_idle_only_without_streams() {
-        let a = Rc::new(Activity::new());
-        let stream = a.start();
-        tokio::select! {
-            () = a.idle_for(Duration::from_secs(30)) => panic!("idle with a stream in flight"),
-            () = tokio::time::sleep(Duration::from_secs(100)) => {}
-        }
-        drop(stream);
-        let t = Instant::now();
-        a.idle_for(Duration::from_secs(30)).await;
-        let took = t.elapsed();
-        assert!(
-            took >= Duration::from_secs(30) && took <= Duration::from_millis(30_001),
-            "30 s after the last stream ended: {took:?}"
-        );
-    }
 
     /// The connection task's future is what an idle plain connection costs
     /// besides its socket: the TLS and hyper states, and the state of

@@ -24,9 +24,10 @@ use super::attempt::{
     Connector, Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Transport,
     is_idempotent,
 };
-use super::body::{BodyOutcome, BodyState, Lease, ReqBody, RespBody, UpstreamBody};
+use super::body::{BodyOutcome, BodyState, Inbound, Lease, ReqBody, RespBody, UpstreamBody};
 use super::filters;
-use super::h2::{self, H2Pool, H2Stream};
+use super::grpc::{grpc_timeout, is_grpc};
+use super::h2::upstream::{self as h2, H2Pool, H2Stream, for_h2};
 use super::headers::{
     ClientIp, apply_edits, forward_request_headers, forward_response_headers, is_upgrade_request,
 };
@@ -108,8 +109,10 @@ struct H2<'w> {
 
 /// A response head and what its body holds of the connection.
 struct HyperResponse {
-    response: Response<Incoming>,
+    response: Response<Inbound>,
     lease: Lease,
+    /// For a `101` to an upgrade request: the upgraded connection, to come.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl<'w> HyperUpstream for H1<'w> {
@@ -166,15 +169,19 @@ impl<'w> HyperUpstream for H1<'w> {
             Err(_) => Err(SendFailure::sent(Failure::new(
                 FailureKind::ResponseTimeout,
             ))),
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
                 if let Some(reuse) = &reuse
                     && !keeps_alive(&response)
                 {
                     reuse.refuse();
                 }
+                let upgrade = (self.upgrade
+                    && response.status() == StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| hyper::upgrade::on(&mut response));
                 Ok(HyperResponse {
-                    response,
+                    response: response.map(Inbound::H1),
                     lease: reuse.map_or(Lease::None, Lease::Pooled),
+                    upgrade,
                 })
             }
             Ok(Err(mut e)) => {
@@ -200,10 +207,25 @@ impl<'w> HyperUpstream for H2<'w> {
         request: Request<ReqBody>,
         timeout: Duration,
     ) -> Result<HyperResponse, SendFailure<Request<ReqBody>>> {
-        let (response, lease) = h2::send(stream, request, timeout).await?;
+        let (parts, body) = request.into_parts();
+        let end = body.is_end_stream();
+        let opened = match h2::open(stream, Request::from_parts(parts, ()), end).await {
+            Ok(opened) => opened,
+            Err(SendFailure { failure, unsent }) => {
+                let unsent = unsent.map(|head| head.map(|()| body));
+                return Err(SendFailure { failure, unsent });
+            }
+        };
+        if !end {
+            tokio::task::spawn_local(h2::send_body(body, opened.body));
+        }
+        let response = h2::response(opened.response, &opened.gone, timeout)
+            .await
+            .map_err(SendFailure::sent)?;
         Ok(HyperResponse {
-            response,
-            lease: Lease::Stream(lease),
+            response: response.map(Inbound::H2),
+            lease: Lease::Stream(opened.lease),
+            upgrade: None,
         })
     }
 }
@@ -267,7 +289,7 @@ impl<U: HyperUpstream> Transport for Hyper<U> {
 }
 
 /// Whether an upstream response leaves its connection open (RFC 9112 §9.3).
-fn keeps_alive(response: &Response<Incoming>) -> bool {
+fn keeps_alive<B>(response: &Response<B>) -> bool {
     let close = response
         .headers()
         .get_all(header::CONNECTION)
@@ -275,60 +297,6 @@ fn keeps_alive(response: &Response<Incoming>) -> bool {
         .flat_map(|v| super::headers::connection_tokens(v.as_bytes()))
         .any(|t| t.eq_ignore_ascii_case(b"close"));
     response.version() == Version::HTTP_11 && !close
-}
-
-/// Whether a request is a gRPC call (RFC-less but universal:
-/// `content-type: application/grpc`, optionally `+proto` and so on).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// A `grpc-timeout` value (`1H`, `5M`, `30S`, `100m`, `10u`, `1n`: at most
-/// eight digits and a unit), or `None` when absent or malformed.
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b"H" => Duration::from_secs(n * 3600),
-        b"M" => Duration::from_secs(n * 60),
-        b"S" => Duration::from_secs(n),
-        b"m" => Duration::from_millis(n),
-        b"u" => Duration::from_micros(n),
-        b"n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Prepares a request's head for an HTTP/2 endpoint: absolute-form URI
-/// (its authority becomes `:authority`) and `te: trailers` when the client
-/// asked for trailers (gRPC does; RFC 9113 §8.2.2 allows nothing else).
-fn for_h2(parts: &mut http::request::Parts, te_trailers: bool) {
-    let authority = parts
-        .headers
-        .remove(header::HOST)
-        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
-    let mut uri = http::uri::Builder::new().scheme("http");
-    if let Some(a) = authority {
-        uri = uri.authority(a);
-    } else {
-        uri = uri.authority("upstream");
-    }
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(u) = uri.path_and_query(pq).build() {
-        parts.uri = u;
-    }
-    parts.version = Version::HTTP_2;
-    if te_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
 }
 
 /// A request hyper parsed, as routing reads it.
@@ -377,31 +345,14 @@ impl Worker {
     /// `port`, left out when it is 443).
     fn redirect<B>(&self, req: &Request<B>, port: u16) -> Response<RespBody> {
         self.shared.metrics.local("https_redirect");
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .and_then(|h| http::uri::Authority::try_from(h).ok());
-        let Some(host) = host else {
-            return Local::BadRequest(BadRequest::MissingHost).response();
-        };
-        let name = host.host();
+        let host = req.uri().host().or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = if port == 443 {
-            format!("https://{name}{target}")
-        } else {
-            format!("https://{name}:{port}{target}")
-        };
-        let mut resp = Response::new(RespBody::from("redirecting to HTTPS\n"));
-        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        resp
+        super::local::https_redirect(host, target, port)
+            .unwrap_or_else(|| Local::BadRequest(BadRequest::MissingHost).response())
     }
 
     /// Handles one client request; with the access log on, settles its
@@ -639,15 +590,16 @@ impl Worker {
         };
         let endpoint = upstream.endpoints[answered.idx].addr;
         let HyperResponse {
-            mut response,
+            response,
             lease,
+            upgrade: upstream_upgrade,
         } = answered.response;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
+            let (Some(client_upgrade), Some(upstream_upgrade)) = (client_upgrade, upstream_upgrade)
+            else {
                 warn!(endpoint = %endpoint, "upstream switched protocols unasked; answering 502");
                 return self.local(Local::UnexpectedUpgrade, grpc);
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
             let metrics = shared.metrics.clone();
             tokio::task::spawn_local(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -697,49 +649,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_requests_and_timeouts() {
-        let h = |pairs: &[(&'static str, &'static str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.insert(*k, HeaderValue::from_static(v));
-            }
-            m
-        };
-        assert!(is_grpc(&h(&[("content-type", "application/grpc")])));
-        assert!(is_grpc(&h(&[("content-type", "application/grpc+proto")])));
-        assert!(!is_grpc(&h(&[("content-type", "application/json")])));
-        assert!(!is_grpc(&h(&[])));
-        for (v, want) in [
-            ("1H", Some(Duration::from_secs(3600))),
-            ("5M", Some(Duration::from_secs(300))),
-            ("30S", Some(Duration::from_secs(30))),
-            ("100m", Some(Duration::from_millis(100))),
-            ("250u", Some(Duration::from_micros(250))),
-            ("7n", Some(Duration::from_nanos(7))),
-            ("123456789S", None),
-            ("m", None),
-            ("10x", None),
-            ("-1S", None),
-        ] {
-            assert_eq!(grpc_timeout(&h(&[("grpc-timeout", v)])), want, "{v}");
-        }
-    }
-
-    #[test]
-    fn an_h2_upstream_request_is_absolute_and_keeps_te_trailers() {
-        let (mut parts, ()) = Request::get("/pkg.Svc/Call?x=1")
-            .header("host", "api.example:8080")
-            .body(())
-            .unwrap()
-            .into_parts();
-        for_h2(&mut parts, true);
-        assert_eq!(parts.uri, "http://api.example:8080/pkg.Svc/Call?x=1");
-        assert_eq!(parts.version, Version::HTTP_2);
-        assert!(parts.headers.get("host").is_none(), ":authority instead");
-        assert_eq!(parts.headers["te"], "trailers");
-    }
 
     #[test]
     fn host_rules() {

@@ -38,28 +38,55 @@ pub enum Rule {
     ForwardedReplaced,
 }
 
-/// Every field with a rule other than [`Rule::Keep`], lower case.
+/// Every field with a rule other than [`Rule::Keep`], lower case, ordered by
+/// length (which [`rule`] relies on; a test checks it).
 const TABLE: [(&str, Rule); 12] = [
-    ("connection", Rule::Connection),
-    ("keep-alive", Rule::HopByHop),
-    ("proxy-connection", Rule::HopByHop),
     ("te", Rule::HopByHop),
-    ("transfer-encoding", Rule::TransferEncoding),
-    ("upgrade", Rule::Upgrade),
-    ("content-length", Rule::ContentLength),
     ("host", Rule::Host),
     ("expect", Rule::Expect),
+    ("upgrade", Rule::Upgrade),
+    ("connection", Rule::Connection),
+    ("keep-alive", Rule::HopByHop),
+    ("content-length", Rule::ContentLength),
     ("x-forwarded-for", Rule::ForwardedFor),
-    ("x-forwarded-proto", Rule::ForwardedReplaced),
+    ("proxy-connection", Rule::HopByHop),
     ("x-forwarded-host", Rule::ForwardedReplaced),
+    ("transfer-encoding", Rule::TransferEncoding),
+    ("x-forwarded-proto", Rule::ForwardedReplaced),
 ];
 
-/// The rule for a field name (compared case-insensitively).
+/// Longest name in [`TABLE`] plus one.
+const MAX_LEN: usize = TABLE[TABLE.len() - 1].0.len() + 1;
+
+/// `BY_LEN[n]..BY_LEN[n + 1]`: the entries of [`TABLE`] whose name is `n`
+/// bytes long (empty for most lengths).
+const BY_LEN: [u8; MAX_LEN + 1] = {
+    let mut starts = [0u8; MAX_LEN + 1];
+    let mut len = 0;
+    while len <= MAX_LEN {
+        let mut i = 0;
+        while i < TABLE.len() && TABLE[i].0.len() < len {
+            i += 1;
+        }
+        starts[len] = i as u8;
+        len += 1;
+    }
+    starts
+};
+
+/// The rule for a field name (compared case-insensitively). Called for
+/// every header of every request and response on the fast path: one or two
+/// comparisons with the table's names of the same length, none for most
+/// names.
 #[inline]
 pub fn rule(name: &[u8]) -> Rule {
-    for (known, rule) in TABLE {
-        if known.len() == name.len() && name.eq_ignore_ascii_case(known.as_bytes()) {
-            return rule;
+    if name.len() >= MAX_LEN {
+        return Rule::Keep;
+    }
+    let same_length = &TABLE[usize::from(BY_LEN[name.len()])..usize::from(BY_LEN[name.len() + 1])];
+    for (known, rule) in same_length {
+        if name.eq_ignore_ascii_case(known.as_bytes()) {
+            return *rule;
         }
     }
     Rule::Keep
@@ -130,7 +157,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade
         .then(|| headers.remove(header::UPGRADE))
         .flatten();
-    for (name, rule) in TABLE {
+    for &(name, rule) in &TABLE {
         if is_hop_by_hop(rule, false) {
             headers.remove(name);
         }
@@ -307,6 +334,11 @@ impl ClientIp {
     pub fn as_bytes(&self) -> &[u8] {
         self.value.as_bytes()
     }
+
+    /// The address as a header value (shared, not copied).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.value
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +358,28 @@ mod tests {
 
     fn client() -> ClientIp {
         ClientIp::new("10.1.2.3".parse().unwrap())
+    }
+
+    #[test]
+    fn the_table_is_ordered_by_length_and_every_name_is_found() {
+        assert!(TABLE.windows(2).all(|w| w[0].0.len() <= w[1].0.len()));
+        for (name, want) in TABLE {
+            assert_eq!(rule(name.as_bytes()), want, "{name}");
+            assert_eq!(rule(name.to_ascii_uppercase().as_bytes()), want, "{name}");
+        }
+        for other in [
+            "",
+            "h",
+            "hos",
+            "hosts",
+            "x-forwarded-fo",
+            "content-type",
+            "via",
+            "x-forwarded-proto-x",
+        ] {
+            assert_eq!(rule(other.as_bytes()), Rule::Keep, "{other}");
+        }
+        assert_eq!(rule(&[b'a'; 300]), Rule::Keep);
     }
 
     #[test]

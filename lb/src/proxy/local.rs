@@ -298,6 +298,30 @@ impl<'a> Reply<'a> {
     }
 }
 
+/// `308 Permanent Redirect` to the same host and target on HTTPS (on
+/// `port`, left out when it is 443); `None` when `host` is not an
+/// authority. The plain listener answers with it under `--https-redirect`,
+/// over HTTP/1.1 and HTTP/2 alike.
+pub fn https_redirect<B: From<&'static str>>(
+    host: Option<&str>,
+    target: &str,
+    port: u16,
+) -> Option<Response<B>> {
+    let host = http::uri::Authority::try_from(host?).ok()?;
+    let name = host.host();
+    let location = if port == 443 {
+        format!("https://{name}{target}")
+    } else {
+        format!("https://{name}:{port}{target}")
+    };
+    let mut resp = Response::new(B::from("redirecting to HTTPS\n"));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Some(resp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,8 @@ mod conn;
 pub mod fast;
 pub mod filters;
 mod general;
-mod h2;
+mod grpc;
+pub mod h2;
 pub mod headers;
 pub mod local;
 mod park;
@@ -193,7 +194,7 @@ pub(crate) struct Worker {
     /// This worker's upstream connections (both paths).
     pub(crate) pool: Rc<Pool>,
     /// Its HTTP/2 connections to `h2c` endpoints.
-    pub(crate) h2_pool: Rc<h2::H2Pool>,
+    pub(crate) h2_pool: Rc<h2::upstream::H2Pool>,
     /// hyper's client settings for the general path.
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
@@ -233,7 +234,7 @@ impl Worker {
                 shared.config.upstream_max_idle,
                 shared.config.upstream_idle_timeout,
             ),
-            h2_pool: Rc::new(h2::H2Pool::new(UPSTREAM_H2_STREAMS)),
+            h2_pool: Rc::new(h2::upstream::H2Pool::new(UPSTREAM_H2_STREAMS)),
             shared,
             client,
             body_error,

@@ -32,6 +32,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An emptied `Bytes` still holds its allocation (the fast
+                // path's read buffer, 8 KiB): let it go now rather than
+                // when the connection closes.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -87,5 +93,16 @@ mod tests {
         let mut rest = String::new();
         r.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest, "lo world");
+    }
+
+    #[tokio::test]
+    async fn the_prefix_buffer_is_let_go_once_read() {
+        let (_a, b) = tokio::io::duplex(64);
+        let buffer = Bytes::from(vec![b'x'; 8 * 1024]);
+        let mut r = Rewind::new(buffer.slice(..5), b);
+        assert!(!buffer.is_unique(), "shared with the rewind");
+        let mut five = [0u8; 5];
+        r.read_exact(&mut five).await.unwrap();
+        assert!(buffer.is_unique(), "the rewind still holds the buffer");
     }
 }

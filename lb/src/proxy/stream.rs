@@ -1,6 +1,5 @@
 //! What connections are carried on, for the modules that serve them: the
-//! client stream types, the HTTP/2 preface, and hyper's executor for the
-//! worker's own thread.
+//! client stream types and the HTTP/2 preface.
 
 use std::io;
 use std::task::{Context, Poll};
@@ -67,21 +66,6 @@ impl ClientStream for TlsStream<TcpStream> {
             return Poll::Ready(Ok(()));
         }
         tcp.poll_read_ready(cx)
-    }
-}
-
-/// Runs hyper's HTTP/2 tasks on the worker's own thread (the data plane's
-/// futures are not `Send`: nothing crosses threads).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-    F::Output: 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
     }
 }
 

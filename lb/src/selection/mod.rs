@@ -17,7 +17,7 @@ pub mod schedule;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,6 +222,10 @@ pub struct Balancer {
     strategy: Strategy,
     metrics: Arc<Metrics>,
     state: Mutex<BuildState>,
+    /// The endpoint-state gauges no longer match the table (set on every
+    /// change of the table or of an endpoint's state; housekeeping
+    /// refreshes them only then, so a large table costs nothing per second).
+    gauges_stale: AtomicBool,
 }
 
 impl Balancer {
@@ -234,6 +238,7 @@ impl Balancer {
             strategy: Strategy::RoundRobin,
             metrics,
             state: Mutex::new(BuildState::default()),
+            gauges_stale: AtomicBool::new(true),
         }
     }
 
@@ -350,22 +355,27 @@ impl Balancer {
         let version = table.version;
         self.table.store(Arc::new(table));
         self.published.store(version, Ordering::Release);
+        self.gauges_stale.store(true, Ordering::Relaxed);
         drop(state);
         self.metrics.discovery_updates.inc();
         self.housekeeping();
     }
 
     /// Readmits endpoints whose ejection expired (logging it) and refreshes
-    /// the endpoint-state gauges. Called every second and after `apply`.
+    /// the endpoint-state gauges when something changed. Called every
+    /// second and after `apply`.
     pub fn housekeeping(&self) {
         for u in &self.table.load().upstreams {
             for e in u.endpoints.iter() {
                 if e.readmit_if_expired() {
                     info!(upstream = %u.name, endpoint = %e.addr, "endpoint re-admitted after ejection");
+                    self.gauges_stale.store(true, Ordering::Relaxed);
                 }
             }
         }
-        self.refresh_gauges();
+        if self.gauges_stale.swap(false, Ordering::Relaxed) {
+            self.refresh_gauges();
+        }
     }
 
     /// Sets the endpoint-state gauges from the current table; changes no
@@ -408,6 +418,7 @@ impl Balancer {
             FailureOutcome::Counted => {}
             FailureOutcome::Ejected(period) => {
                 self.metrics.ejections.inc();
+                self.gauges_stale.store(true, Ordering::Relaxed);
                 warn!(
                     upstream = %upstream.name,
                     endpoint = %ep.addr,

@@ -15,12 +15,13 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use http::HeaderName;
 
 use super::rule::RouteRule;
 use crate::discovery::route::{
     HeaderMatch, HostMatch, ListenerId, Listeners, Match, PathMatch, Precedence, QueryMatch,
-    prefix_matches,
 };
 
 /// What matching may read of a request besides its host and path; each
@@ -92,11 +93,39 @@ fn first_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     })
 }
 
+/// A path condition as the matcher tests it.
+#[derive(Debug)]
+enum PathTest {
+    /// Every path (`Prefix /`).
+    Any,
+    /// This path.
+    Exact(Box<str>),
+    /// This prefix, without its trailing `/`, element-wise.
+    Prefix(Box<str>),
+    /// The whole path matches.
+    Regex(crate::discovery::route::Pattern),
+}
+
+impl PathTest {
+    fn new(path: &PathMatch) -> Self {
+        match path {
+            PathMatch::Exact(p) => PathTest::Exact(p.clone()),
+            PathMatch::Prefix(p) => match PathMatch::normalized_prefix(p) {
+                "" => PathTest::Any,
+                p => PathTest::Prefix(p.into()),
+            },
+            PathMatch::Regex(r) => PathTest::Regex(r.clone()),
+        }
+    }
+}
+
 /// One match of one rule, filed under one host.
 #[derive(Debug)]
 struct Entry {
     rule: u32,
     listeners: Listeners,
+    test: PathTest,
+    /// The match's path condition as the model gives it (for rewrites).
     path: PathMatch,
     conditions: Option<Box<Conditions>>,
 }
@@ -104,10 +133,15 @@ struct Entry {
 impl Entry {
     #[inline]
     fn path_matches(&self, path: &str) -> bool {
-        match &self.path {
-            PathMatch::Exact(p) => **p == *path,
-            PathMatch::Prefix(p) => prefix_matches(p, path),
-            PathMatch::Regex(r) => r.is_match(path),
+        match &self.test {
+            PathTest::Any => true,
+            PathTest::Exact(p) => **p == *path,
+            PathTest::Prefix(p) => {
+                path.len() >= p.len()
+                    && path.as_bytes().starts_with(p.as_bytes())
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            }
+            PathTest::Regex(r) => r.is_match(path),
         }
     }
 
@@ -128,8 +162,8 @@ struct Bucket {
 /// (without its trailing `/`), each list in precedence order.
 #[derive(Debug, Default)]
 struct PathIndex {
-    exact: HashMap<Box<str>, Vec<u32>>,
-    prefix: HashMap<Box<str>, Vec<u32>>,
+    exact: HashMap<Box<str>, Vec<u32>, RandomState>,
+    prefix: HashMap<Box<str>, Vec<u32>, RandomState>,
     /// Positions of the non-exact entries, when some are regular
     /// expressions (which cannot be probed by prefix): scanned in order.
     ordered: Option<Vec<u32>>,
@@ -164,10 +198,9 @@ impl Bucket {
         self.index = Some(Box::new(index));
     }
 
-    /// The first entry that takes the request.
+    /// The first entry that takes the request (its path is `path`).
     #[inline]
-    fn find(&self, listener: ListenerId, req: &dyn RequestView) -> Option<&Entry> {
-        let path = req.path();
+    fn find(&self, listener: ListenerId, path: &str, req: &dyn RequestView) -> Option<&Entry> {
         let Some(index) = &self.index else {
             return self
                 .entries
@@ -207,9 +240,12 @@ impl Bucket {
 #[derive(Debug, Default)]
 pub struct Routes {
     rules: Vec<RouteRule>,
-    exact: HashMap<Box<str>, Bucket>,
+    /// By exact hostname. foldhash, seeded per process: the keys come from
+    /// route objects, and lookups with a client's `Host` cannot degrade a
+    /// map whose keys they do not choose.
+    exact: HashMap<Box<str>, Bucket, RandomState>,
     /// By suffix (without `*.`).
-    wildcard: HashMap<Box<str>, Bucket>,
+    wildcard: HashMap<Box<str>, Bucket, RandomState>,
     any_host: Bucket,
 }
 
@@ -266,6 +302,7 @@ impl Routes {
                 bucket.entries.push(Entry {
                     rule: f.rule as u32,
                     listeners: *listeners,
+                    test: PathTest::new(&m.path),
                     path: m.path.clone(),
                     conditions: conditions(),
                 });
@@ -294,6 +331,7 @@ impl Routes {
             rule: &self.rules[e.rule as usize],
             path: &e.path,
         };
+        let path = req.path();
         if !(self.exact.is_empty() && self.wildcard.is_empty())
             && let Some(host) = host
         {
@@ -306,7 +344,11 @@ impl Routes {
                 host
             };
             let host = host.strip_suffix('.').unwrap_or(host);
-            if let Some(e) = self.exact.get(host).and_then(|b| b.find(listener, req)) {
+            if let Some(e) = self
+                .exact
+                .get(host)
+                .and_then(|b| b.find(listener, path, req))
+            {
                 return Some(hit(e));
             }
             if !self.wildcard.is_empty() {
@@ -316,7 +358,7 @@ impl Routes {
                     if let Some(e) = self
                         .wildcard
                         .get(suffix)
-                        .and_then(|b| b.find(listener, req))
+                        .and_then(|b| b.find(listener, path, req))
                     {
                         return Some(hit(e));
                     }
@@ -324,7 +366,7 @@ impl Routes {
                 }
             }
         }
-        self.any_host.find(listener, req).map(hit)
+        self.any_host.find(listener, path, req).map(hit)
     }
 
     /// The rules.

@@ -1,6 +1,9 @@
 //! Finding the end of a chunked message body (RFC 9112 §7.1) without
 //! decoding it, so the fast path can pass the bytes through unchanged and
-//! still know when the upstream connection is free again.
+//! still know when the upstream connection is free again (and, for a
+//! receiver that needs the data without its framing, where the data is).
+
+use std::ops::Range;
 
 /// The framing was invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +141,27 @@ impl ChunkedScanner {
     }
 }
 
+impl ChunkedScanner {
+    /// Decodes the front of `buf`: consumes framing up to the next run of
+    /// chunk data and that run. Returns how many bytes of `buf` it consumed
+    /// and where the data is among them (empty when they were all framing,
+    /// or the body ended: see [`ChunkedScanner::is_done`]). For a receiver
+    /// that needs the data without its framing (an HTTP/2 client).
+    pub fn scan_data(&mut self, buf: &[u8]) -> Result<(usize, Range<usize>), InvalidChunk> {
+        let mut i = 0;
+        while i < buf.len() && !matches!(self.state, State::Data | State::Done) {
+            i += self.scan(&buf[i..=i])?;
+        }
+        if self.state != State::Data {
+            return Ok((i, i..i));
+        }
+        // What is left of the chunk, or of `buf` (so it fits a usize).
+        let take = (buf.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.scan(&buf[i..i + take])?;
+        Ok((i + n, i..i + n))
+    }
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -213,6 +237,31 @@ mod tests {
             b"0\r\n\rX",
         ] {
             assert_eq!(scan_in_steps(body, 1), Err(InvalidChunk), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn data_is_found_whatever_the_split() {
+        let body =
+            b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for step in 1..=body.len() {
+            let mut s = ChunkedScanner::new();
+            let (mut data, mut at) = (Vec::new(), 0);
+            let mut buf = Vec::new();
+            for piece in body.chunks(step) {
+                buf.extend_from_slice(piece);
+                while at < buf.len() && !s.is_done() {
+                    let (n, run) = s.scan_data(&buf[at..]).unwrap();
+                    data.extend_from_slice(&buf[at..][run]);
+                    at += n;
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            assert!(s.is_done(), "step {step}");
+            assert_eq!(&buf[at..], b"NEXT", "step {step}");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
         }
     }
 

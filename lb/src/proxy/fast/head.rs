@@ -84,7 +84,7 @@ fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 /// RFC 3986 unreserved characters and sub-delims.
-fn unreserved_or_sub_delim(b: u8) -> bool {
+const fn unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -106,13 +106,43 @@ fn unreserved_or_sub_delim(b: u8) -> bool {
 }
 
 /// RFC 3986 characters allowed in an origin-form target (pchar, `/`, `?`).
-fn target_byte(b: u8) -> bool {
+const fn target_byte(b: u8) -> bool {
     unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
 }
 
 /// Characters of `uri-host [":" port]` without userinfo.
-fn host_byte(b: u8) -> bool {
+const fn host_byte(b: u8) -> bool {
     unreserved_or_sub_delim(b) || matches!(b, b':' | b'[' | b']' | b'%')
+}
+
+/// The bytes a target (`host: false`) or a `Host` value (`true`) may hold,
+/// as a table: one load per byte instead of a chain of comparisons.
+const fn byte_table(host: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if host {
+            host_byte(b as u8)
+        } else {
+            target_byte(b as u8)
+        };
+        b += 1;
+    }
+    table
+}
+
+static TARGET_BYTES: [bool; 256] = byte_table(false);
+static HOST_BYTES: [bool; 256] = byte_table(true);
+
+/// Whether every byte of `s` is in `table`.
+fn all_in(table: &[bool; 256], s: &[u8]) -> bool {
+    s.iter().all(|b| table[usize::from(*b)])
+}
+
+/// Whether `target` holds only the bytes of an origin-form request target
+/// (checked before a rewritten target is written into a request head).
+pub(crate) fn origin_form_target(target: &[u8]) -> bool {
+    all_in(&TARGET_BYTES, target)
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -154,7 +184,34 @@ pub struct Parsed<'b, 'h> {
     query: Option<&'b str>,
     host: &'b [u8],
     headers: &'h [httparse::Header<'b>],
+    /// Each field's rule (`rules[i]` is `headers[i]`'s), looked up once
+    /// for the checks in [`parse`] and the rewrite in [`Parsed::write`].
+    rules: &'h [Rule],
     close: bool,
+}
+
+/// Room for the fields of one request head and their rules, filled by
+/// [`parse`] (on the caller's stack: a [`Parsed`] borrows it).
+#[derive(Debug)]
+pub struct Fields<'b> {
+    headers: [httparse::Header<'b>; MAX_HEADERS],
+    rules: [Rule; MAX_HEADERS],
+}
+
+impl Fields<'_> {
+    /// Empty room.
+    pub fn new() -> Self {
+        Self {
+            headers: [httparse::EMPTY_HEADER; MAX_HEADERS],
+            rules: [Rule::Keep; MAX_HEADERS],
+        }
+    }
+}
+
+impl Default for Fields<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How a rule's filters change the head sent upstream.
@@ -166,16 +223,12 @@ pub struct RequestEdits<'r> {
     pub matched: &'r PathMatch,
 }
 
-/// Parses the request head at the front of `buf` into `headers` (up to
+/// Parses the request head at the front of `buf` into `fields` (up to
 /// `limits.max_headers` of them). Anything the fast path does not take is
 /// [`Parse::Fallback`] (see the module's documentation).
-pub fn parse<'b, 'h>(
-    buf: &'b [u8],
-    limits: Limits,
-    headers: &'h mut [httparse::Header<'b>],
-) -> Parse<'b, 'h> {
-    let n = limits.max_headers.clamp(1, headers.len());
-    let mut req = httparse::Request::new(&mut headers[..n]);
+pub fn parse<'b, 'h>(buf: &'b [u8], limits: Limits, fields: &'h mut Fields<'b>) -> Parse<'b, 'h> {
+    let n = limits.max_headers.clamp(1, MAX_HEADERS);
+    let mut req = httparse::Request::new(&mut fields.headers[..n]);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => len,
         Ok(httparse::Status::Partial) if buf.len() < limits.max_header_bytes => {
@@ -186,15 +239,18 @@ pub fn parse<'b, 'h>(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parse::Fallback;
     };
-    if method == "CONNECT" || !target.starts_with('/') || !target.bytes().all(target_byte) {
+    if method == "CONNECT" || !target.starts_with('/') || !all_in(&TARGET_BYTES, target.as_bytes())
+    {
         return Parse::Fallback;
     }
     let headers: &'h [httparse::Header<'b>] = req.headers;
     let mut host: Option<&[u8]> = None;
     let mut content_length = false;
     let mut close = false;
-    for h in headers {
-        match rule(h.name.as_bytes()) {
+    let rules = &mut fields.rules[..headers.len()];
+    for (h, r) in headers.iter().zip(rules.iter_mut()) {
+        *r = rule(h.name.as_bytes());
+        match *r {
             Rule::Host if host.replace(h.value).is_some() => return Parse::Fallback,
             Rule::ContentLength if content_length || h.value.trim_ascii() != b"0" => {
                 return Parse::Fallback;
@@ -213,7 +269,7 @@ pub fn parse<'b, 'h>(
             _ => {}
         }
     }
-    let Some(host) = host.filter(|h| !h.is_empty() && h.iter().all(|b| host_byte(*b))) else {
+    let Some(host) = host.filter(|h| !h.is_empty() && all_in(&HOST_BYTES, h)) else {
         return Parse::Fallback;
     };
     let (path, query) = match target.split_once('?') {
@@ -229,6 +285,7 @@ pub fn parse<'b, 'h>(
         query,
         host,
         headers,
+        rules,
         close,
     })
 }
@@ -297,7 +354,7 @@ impl Parsed<'_, '_> {
             Some((path_rewrite, matched)) => {
                 let mut target = String::with_capacity(self.target.len() + 16);
                 rewrite_target(path_rewrite, matched, self.path, self.query, &mut target);
-                if target.bytes().all(target_byte) {
+                if origin_form_target(target.as_bytes()) {
                     out.extend_from_slice(target.as_bytes());
                 } else {
                     // As the hyper path does with a target it cannot parse.
@@ -309,9 +366,9 @@ impl Parsed<'_, '_> {
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut xff = false;
-        for h in self.headers {
+        for (h, r) in self.headers.iter().zip(self.rules) {
             let name = h.name.as_bytes();
-            match rule(name) {
+            match *r {
                 Rule::Keep if header_edits.is_some_and(|e| edited_away(e, name)) => {}
                 Rule::Keep | Rule::ContentLength => header(out, name, h.value),
                 Rule::Host => header(out, b"host", host_override.unwrap_or(h.value)),
@@ -326,8 +383,8 @@ impl Parsed<'_, '_> {
         }
         out.extend_from_slice(b"x-forwarded-for: ");
         if xff {
-            for h in self.headers {
-                if rule(h.name.as_bytes()) == Rule::ForwardedFor {
+            for (h, r) in self.headers.iter().zip(self.rules) {
+                if *r == Rule::ForwardedFor {
                     out.extend_from_slice(h.value);
                     out.extend_from_slice(b", ");
                 }
@@ -360,8 +417,8 @@ pub fn parse_request(
     host_override: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Request {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match parse(buf, limits, &mut headers) {
+    let mut fields = Fields::new();
+    match parse(buf, limits, &mut fields) {
         Parse::Partial => Request::Partial,
         Parse::Fallback => Request::Fallback,
         Parse::Ready(parsed) => Request::Ready(parsed.write(client, host_override, None, out)),
@@ -501,8 +558,11 @@ pub fn parse_response(
     let mut chunked = false;
     let mut reusable = version == 1;
     let mut connection_options = false;
-    for h in resp.headers.iter() {
-        match rule(h.name.as_bytes()) {
+    // Each field's rule, looked up once for the checks and the rewrite.
+    let mut rules = [Rule::Keep; MAX_HEADERS];
+    for (h, r) in resp.headers.iter().zip(&mut rules) {
+        *r = rule(h.name.as_bytes());
+        match *r {
             Rule::ContentLength => {
                 let v = h.value.trim_ascii();
                 let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
@@ -559,9 +619,9 @@ pub fn parse_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length_written = false;
-    for h in resp.headers.iter() {
+    for (h, r) in resp.headers.iter().zip(&rules) {
         let name = h.name.as_bytes();
-        match rule(name) {
+        match *r {
             Rule::ContentLength => {
                 if !chunked && !length_written {
                     header(out, name, h.value.trim_ascii());

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
-use self::head::{Framing, Limits, Parse, Parsed, RequestEdits, Response, ResponseHead};
+use self::head::{Fields, Framing, Limits, Parse, Parsed, RequestEdits, Response, ResponseHead};
 use super::Worker;
 use super::attempt::{
     Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Target, Transport,
@@ -41,13 +41,13 @@ use super::attempt::{
 };
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
 use super::headers::ClientIp;
-use super::local::Reply;
+use super::local::{Local, Reply};
 use super::park::Parked;
 use super::stream::{ClientStream, h2_preface};
 use super::timer::LazyTimer;
 use super::upstream::{Pool, UpConn};
 use crate::discovery::route::HeaderEdits;
-use crate::selection::{Policy, RoutingTable, RuleAction};
+use crate::selection::{Policy, RequestView, RoutingTable, RuleAction};
 
 /// Reads into the spare capacity of `buf` (at least `reserve` bytes). A
 /// read that does not fill it has emptied the socket's receive queue
@@ -317,8 +317,8 @@ async fn serve_one<S: ClientStream>(
             // Parsed, routed and rewritten in one go, with nothing held
             // across an await.
             let routed = {
-                let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
-                match head::parse(inb, limits, &mut headers) {
+                let mut fields = Fields::new();
+                match head::parse(inb, limits, &mut fields) {
                     Parse::Ready(parsed) => match w.decide_fast(&table, client, &parsed) {
                         Some(decision) => {
                             let edits = match &decision {
@@ -362,12 +362,14 @@ async fn serve_one<S: ClientStream>(
             () = &mut cancelled, if inb.is_empty() => return Step::Closed,
         }
     };
-    let start = std::time::Instant::now();
+    // Timed only for the access log (the duration metric is the attempt
+    // core's).
     let meta = match w.log {
         Some(_) => {
+            let start = std::time::Instant::now();
             let meta = meta.get_or_insert_default();
             meta.fill(w, &inb[..req.len], up_head);
-            Some(&**meta)
+            Some((&**meta, start))
         }
         None => None,
     };
@@ -398,7 +400,7 @@ async fn serve_one<S: ClientStream>(
             w.forward_fast(stream, &target, transport, close).await
         }
     };
-    if let Some(meta) = meta {
+    if let Some((meta, start)) = meta {
         w.log_request(
             &Finished {
                 start,
@@ -598,7 +600,8 @@ impl Worker {
     ) -> Option<Decision<'t>> {
         let host = parsed.host();
         let Some(hit) = table.routes.find(client.listener, Some(host), parsed) else {
-            return Some(self.decide(table, client, Some(host), parsed));
+            debug!(path = parsed.path(), "no route matches");
+            return Some(Decision::Reply(None, Reply::new(Local::NoRoute)));
         };
         let rule = hit.rule;
         if let RuleAction::Forward(f) = &rule.action
