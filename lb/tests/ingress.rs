@@ -462,7 +462,6 @@ async fn the_lb_binary_in_ingress_mode() {
             .unwrap()
             .port()
     };
-    let (plain, tls, admin) = (port(), port(), port());
     struct Lb(std::process::Child);
     impl Drop for Lb {
         fn drop(&mut self) {
@@ -470,24 +469,42 @@ async fn the_lb_binary_in_ingress_mode() {
             let _ = self.0.wait();
         }
     }
-    let lb = Lb(std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
-        .args(["serve", "--kubernetes", "--ingress", "--workers", "1"])
-        .args(["--namespace", NS, "--ingress-address", "10.0.0.7"])
-        .args(["--listen", &format!("127.0.0.1:{plain}")])
-        .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("HOSTNAME", "lb-bin-0")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap());
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = std::time::Instant::now() + HANG;
-    while !matches!(get_once(admin, "/readyz").await, Ok((s, _)) if s == 200) {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The ports are picked free and then bound by the lb; another process
+    // may take one in between, so an lb that exits before it is ready is
+    // started again on new ports.
+    let mut started = None;
+    for _ in 0..10 {
+        let (plain, tls, admin) = (port(), port(), port());
+        let mut lb = Lb(std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+            .args(["serve", "--kubernetes", "--ingress", "--workers", "1"])
+            .args(["--namespace", NS, "--ingress-address", "10.0.0.7"])
+            .args(["--listen", &format!("127.0.0.1:{plain}")])
+            .args(["--tls-listen", &format!("127.0.0.1:{tls}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOSTNAME", "lb-bin-0")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap());
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            if let Ok(Some(_)) = lb.0.try_wait() {
+                break;
+            }
+            if matches!(get_once(admin, "/readyz").await, Ok((s, _)) if s == 200) {
+                started = Some((lb, tls));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if started.is_some() {
+            break;
+        }
     }
+    let (lb, tls) = started.expect("the lb could not start in 10 tries");
     let client = tls_client_with(std::slice::from_ref(&der), &[b"http/1.1"], false);
     let tls_addr: std::net::SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
     let deadline = std::time::Instant::now() + HANG;

@@ -247,7 +247,29 @@ fn free_port() -> u16 {
 }
 
 impl Lb {
+    /// Starts an lb in Ingress mode and waits until it is ready. The ports
+    /// are picked free and then bound by the lb; another process may take
+    /// one in between, so an lb that exits before it is ready is started
+    /// again on new ports.
     async fn start(api: &FakeApi, case: &str) -> Lb {
+        for _ in 0..10 {
+            let mut lb = Lb::spawn(api, case);
+            let deadline = tokio::time::Instant::now() + HANG;
+            loop {
+                if let Ok(Some(_)) = lb.child.try_wait() {
+                    break;
+                }
+                if matches!(common::get_once(lb.admin, "/readyz").await, Ok((s, _)) if s == 200) {
+                    return lb;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "lb never ready");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        panic!("{case}: the lb could not start in 10 tries");
+    }
+
+    fn spawn(api: &FakeApi, case: &str) -> Lb {
         let dir = std::env::temp_dir().join(format!("rh-corpus-{case}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
@@ -270,19 +292,13 @@ impl Lb {
                 cmd.env_remove(k);
             }
         }
-        let lb = Lb {
+        Lb {
             child: cmd.spawn().unwrap(),
             plain,
             tls,
             admin,
             dir,
-        };
-        let deadline = tokio::time::Instant::now() + HANG;
-        while !matches!(common::get_once(admin, "/readyz").await, Ok((s, _)) if s == 200) {
-            assert!(tokio::time::Instant::now() < deadline, "lb never ready");
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        lb
     }
 
     /// The lb's count of routing tables applied.
