@@ -13,8 +13,11 @@ use http::HeaderValue;
 use crate::discovery::certs::CertFiles;
 use crate::discovery::file::{self, FileError, parse_duration};
 use crate::discovery::k8s::gateway::GatewayConfig;
+use crate::discovery::k8s::ingress::IngressConfig;
 use crate::discovery::static_dns::TargetError;
-use crate::discovery::{DefaultUpstream, GatewaySource, Protocol, Source, StaticSource};
+use crate::discovery::{
+    DefaultUpstream, GatewaySource, IngressSource, Protocol, Source, StaticSource,
+};
 use crate::proxy::{ProxyConfig, access_log};
 use crate::selection::Policy;
 
@@ -144,6 +147,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Ingress mode.
+    #[command(flatten)]
+    pub ingress: IngressArgs,
+
     /// Gateway API mode.
     #[command(flatten)]
     pub gateway: GatewayArgs,
@@ -156,6 +163,71 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+}
+
+/// Ingress mode (`--ingress`): the LB routes by the `networking.k8s.io/v1`
+/// Ingresses of the IngressClasses naming `roundhouse.dev/ingress-controller`
+/// (with the ingress-nginx annotations it supports) instead of Upstream
+/// objects (docs/ingress.md).
+#[derive(Debug, Clone, Args)]
+pub struct IngressArgs {
+    /// Route by Ingress objects (cluster-wide watches; needs the
+    /// ClusterRole of manifests/ingress/).
+    #[arg(long, env = "LB_INGRESS", requires = "kubernetes")]
+    pub ingress: bool,
+
+    /// Serve only these IngressClasses (repeatable; default: every class
+    /// naming roundhouse.dev/ingress-controller).
+    #[arg(
+        long = "ingress-class",
+        env = "LB_INGRESS_CLASSES",
+        value_delimiter = ',',
+        value_name = "NAME",
+        requires = "ingress"
+    )]
+    pub ingress_classes: Vec<String>,
+
+    /// An address of the LB written to the Ingresses' status.loadBalancer
+    /// (repeatable).
+    #[arg(
+        long = "ingress-address",
+        env = "LB_INGRESS_ADDRESSES",
+        value_delimiter = ',',
+        value_name = "IP|HOSTNAME",
+        requires = "ingress"
+    )]
+    pub ingress_addresses: Vec<String>,
+
+    /// The LB's Service (in its namespace) whose load-balancer, external
+    /// or cluster addresses the Ingresses' status gets, when
+    /// --ingress-address is unset.
+    #[arg(
+        long = "ingress-service",
+        env = "LB_INGRESS_SERVICE",
+        value_name = "NAME",
+        requires = "ingress"
+    )]
+    pub ingress_service: Option<String>,
+
+    /// The request body limit of an Ingress without the proxy-body-size
+    /// annotation, in nginx's sizes (`8m`, `512k`; `0`: none). The default
+    /// is ingress-nginx's (its ConfigMap's proxy-body-size); larger bodies
+    /// are answered 413.
+    #[arg(
+        long = "ingress-max-body-size",
+        env = "LB_INGRESS_MAX_BODY_SIZE",
+        default_value = "1m",
+        value_name = "SIZE",
+        value_parser = nginx_size,
+        requires = "ingress"
+    )]
+    pub ingress_max_body_size: u64,
+}
+
+/// An nginx size (`1m`, `512k`, bytes).
+fn nginx_size(s: &str) -> Result<u64, String> {
+    crate::discovery::k8s::ingress::annotations::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with k, m or g)"))
 }
 
 /// Gateway API mode (`--gateway-api`): the LB programs Gateways of the
@@ -590,6 +662,37 @@ impl ServeArgs {
                     .into(),
             ));
         }
+        if self.ingress.ingress && self.gateway.gateway_api {
+            return Err(ConfigError::ManySources("--ingress, or --gateway-api"));
+        }
+        if self.ingress.ingress {
+            if default_upstream.is_some() || !self.tls.tls_secret.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--ingress routes by Ingress objects: --default-upstream and --tls-secret do \
+                     not apply (certificates come from the Ingresses' tls sections)"
+                        .into(),
+                ));
+            }
+            for a in &self.ingress.ingress_addresses {
+                let host_ok = crate::discovery::HostMatch::parse(a)
+                    .is_ok_and(|h| matches!(h, crate::discovery::HostMatch::Exact(_)));
+                if a.parse::<std::net::IpAddr>().is_err() && !host_ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "--ingress-address {a:?}: expected an IP address or a DNS name"
+                    )));
+                }
+            }
+            return Ok(Source::Ingress(Box::new(IngressSource {
+                namespace: self.namespace.clone(),
+                config: IngressConfig {
+                    classes: self.ingress.ingress_classes.clone(),
+                    https_port: self.tls.https_port,
+                    addresses: self.ingress.ingress_addresses.clone(),
+                    max_body_bytes: Some(self.ingress.ingress_max_body_size).filter(|n| *n > 0),
+                },
+                service: self.ingress.ingress_service.clone(),
+            })));
+        }
         let gateway = if self.gateway.gateway_api {
             if default_upstream.is_some() || !self.tls.tls_secret.is_empty() {
                 return Err(ConfigError::Invalid(
@@ -837,6 +940,96 @@ mod tests {
     }
 
     #[test]
+    fn ingress_flags() {
+        let s = serve(&[
+            "--kubernetes",
+            "--ingress",
+            "--ingress-class",
+            "roundhouse,internal",
+            "--ingress-address",
+            "10.0.0.5,lb.example",
+            "--ingress-service",
+            "lb",
+            "--https-port",
+            "8443",
+        ])
+        .unwrap();
+        let source = s.source().unwrap();
+        assert!(source.has_tls(), "the TLS listener is on");
+        match source {
+            Source::Ingress(i) => {
+                assert_eq!(i.config.classes, ["roundhouse", "internal"]);
+                assert_eq!(i.config.addresses, ["10.0.0.5", "lb.example"]);
+                assert_eq!(i.config.https_port, 8443);
+                assert_eq!(i.service.as_deref(), Some("lb"));
+                assert_eq!(i.namespace, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let defaults = serve(&["--kubernetes", "--ingress"]).unwrap();
+        match defaults.source().unwrap() {
+            Source::Ingress(i) => assert_eq!(i.config, IngressConfig::default()),
+            other => panic!("{other:?}"),
+        }
+        for (size, want) in [
+            ("8m", Some(8 << 20)),
+            ("512k", Some(512 << 10)),
+            ("0", None),
+        ] {
+            let s = serve(&["--kubernetes", "--ingress", "--ingress-max-body-size", size]).unwrap();
+            match s.source().unwrap() {
+                Source::Ingress(i) => assert_eq!(i.config.max_body_bytes, want, "{size}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            serve(&[
+                "--kubernetes",
+                "--ingress",
+                "--ingress-max-body-size",
+                "lots"
+            ])
+            .is_err()
+        );
+        let bad = serve(&[
+            "--kubernetes",
+            "--ingress",
+            "--ingress-address",
+            "not an address",
+        ])
+        .unwrap();
+        assert!(
+            bad.source()
+                .unwrap_err()
+                .to_string()
+                .contains("--ingress-address")
+        );
+        let mixed = serve(&[
+            "--kubernetes",
+            "--ingress",
+            "--default-upstream",
+            "b",
+            "--service",
+            "b",
+        ])
+        .unwrap();
+        assert!(
+            mixed
+                .source()
+                .unwrap_err()
+                .to_string()
+                .contains("--ingress")
+        );
+        let secret = serve(&["--kubernetes", "--ingress", "--tls-secret", "x"]).unwrap();
+        assert!(secret.source().is_err());
+        assert!(serve(&["--ingress"]).is_err(), "needs --kubernetes");
+        assert!(
+            serve(&["--kubernetes", "--ingress-class", "x"]).is_err(),
+            "needs --ingress"
+        );
+    }
+
+    #[test]
     fn gateway_api_flags() {
         let s = serve(&[
             "--kubernetes",
@@ -885,5 +1078,15 @@ mod tests {
                 .contains("--gateway-api")
         );
         assert!(serve(&["--gateway-api"]).is_err(), "needs --kubernetes");
+    }
+
+    #[test]
+    fn one_route_source_at_a_time() {
+        let both = serve(&["--kubernetes", "--ingress", "--gateway-api"]).unwrap();
+        let err = both.source().unwrap_err().to_string();
+        assert!(
+            err.contains("--ingress") && err.contains("--gateway-api"),
+            "{err}"
+        );
     }
 }

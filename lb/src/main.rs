@@ -134,8 +134,8 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
                 })
             }
             _ => {
-                let why = if matches!(source, Source::Kubernetes { .. }) {
-                    "SIGHUP does nothing in Kubernetes mode: the Upstream objects are the live configuration"
+                let why = if matches!(source, Source::Kubernetes { .. } | Source::Ingress(_)) {
+                    "SIGHUP does nothing in Kubernetes mode: the Kubernetes objects are the live configuration"
                 } else {
                     "SIGHUP: nothing to reload (no --config file; --backend flags need a restart)"
                 };
@@ -148,8 +148,9 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
             }
         };
         let built = source.build(reload).await?;
-        // In Gateway API mode the certificates come later, from the
-        // Gateways' listeners: the TLS listener starts with none.
+        // In Ingress and Gateway API modes the certificates come later,
+        // from the Ingresses' Secrets or the Gateways' listeners: the TLS
+        // listener starts with none.
         if let Some(tls) = &settings.tls
             && !built.certs.is_empty()
         {

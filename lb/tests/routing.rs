@@ -833,6 +833,57 @@ async fn access_filters_cors_and_body_limits() {
     );
 }
 
+/// A rule's body limit (an Ingress's proxy-body-size) also holds for an
+/// HTTP/2 request body without a length, counted as it streams to an
+/// HTTP/1.1 endpoint: refused with 413 once past the limit, and the
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_body_limit_holds_for_http2_bodies_without_a_length() {
+    // Reads the whole body before answering, so only the LB can answer 413.
+    let e = TestBackend::with_service("e", |req: Request<hyper::body::Incoming>| async move {
+        let answer = match req.into_body().collect().await {
+            Ok(body) => format!("len={}", body.to_bytes().len()),
+            // The LB gave up on the request (past the limit).
+            Err(e) => format!("cut: {e}"),
+        };
+        http::Response::new(Full::new(Bytes::from(answer)))
+    });
+    let mut small = forward(vec![Match::prefix("/small")], vec![to(backend(&e), 1)]);
+    small.filters.max_body_bytes = Some(1000);
+    let lb = TestLb::start(config(vec![route("limits", 1, &[], vec![small])]));
+    let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (tx, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let post = || Request::post("http://test/small").body(()).unwrap();
+    let mut open = tx.clone().ready().await.unwrap();
+    let (resp, mut body) = open.send_request(post(), false).unwrap();
+    for _ in 0..5 {
+        // The stream may be answered and reset before all of it is sent.
+        if body
+            .send_data(Bytes::from(vec![b'x'; 1000]), false)
+            .is_err()
+        {
+            break;
+        }
+    }
+    let resp = within(HANG, resp).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Under the limit, on the same connection: forwarded whole.
+    let mut open = tx.clone().ready().await.unwrap();
+    let (resp, mut body) = open.send_request(post(), false).unwrap();
+    body.send_data(Bytes::from(vec![b'x'; 600]), true).unwrap();
+    let resp = within(HANG, resp).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut rx = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(data) = rx.data().await {
+        out.extend_from_slice(&data.unwrap());
+    }
+    assert_eq!(out, b"len=600");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_timeouts_answer_504() {
     // An endpoint that accepts requests and never answers.

@@ -60,7 +60,14 @@ for v in $versions; do
   check "kubernetes-validate --strict manifests/ (k8s $v)" kv_strict "$v" "${manifest_files[@]}"
 done
 
-# 1b. manifests/gateway-api/ (applied after manifests/ in Gateway API mode):
+# 1b. The Ingress mode's files (manifests/ingress/, its examples): built-in
+#     kinds only, so the same strict schemas apply.
+mapfile -t ingress_files < <(find manifests/ingress -type f \( -name '*.yaml' -o -name '*.yml' \) | sort)
+for v in $versions; do
+  check "kubernetes-validate --strict manifests/ingress/ (k8s $v)" kv_strict "$v" "${ingress_files[@]}"
+done
+
+# 1c. manifests/gateway-api/ (applied after manifests/ in Gateway API mode):
 #     the built-in kinds strictly; the Gateway API kinds have no schema here
 #     (kubernetes-validate warns and skips them): lb/tests/manifests.rs reads
 #     them through the lb's own types and applies them to the fake API server.
@@ -69,18 +76,25 @@ for v in $versions; do
   check "kubernetes-validate --strict manifests/gateway-api/ built-in kinds (k8s $v)" kv_strict "$v" "${gateway_files[@]}"
 done
 
-# 2. Helm: lint (default + custom values) and render through Helm's engine.
+# 2. Helm: lint (default, custom, Ingress-mode and Gateway-API-mode values)
+#    and render through Helm's engine.
 custom=helm/roundhouse/ci/values-custom.yaml
+ingress=helm/roundhouse/ci/values-ingress.yaml
+gateway=helm/roundhouse/ci/values-gateway-api.yaml
 check "helm lint helm/roundhouse (default values)" "$PYTHON" tests/k8s/k8scheck.py lint
 check "helm lint helm/roundhouse -f $custom" "$PYTHON" tests/k8s/k8scheck.py lint "$custom"
+check "helm lint helm/roundhouse -f $ingress" "$PYTHON" tests/k8s/k8scheck.py lint "$ingress"
+check "helm lint helm/roundhouse -f $gateway" "$PYTHON" tests/k8s/k8scheck.py lint "$gateway"
 check "helm render (default values)" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-default"
 check "helm render -f $custom" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-custom" "$custom"
+check "helm render -f $ingress" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-ingress" "$ingress"
+check "helm render -f $gateway" "$PYTHON" tests/k8s/k8scheck.py render "$work/render-gateway" "$gateway"
 # The rendered chart (built-in kinds + test hook) against the oldest and
 # newest supported versions; Upstream objects are checked against the CRD below.
 oldest="${versions%% *}"
 newest="${versions##* }"
 kv_both() { kv_strict "$oldest" "$1" && kv_strict "$newest" "$1"; }
-for r in default custom; do
+for r in default custom ingress gateway; do
   if [[ -s "$work/render-$r/objects.yaml" && -n "$newest" ]]; then
     check "kubernetes-validate --strict chart render ($r; k8s $oldest and $newest)" \
       kv_both "$work/render-$r/objects.yaml"
@@ -111,6 +125,7 @@ checkov_run() {
 }
 check "checkov --framework kubernetes -d manifests/" checkov_run manifests
 check "checkov --framework kubernetes -d manifests/gateway-api/" checkov_run manifests/gateway-api
+check "checkov --framework kubernetes -d manifests/ingress/" checkov_run manifests/ingress
 if [[ -s "$work/render-default/objects.yaml" ]]; then
   check "checkov --framework kubernetes on chart render (default values)" checkov_run "$work/render-default"
 fi

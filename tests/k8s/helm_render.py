@@ -46,7 +46,11 @@ RESOURCES = {
         ("clusterroles", "ClusterRole", False),
         ("clusterrolebindings", "ClusterRoleBinding", False),
     ],
-    ("networking.k8s.io", "v1"): [("networkpolicies", "NetworkPolicy", True)],
+    ("networking.k8s.io", "v1"): [
+        ("networkpolicies", "NetworkPolicy", True),
+        ("ingresses", "Ingress", True),
+        ("ingressclasses", "IngressClass", False),
+    ],
     ("policy", "v1"): [("poddisruptionbudgets", "PodDisruptionBudget", True)],
     ("discovery.k8s.io", "v1"): [("endpointslices", "EndpointSlice", True)],
     ("apiextensions.k8s.io", "v1"): [

@@ -49,10 +49,12 @@ def test_no_upstream_instance_in_manifests(manifests):
 
 
 def test_upstreams_folder_holds_only_upstreams(manifest_upstreams):
-    # manifests/upstreams/ is applied second, once the CRD is established;
-    # manifests/gateway-api/ is the opt-in Gateway API mode
-    # (test_gateway_api.py). kubectl apply -f manifests/ skips folders.
-    assert sorted(p.name for p in k8slib.MANIFESTS.iterdir() if p.is_dir()) == ["gateway-api", "upstreams"]
+    # manifests/upstreams/ is applied second, once the CRD is established
+    # (kubectl apply -f manifests/ skips folders); the other folders are the
+    # opt-in modes: manifests/ingress/ (Ingress mode, test_ingress.py) is
+    # applied instead of it, manifests/gateway-api/ (Gateway API mode,
+    # test_gateway_api.py) after manifests/.
+    assert sorted(p.name for p in k8slib.MANIFESTS.iterdir() if p.is_dir()) == ["gateway-api", "ingress", "upstreams"]
     assert [p for p in k8slib.MANIFEST_UPSTREAMS.iterdir() if p.is_dir()] == []
     assert manifest_upstreams
     for obj in manifest_upstreams:

@@ -391,6 +391,20 @@ pub enum Source {
         /// Upstreams.
         gateway: Option<Box<GatewaySource>>,
     },
+    /// `--kubernetes --ingress`: Ingresses of roundhouse's IngressClass
+    /// (instead of Upstream objects).
+    Ingress(Box<IngressSource>),
+}
+
+/// The Ingress mode's settings (`--ingress-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressSource {
+    /// The LB's namespace (default: the client's).
+    pub namespace: Option<String>,
+    /// Which classes, which addresses, which HTTPS port.
+    pub config: k8s::ingress::IngressConfig,
+    /// The LB's Service, for the Ingresses' status.
+    pub service: Option<String>,
 }
 
 /// The Gateway API mode's settings (`--gateway-*`).
@@ -448,6 +462,8 @@ impl Source {
                 gateway,
                 ..
             } => !tls_secrets.is_empty() || gateway.is_some(),
+            // Certificates come from the Ingresses' Secrets, later.
+            Source::Ingress(_) => true,
         }
     }
 
@@ -467,6 +483,25 @@ impl Source {
                         Some(r) => Box::new(reload::ReloadingDiscovery::new(s, inner, r)),
                         None => Box::new(inner),
                     },
+                }
+            }
+            Source::Ingress(i) => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| SourceError::KubernetesClient(Box::new(e)))?;
+                let namespace = i
+                    .namespace
+                    .unwrap_or_else(|| client.default_namespace().to_owned());
+                let mut d = k8s::ingress::IngressDiscovery::new(client, namespace, i.config)
+                    .with_service(i.service);
+                // The pod's name (Kubernetes sets HOSTNAME to it) names this
+                // replica in the Events it creates.
+                if let Ok(pod) = std::env::var("HOSTNAME") {
+                    d = d.with_instance(pod);
+                }
+                Built {
+                    certs: Vec::new(),
+                    discovery: Box::new(d),
                 }
             }
             Source::Kubernetes {

@@ -239,9 +239,15 @@ pub struct Scope {
 /// against the whole value: the pattern is compiled as `^(?:pattern)$`. An
 /// adapter that wants a prefix match (ingress-nginx's `use-regex` locations
 /// are prefix-anchored) appends `.*`; case-insensitivity is `(?i)`.
+///
+/// A path pattern ranks among other paths by a length ([`Specificity`]):
+/// its source's, unless the adapter gives the length of what the user
+/// wrote ([`Pattern::with_rank`]), so that decoration it adds (`(?i)`,
+/// `.*`) does not move it ahead of longer paths.
 #[derive(Clone)]
 pub struct Pattern {
     source: Box<str>,
+    rank: usize,
     compiled: regex::Regex,
 }
 
@@ -250,13 +256,21 @@ pub struct Pattern {
 const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
 
 impl Pattern {
-    /// Compiles `source`, anchored at both ends.
+    /// Compiles `source`, anchored at both ends; it ranks by its length.
     pub fn new(source: &str) -> Result<Self, regex::Error> {
+        Self::with_rank(source, source.len())
+    }
+
+    /// Compiles `source`, anchored at both ends, ranking among paths as a
+    /// path of `rank` characters (what the user wrote, when the adapter
+    /// decorates it).
+    pub fn with_rank(source: &str, rank: usize) -> Result<Self, regex::Error> {
         let compiled = regex::RegexBuilder::new(&format!("^(?:{source})$"))
             .size_limit(PATTERN_SIZE_LIMIT)
             .build()?;
         Ok(Self {
             source: source.into(),
+            rank,
             compiled,
         })
     }
@@ -264,6 +278,11 @@ impl Pattern {
     /// The pattern as written (without the anchors).
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// The length it ranks by among paths ([`Specificity`]).
+    pub fn rank(&self) -> usize {
+        self.rank
     }
 
     /// Whether the whole of `value` matches.
@@ -279,7 +298,7 @@ impl Pattern {
 
 impl PartialEq for Pattern {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+        self.source == other.source && self.rank == other.rank
     }
 }
 
@@ -416,9 +435,10 @@ impl Match {
 ///
 /// 1. the path kind: `Exact` before `Prefix` and `Regex`;
 /// 2. the path length in characters (a prefix without its trailing `/`; a
-///    regex: its pattern's length, ranked among prefixes of the same
-///    length just after them — regex precedence is left to implementations
-///    by the Gateway API, and this is ingress-nginx's longest-first order);
+///    regex: its [`Pattern::rank`], its pattern's length unless the adapter
+///    said otherwise, ranked among prefixes of the same length just after
+///    them — regex precedence is left to implementations by the Gateway
+///    API, and this is ingress-nginx's longest-first order);
 /// 3. a method condition;
 /// 4. the number of header conditions;
 /// 5. the number of query parameter conditions.
@@ -445,7 +465,7 @@ impl Match {
         let (exact, length, prefix_over_regex) = match &self.path {
             PathMatch::Exact(p) => (true, p.len(), true),
             PathMatch::Prefix(p) => (false, PathMatch::normalized_prefix(p).len(), true),
-            PathMatch::Regex(r) => (false, r.as_str().len(), false),
+            PathMatch::Regex(r) => (false, r.rank(), false),
         };
         Specificity {
             exact,
@@ -559,9 +579,71 @@ pub enum PathRewrite {
     /// whose matches are all `Prefix` matches.
     ReplacePrefix(Box<str>),
     /// The rule's `Regex` path match's capture groups substituted into this
-    /// template (`$1`, `${name}`; ingress-nginx's `rewrite-target`). Only
-    /// valid on a rule whose matches are all `Regex` matches.
+    /// template, as nginx's `rewrite` substitutes them (ingress-nginx's
+    /// `rewrite-target`; see [`template_parts`]): `$1`…`$9`, one digit
+    /// each, and `$name` or `${name}` for a named group. Only valid on a
+    /// rule whose matches are all `Regex` matches. The whole path is
+    /// replaced; the query is kept (after the template's own, if it has
+    /// one).
     Captures(Box<str>),
+}
+
+/// One piece of a [`PathRewrite::Captures`] template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    /// Text copied as it is.
+    Text(&'a str),
+    /// `$1`…`$9`: that capture group (empty when it did not take part).
+    Group(usize),
+    /// `$name` or `${name}`: the group of that name, if the expression
+    /// has one (nginx would read a variable of that name: an adapter
+    /// reports such templates; the data plane copies the reference as
+    /// text).
+    Named(&'a str),
+}
+
+/// Splits a capture template the way nginx's script compiler reads a
+/// `rewrite` replacement: `$` and one digit `1`–`9` is that group (`$12`
+/// is group 1 then the text `2`; `$0` is not a group); `$` and a run of
+/// letters, digits and `_` (or the same in braces) is a name; any other
+/// `$` is text.
+pub fn template_parts(template: &str) -> impl Iterator<Item = TemplatePart<'_>> {
+    let mut rest = template;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let name_len = |s: &str| {
+            s.bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count()
+        };
+        let Some(at) = rest.find('$') else {
+            return Some(TemplatePart::Text(std::mem::take(&mut rest)));
+        };
+        if at > 0 {
+            let (text, tail) = rest.split_at(at);
+            rest = tail;
+            return Some(TemplatePart::Text(text));
+        }
+        let after = &rest[1..];
+        let (part, used) = match after.as_bytes().first() {
+            Some(d @ b'1'..=b'9') => (TemplatePart::Group(usize::from(d - b'0')), 2),
+            Some(b'{') => match after[1..].find('}') {
+                Some(end) if end > 0 && name_len(&after[1..]) == end => {
+                    (TemplatePart::Named(&after[1..=end]), end + 3)
+                }
+                _ => (TemplatePart::Text("$"), 1),
+            },
+            Some(_) if name_len(after) > 0 => {
+                let n = name_len(after);
+                (TemplatePart::Named(&after[..n]), n + 1)
+            }
+            _ => (TemplatePart::Text("$"), 1),
+        };
+        rest = &rest[used..];
+        Some(part)
+    })
 }
 
 /// A URL rewrite before forwarding (the Gateway API's `URLRewrite`; also
@@ -719,8 +801,12 @@ impl SourceRanges {
 /// `Access-Control-*` headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cors {
-    /// Allowed origins (`scheme://host[:port]`, compared exactly); `*`
-    /// allows any origin.
+    /// Allowed origins: `scheme://host[:port]` (compared ignoring ASCII
+    /// case), `scheme://*.host[:port]` (the `*` standing for one DNS label,
+    /// as in ingress-nginx: `https://*.example.com` allows
+    /// `https://a.example.com`, not `https://a.b.example.com` or
+    /// `https://example.com`), or `*`, which allows any origin (see
+    /// [`Cors::allows`]).
     pub allow_origins: Vec<Box<str>>,
     /// `Access-Control-Allow-Methods`.
     pub allow_methods: Vec<Method>,
@@ -733,6 +819,54 @@ pub struct Cors {
     pub allow_credentials: bool,
     /// `Access-Control-Max-Age`, in seconds.
     pub max_age: Option<u32>,
+}
+
+impl Cors {
+    /// Whether a request from `origin` (its `Origin` header) is allowed by
+    /// an entry other than `*`.
+    pub fn lists(&self, origin: &str) -> bool {
+        self.allow_origins
+            .iter()
+            .any(|allowed| origin_matches(allowed, origin))
+    }
+
+    /// Whether `*` is among the allowed origins.
+    pub fn allows_any(&self) -> bool {
+        self.allow_origins.iter().any(|o| &**o == "*")
+    }
+
+    /// Whether a request from `origin` is allowed (by `*` or a listed
+    /// entry).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allows_any() || self.lists(origin)
+    }
+}
+
+/// Whether `origin` is the allowed origin `allowed` (ASCII case ignored),
+/// or one label in place of the `*` of `scheme://*.rest`.
+fn origin_matches(allowed: &str, origin: &str) -> bool {
+    if allowed.len() == origin.len() && allowed.eq_ignore_ascii_case(origin) {
+        return true;
+    }
+    let Some(star) = allowed.find("://*.").map(|i| i + 3) else {
+        return false;
+    };
+    let (head, tail) = (&allowed[..star], &allowed[star + 1..]);
+    let starts = origin
+        .get(..head.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(head));
+    let ends = origin.len() >= head.len() + tail.len()
+        && origin
+            .get(origin.len() - tail.len()..)
+            .is_some_and(|t| t.eq_ignore_ascii_case(tail));
+    if !(starts && ends) {
+        return false;
+    }
+    let label = &origin[head.len()..origin.len() - tail.len()];
+    !label.is_empty()
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Session affinity: after a round-robin first pick, a client sticks to
@@ -1355,6 +1489,75 @@ mod tests {
             Precedence::of(&specific, 0, &Match::prefix("/x"), 0) < key(&old, 0),
             "a longer prefix wins over an older route"
         );
+    }
+
+    #[test]
+    fn a_pattern_can_rank_as_the_path_its_user_wrote() {
+        let written = "/api";
+        let decorated = Pattern::with_rank(&format!("(?i){written}.*"), written.len()).unwrap();
+        assert_eq!(decorated.rank(), 4);
+        assert_eq!(Pattern::new("(?i)/api.*").unwrap().rank(), 10);
+        let regex = Match {
+            path: PathMatch::Regex(decorated),
+            ..Match::default()
+        };
+        assert!(
+            Match::prefix("/api/v1").specificity() > regex.specificity(),
+            "a longer prefix than what the user wrote wins"
+        );
+        assert!(Match::prefix("/ap").specificity() < regex.specificity());
+        assert!(
+            Match::prefix("/api").specificity() > regex.specificity(),
+            "after a prefix of the same length"
+        );
+    }
+
+    #[test]
+    fn capture_templates_split_as_nginx_reads_them() {
+        use TemplatePart::{Group, Named, Text};
+        fn parts(t: &str) -> Vec<TemplatePart<'_>> {
+            template_parts(t).collect()
+        }
+        assert_eq!(parts("/$2"), [Text("/"), Group(2)]);
+        assert_eq!(parts("/$12"), [Text("/"), Group(1), Text("2")]);
+        assert_eq!(parts("$1a"), [Group(1), Text("a")]);
+        assert_eq!(parts("/$0"), [Text("/"), Named("0")]);
+        assert_eq!(
+            parts("/$name/${other}x"),
+            [
+                Text("/"),
+                Named("name"),
+                Text("/"),
+                Named("other"),
+                Text("x")
+            ]
+        );
+        assert_eq!(parts("/a$"), [Text("/a"), Text("$")]);
+        assert_eq!(parts("$$1"), [Text("$"), Group(1)]);
+        assert_eq!(parts("/${}"), [Text("/"), Text("$"), Text("{}")]);
+        assert_eq!(parts("/${a"), [Text("/"), Text("$"), Text("{a")]);
+        assert_eq!(parts(""), []);
+    }
+
+    #[test]
+    fn cors_origins_exact_any_or_one_label_wildcards() {
+        let cors = |origins: &[&str]| Cors {
+            allow_origins: origins.iter().map(|o| (*o).into()).collect(),
+            ..Cors::default()
+        };
+        let c = cors(&["https://a.example", "https://*.b.example:8443"]);
+        assert!(c.allows("https://a.example"));
+        assert!(c.allows("HTTPS://A.EXAMPLE"), "case is ignored");
+        assert!(!c.allows("https://a.example:443"));
+        assert!(!c.allows("https://xa.example"));
+        assert!(c.allows("https://x.b.example:8443"));
+        assert!(!c.allows("https://b.example:8443"));
+        assert!(!c.allows("https://x.y.b.example:8443"), "one label");
+        assert!(!c.allows("https://x.b.example:84430"));
+        assert!(!c.allows("https://é.b.example:8443"));
+        assert!(!c.allows_any());
+        assert!(cors(&["*"]).allows("https://anything.example"));
+        assert!(!cors(&[]).allows("https://a.example"));
     }
 
     #[test]

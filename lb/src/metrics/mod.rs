@@ -74,6 +74,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of a report about an Ingress annotation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnotationLabels {
+    /// The annotation's full name (`other` beyond the first 256 names).
+    pub annotation: String,
+    /// `unsupported`, `invalid` or `not_applied`.
+    pub result: &'static str,
+}
+
 /// What a discovery source reports. Cheap to clone: every field is a handle
 /// to shared atomics, so the source owns a copy.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +98,13 @@ pub struct DiscoveryMetrics {
     pub conflicts: Gauge,
     /// Unix time at which every watch was last known to be in sync.
     pub last_sync: Gauge<f64, AtomicU64>,
+    /// Ingress annotations reported (once per object generation), by
+    /// annotation and result.
+    pub ingress_annotations: Family<AnnotationLabels, Counter>,
+    /// Ingress paths not routed because an older Ingress has the same one.
+    pub ingress_conflicts: Gauge,
+    /// Events on Ingresses by result (`created`, `failed`, `dropped`).
+    pub ingress_events: Family<ResultLabels, Counter>,
     /// Configuration file reloads by result (`success`, `failure`).
     pub config_reloads: Family<ResultLabels, Counter>,
     /// 1 if the last configuration reload succeeded (or none was tried), 0
@@ -311,6 +327,21 @@ impl Metrics {
             "upstream_conflicts",
             "Upstreams not routed because an older Upstream has the same host and path prefix",
             discovery.conflicts.clone(),
+        );
+        registry.register(
+            "ingress_annotations",
+            "Ingress annotations reported (an Event on the Ingress, once per generation) by annotation and result: unsupported, invalid, not_applied",
+            discovery.ingress_annotations.clone(),
+        );
+        registry.register(
+            "ingress_conflicts",
+            "Ingress paths not routed because an older Ingress has the same host, path and path type",
+            discovery.ingress_conflicts.clone(),
+        );
+        registry.register(
+            "ingress_events",
+            "Events created on Ingresses by result: created, failed, dropped (queue full)",
+            discovery.ingress_events.clone(),
         );
         registry.register(
             "discovery_last_sync_timestamp_seconds",

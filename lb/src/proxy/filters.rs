@@ -8,8 +8,44 @@ use std::fmt::Write as _;
 
 use http::header::{self, HeaderName, HeaderValue};
 
-use crate::discovery::route::{CookieAffinity, Cors, PathMatch, PathRewrite, Redirect};
+use crate::discovery::route::{
+    CookieAffinity, Cors, PathMatch, PathRewrite, Pattern, Redirect, TemplatePart, template_parts,
+};
 use crate::selection::RequestView;
+
+/// Appends the request target sent upstream for a request to `path` with
+/// `query` under a path rewrite: the rewritten path ([`rewrite_path`]) and
+/// the query. A capture template may bring its own query (nginx's
+/// `rewrite /new?a=1`): the request's follows it after `&`, and a template
+/// ending in `?` drops the request's query, as nginx does.
+pub fn rewrite_target(
+    rewrite: &PathRewrite,
+    matched: &PathMatch,
+    path: &str,
+    query: Option<&str>,
+    out: &mut String,
+) {
+    let start = out.len();
+    rewrite_path(rewrite, matched, path, out);
+    let own_query = match rewrite {
+        PathRewrite::Captures(_) => out[start..].find('?').map(|i| start + i),
+        _ => None,
+    };
+    match (own_query, query) {
+        (Some(q), _) if q + 1 == out.len() => {
+            out.truncate(q);
+        }
+        (Some(_), Some(query)) => {
+            out.push('&');
+            out.push_str(query);
+        }
+        (None, Some(query)) => {
+            out.push('?');
+            out.push_str(query);
+        }
+        (_, None) => {}
+    }
+}
 
 /// Appends `path` rewritten by `rewrite` to `out`; `matched` is the path
 /// condition that took the request (a prefix rewrite replaces what it
@@ -29,16 +65,36 @@ pub fn rewrite_path(rewrite: &PathRewrite, matched: &PathMatch, path: &str, out:
             }
         }
         (PathRewrite::Captures(template), PathMatch::Regex(pattern)) => {
-            match pattern.regex().captures(path) {
-                Some(caps) => caps.expand(template, out),
-                None => out.push_str(path),
-            }
+            expand(template, pattern, path, out);
         }
         // The model refuses these pairs (`Rule::validate`); keep the path.
         _ => out.push_str(path),
     }
     if !out[start..].starts_with('/') {
         out.insert(start, '/');
+    }
+}
+
+/// Appends `template` with `pattern`'s groups in `path` substituted (the
+/// parts of [`template_parts`]); `path` itself when it does not match.
+fn expand(template: &str, pattern: &Pattern, path: &str, out: &mut String) {
+    let Some(caps) = pattern.regex().captures(path) else {
+        out.push_str(path);
+        return;
+    };
+    for part in template_parts(template) {
+        match part {
+            TemplatePart::Text(t) => out.push_str(t),
+            TemplatePart::Group(n) => out.push_str(caps.get(n).map_or("", |m| m.as_str())),
+            TemplatePart::Named(name) => {
+                if pattern.regex().capture_names().any(|n| n == Some(name)) {
+                    out.push_str(caps.name(name).map_or("", |m| m.as_str()));
+                } else {
+                    out.push('$');
+                    out.push_str(name);
+                }
+            }
+        }
     }
 }
 
@@ -117,13 +173,12 @@ pub fn is_preflight(req: &dyn RequestView) -> bool {
         && req.any_header(&header::ACCESS_CONTROL_REQUEST_METHOD, &mut |_| true)
 }
 
-/// The `Access-Control-Allow-Origin` value for `origin`, when allowed.
+/// The `Access-Control-Allow-Origin` value for `origin`, when allowed:
+/// `*` when any origin is and credentials are not, else the origin itself.
 fn allowed_origin(cors: &Cors, origin: &str) -> Option<HeaderValue> {
-    let any = cors.allow_origins.iter().any(|o| &**o == "*");
-    let listed = cors.allow_origins.iter().any(|o| &**o == origin);
-    if any && !cors.allow_credentials {
+    if cors.allows_any() && !cors.allow_credentials {
         Some(HeaderValue::from_static("*"))
-    } else if any || listed {
+    } else if cors.allows(origin) {
         HeaderValue::from_str(origin).ok()
     } else {
         None
@@ -284,6 +339,82 @@ mod tests {
         assert_eq!(rewrite(&r, &m, "/x"), "/no-slash-x", "always a path");
     }
 
+    #[test]
+    fn capture_templates_read_as_nginx_reads_them() {
+        let m =
+            PathMatch::Regex(Pattern::new("/(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(?<word>k)?.*").unwrap());
+        let cases = [
+            // One digit each: `$10` is group 1 and a `0`, `$1a` group 1 and
+            // an `a` (the regex crate would read a group named `1a`).
+            ("/$10", "/a0"),
+            ("/$1a", "/aa"),
+            ("/$9$1", "/ia"),
+            // `$0` is not a group; a lone or trailing `$` is text.
+            ("/$0", "/$0"),
+            ("/a$", "/a$"),
+            ("/$-$1", "/$-a"),
+            // Named groups, bare or braced; a name that is no group (an
+            // nginx variable) stays as written; a group that took no part
+            // is empty.
+            ("/$word/${word}x", "/k/kx"),
+            ("/$host/$1", "/$host/a"),
+            ("/${x y}", "/${x y}"),
+        ];
+        for (template, want) in cases {
+            let r = PathRewrite::Captures(template.into());
+            assert_eq!(rewrite(&r, &m, "/abcdefghijk/rest"), want, "{template}");
+        }
+        let r = PathRewrite::Captures("/[$word]".into());
+        assert_eq!(
+            rewrite(&r, &m, "/abcdefghij"),
+            "/[]",
+            "group not taking part"
+        );
+        assert_eq!(
+            rewrite(&r, &m, "/nomatch"),
+            "/nomatch",
+            "no match: path kept"
+        );
+    }
+
+    #[test]
+    fn rewritten_targets_keep_the_query_after_the_templates_own() {
+        let target = |template: &str, path: &str, query: Option<&str>| {
+            let m = PathMatch::Regex(Pattern::new("/api(/|$)(.*)").unwrap());
+            let mut out = String::new();
+            rewrite_target(
+                &PathRewrite::Captures(template.into()),
+                &m,
+                path,
+                query,
+                &mut out,
+            );
+            out
+        };
+        assert_eq!(target("/$2", "/api/users", Some("id=7")), "/users?id=7");
+        assert_eq!(target("/$2", "/api/users", None), "/users");
+        assert_eq!(
+            target("/v2/$2?via=api", "/api/users", Some("id=7")),
+            "/v2/users?via=api&id=7",
+            "nginx appends the request's arguments after the template's"
+        );
+        assert_eq!(
+            target("/$2?", "/api/users", Some("id=7")),
+            "/users",
+            "a trailing `?` drops them"
+        );
+        let prefix = PathMatch::Prefix("/a".into());
+        let mut out = String::new();
+        rewrite_target(
+            &PathRewrite::ReplacePrefix("/b".into()),
+            &prefix,
+            "/a/x",
+            Some("q=1"),
+            &mut out,
+        );
+        assert_eq!(out, "/b/x?q=1");
+    }
+
     fn location(r: &Redirect, scheme: &str, host: &str, target: &str) -> String {
         let (path, query) = target
             .split_once('?')
@@ -418,6 +549,35 @@ mod tests {
             "true"
         );
         assert!(preflight_headers(&cors, "https://evil.example").is_empty());
+        assert_eq!(
+            get(
+                &preflight_headers(&cors, "HTTPS://A.example"),
+                "access-control-allow-origin"
+            )
+            .unwrap(),
+            "HTTPS://A.example",
+            "origins compare ignoring case (ingress-nginx's `~*`); the request's is echoed"
+        );
+        let wild = Cors {
+            allow_origins: vec!["https://*.a.example:8443".into()],
+            ..Cors::default()
+        };
+        for (origin, allowed) in [
+            ("https://x.a.example:8443", true),
+            ("https://X-1.A.example:8443", true),
+            ("https://a.example:8443", false),
+            ("https://.a.example:8443", false),
+            ("https://x.y.a.example:8443", false),
+            ("https://x.a.example", false),
+            ("http://x.a.example:8443", false),
+            ("https://x_y.a.example:8443", false),
+        ] {
+            assert_eq!(
+                !preflight_headers(&wild, origin).is_empty(),
+                allowed,
+                "{origin}"
+            );
+        }
         let resp = response_cors_headers(&cors, "https://a.example");
         assert_eq!(get(&resp, "access-control-expose-headers").unwrap(), "x-id");
         let any = Cors {

@@ -529,16 +529,13 @@ impl Worker {
                 }
                 if let Some(path) = &rewrite.path {
                     let mut target_path = String::with_capacity(64);
-                    filters::rewrite_path(
+                    filters::rewrite_target(
                         path,
                         target.hit.path,
                         parts.uri.path(),
+                        parts.uri.query(),
                         &mut target_path,
                     );
-                    if let Some(q) = parts.uri.query() {
-                        target_path.push('?');
-                        target_path.push_str(q);
-                    }
                     match target_path.parse::<Uri>() {
                         Ok(uri) => parts.uri = uri,
                         Err(e) => {

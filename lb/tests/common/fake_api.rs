@@ -63,10 +63,13 @@ pub enum Kind {
     Namespace,
     Secret,
     Service,
+    Ingress,
+    IngressClass,
+    Event,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 13] = [
         Kind::Slice,
         Kind::Upstream,
         Kind::GatewayClass,
@@ -77,6 +80,9 @@ impl Kind {
         Kind::Namespace,
         Kind::Secret,
         Kind::Service,
+        Kind::Ingress,
+        Kind::IngressClass,
+        Kind::Event,
     ];
     fn api_version(self) -> &'static str {
         match self {
@@ -87,6 +93,8 @@ impl Kind {
                 "gateway.networking.k8s.io/v1"
             }
             Kind::Namespace | Kind::Secret | Kind::Service => "v1",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
+            Kind::Event => "events.k8s.io/v1",
         }
     }
     fn kind(self) -> &'static str {
@@ -101,6 +109,9 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Secret => "Secret",
             Kind::Service => "Service",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Event => "Event",
         }
     }
     fn plural(self) -> &'static str {
@@ -115,10 +126,16 @@ impl Kind {
             Kind::Namespace => "namespaces",
             Kind::Secret => "secrets",
             Kind::Service => "services",
+            Kind::Ingress => "ingresses",
+            Kind::IngressClass => "ingressclasses",
+            Kind::Event => "events",
         }
     }
     fn namespaced(self) -> bool {
-        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+        !matches!(
+            self,
+            Kind::GatewayClass | Kind::Namespace | Kind::IngressClass
+        )
     }
     /// The kind served at `group`/`version`/`plural`.
     fn at(group: &str, version: &str, plural: &str) -> Option<Kind> {
@@ -374,6 +391,8 @@ pub enum Rbac {
     /// The ClusterRole and the Role (namespace [`NS`]) of
     /// `manifests/gateway-api/20-rbac.yaml`.
     GatewayApi,
+    /// The ClusterRole of `manifests/ingress/20-rbac.yaml`.
+    Ingress,
 }
 
 pub struct FakeApi {
@@ -707,7 +726,8 @@ async fn create(s: Shared, kind: Kind, ns: Option<String>, body: Bytes) -> Respo
         .unwrap_or_default()
         .to_owned();
     let mut open = s.creates_open.subscribe();
-    if !*open.borrow_and_update() {
+    // Only Upstream creates are held: Ingress mode's Events go through.
+    if kind == Kind::Upstream && !*open.borrow_and_update() {
         s.inner.lock().unwrap().held_creates += 1;
         let _ = open.wait_for(|open| *open).await;
     }
@@ -1020,6 +1040,12 @@ impl FakeApi {
         Self::start_with(Rbac::GatewayApi)
     }
 
+    /// A fake whose requests are checked against the Ingress mode's RBAC
+    /// (`manifests/ingress/20-rbac.yaml`) when it is dropped.
+    pub fn start_ingress() -> FakeApi {
+        Self::start_with(Rbac::Ingress)
+    }
+
     fn start_with(rbac: Rbac) -> FakeApi {
         let (changes, _) = broadcast::channel(4096);
         let (drop_watches, _) = broadcast::channel(16);
@@ -1196,6 +1222,19 @@ impl FakeApi {
         }
     }
 
+    /// Every stored object of `kind` (all namespaces).
+    pub fn all(&self, kind: Kind) -> Vec<Value> {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// An object as stored (`ns` ignored for cluster-scoped kinds).
     pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
         self.shared.object_in(kind, ns, name)
@@ -1341,6 +1380,19 @@ pub fn gateway_grants() -> (BTreeSet<Access>, BTreeSet<Access>) {
     (cluster, namespaced)
 }
 
+/// What the Ingress mode's ClusterRole grants (cluster-wide).
+pub fn ingress_grants() -> BTreeSet<Access> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/ingress/20-rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let roles = roles_in(&text);
+    assert_eq!(roles.len(), 1, "one ClusterRole in {path}");
+    assert_eq!(roles[0]["kind"], "ClusterRole", "{path}");
+    granted_by_role(&roles[0])
+}
+
 /// The requests in `served` that `rbac` does not grant.
 pub fn not_granted(rbac: Rbac, served: &BTreeSet<(Access, Option<String>)>) -> Vec<String> {
     match rbac {
@@ -1363,6 +1415,14 @@ pub fn not_granted(rbac: Rbac, served: &BTreeSet<(Access, Option<String>)>) -> V
                     Some(ns) => format!("{a} in {ns}"),
                     None => format!("{a} cluster-wide"),
                 })
+                .collect()
+        }
+        Rbac::Ingress => {
+            let granted = ingress_grants();
+            served
+                .iter()
+                .filter(|(a, _)| !granted.contains(a))
+                .map(|(a, _)| a.to_string())
                 .collect()
         }
     }

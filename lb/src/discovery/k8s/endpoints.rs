@@ -9,9 +9,10 @@
 //! slice's only port), and `appProtocol: kubernetes.io/h2c` on it makes
 //! the backend h2c.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -51,6 +52,86 @@ impl ServiceRef {
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name`).
 pub fn service_of(slice: &EndpointSlice) -> Option<&str> {
     slice.labels().get(SERVICE_LABEL).map(String::as_str)
+}
+
+/// The slices of `slices` (keyed `namespace/name`) by their Service
+/// (`namespace/name`); slices without the Service label are left out.
+pub fn slices_by_service(
+    slices: &BTreeMap<String, EndpointSlice>,
+) -> HashMap<String, Vec<&EndpointSlice>> {
+    let mut by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
+    for (key, s) in slices {
+        if let (Some(svc), Some((ns, _))) = (service_of(s), key.split_once('/')) {
+            by_service.entry(format!("{ns}/{svc}")).or_default().push(s);
+        }
+    }
+    by_service
+}
+
+/// The port of `svc` that `wanted` names: a Service port number, or a
+/// Service port name (route kinds name the *Service* port, not the
+/// target port the slices carry).
+pub fn service_port<'a>(svc: &'a Service, wanted: &IntOrString) -> Option<&'a ServicePort> {
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_deref())
+        .unwrap_or_default();
+    ports.iter().find(|p| match wanted {
+        IntOrString::Int(n) => p.port == *n,
+        IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
+    })
+}
+
+/// Resolves Service port `port` against the Service's slices: the slices
+/// carry its target port under the Service port's name (a single unnamed
+/// port is their only port). The backend is h2c when the slices' port or
+/// the Service port is `appProtocol: kubernetes.io/h2c`.
+pub fn resolve_service_port(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+) -> Result<ServiceEndpoints, PortError> {
+    let slice_port = port
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .map(|n| IntOrString::String(n.to_owned()));
+    let mut resolved = resolve(slices, slice_port.as_ref())?;
+    resolved.h2c |= port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL);
+    Ok(resolved)
+}
+
+/// The addresses a Service gives clients: its load-balancer ingress IPs
+/// and host names, else its external IPs, else its cluster IPs. The
+/// Ingress and Gateway API modes write these (of the LB's own Service)
+/// into their objects' status.
+pub fn service_addresses(svc: &Service) -> Vec<String> {
+    let ingress: Vec<String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !ingress.is_empty() {
+        return ingress;
+    }
+    let spec = svc.spec.clone().unwrap_or_default();
+    if let Some(external) = spec.external_ips.filter(|e| !e.is_empty()) {
+        return external;
+    }
+    match spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.into_iter().filter(|ip| ip != "None").collect(),
+        _ => spec
+            .cluster_ip
+            .into_iter()
+            .filter(|ip| ip != "None" && !ip.is_empty())
+            .collect(),
+    }
 }
 
 /// An endpoint as read from a slice.
@@ -347,5 +428,58 @@ pub(crate) mod tests {
             .map(|e| format!("{} {}", e.addr, e.name.as_deref().unwrap()))
             .collect();
         assert_eq!(routed, ["10.0.0.1:80 one", "10.0.0.2:80 two"]);
+    }
+
+    fn yaml_service(text: &str) -> Service {
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_service_port_is_found_by_number_or_name_and_resolved_under_its_name() {
+        let svc = yaml_service(
+            "metadata: {name: s}\nspec: {ports: [{name: http, port: 80}, {name: grpc, port: 81, appProtocol: kubernetes.io/h2c}]}\n",
+        );
+        let by_number = service_port(&svc, &IntOrString::Int(81)).unwrap();
+        let by_name = service_port(&svc, &IntOrString::String("grpc".into())).unwrap();
+        assert_eq!(by_number, by_name);
+        assert!(service_port(&svc, &IntOrString::Int(82)).is_none());
+        assert!(service_port(&svc, &IntOrString::String("admin".into())).is_none());
+        // The slices carry the target ports under the Service ports' names.
+        let s = slice(
+            "a",
+            "s",
+            &[("http", 8080), ("grpc", 9090)],
+            vec![ep("10.0.0.1", None, None, None, "p")],
+        );
+        let grpc = resolve_service_port(&[&s], by_name).unwrap();
+        assert_eq!(grpc.routed[0].addr.port(), 9090);
+        assert!(grpc.h2c, "the Service port's appProtocol");
+        let http = service_port(&svc, &IntOrString::Int(80)).unwrap();
+        let http = resolve_service_port(&[&s], http).unwrap();
+        assert_eq!(http.routed[0].addr.port(), 8080);
+        assert!(!http.h2c);
+        let mut keys = BTreeMap::new();
+        keys.insert("ns/a".to_owned(), s.clone());
+        let by_service = slices_by_service(&keys);
+        assert_eq!(by_service.keys().collect::<Vec<_>>(), ["ns/s"]);
+    }
+
+    #[test]
+    fn service_addresses_prefer_load_balancer_then_external_then_cluster_ips() {
+        let lb = yaml_service(
+            "metadata: {name: lb}\nspec: {clusterIP: 10.96.0.7, externalIPs: [192.0.2.1]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.5}, {hostname: lb.example}]}}\n",
+        );
+        assert_eq!(service_addresses(&lb), ["203.0.113.5", "lb.example"]);
+        let external = yaml_service(
+            "metadata: {name: lb}\nspec: {clusterIP: 10.96.0.7, externalIPs: [192.0.2.1]}\n",
+        );
+        assert_eq!(service_addresses(&external), ["192.0.2.1"]);
+        let cluster = yaml_service(
+            "metadata: {name: lb}\nspec: {clusterIP: 10.96.0.7, clusterIPs: [10.96.0.7, fd00::7]}\n",
+        );
+        assert_eq!(service_addresses(&cluster), ["10.96.0.7", "fd00::7"]);
+        let headless =
+            yaml_service("metadata: {name: lb}\nspec: {clusterIP: None, clusterIPs: [None]}\n");
+        assert!(service_addresses(&headless).is_empty());
     }
 }

@@ -9,6 +9,10 @@
 //! conditions), [`status`] (the status writer, generic over the kind), and
 //! one adapter per kind that turns its objects into route intents and
 //! statuses ([`upstream`]); [`index`] keeps them up to date per event.
+//! The two other route sources are modes of their own, each with its own
+//! watches and status writes over the same pieces: [`gateway`] (Gateway
+//! API, `--gateway-api`; its types in [`gateway_api`]) and [`ingress`]
+//! (`--ingress`).
 //!
 //! Rules: slices of one Service are merged and de-duplicated; endpoints
 //! with `ready` true or unset take traffic; serving-but-terminating
@@ -41,6 +45,7 @@ pub mod endpoints;
 pub mod gateway;
 pub mod gateway_api;
 pub mod index;
+pub mod ingress;
 pub mod secrets;
 pub mod status;
 pub mod store;

@@ -13,12 +13,29 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt, stream};
-use kube::runtime::watcher::Event;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
+use super::backoff::{self, Backoff};
 use crate::discovery::Publisher;
+
+/// A [`restarting`] kube-runtime watcher of `api`'s objects with
+/// `config`, restarted after [`backoff::WATCH`].
+pub fn watching<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    restarting(
+        move || watcher::watcher(api.clone(), config.clone()).boxed(),
+        backoff::WATCH,
+    )
+}
 
 /// A stream of `make()`'s items that, after an error, drops the stream and
 /// calls `make()` again once `backoff` has passed. The back-off grows with

@@ -15,7 +15,7 @@ use http::{HeaderName, Method};
 
 use crate::discovery::route::{HeaderEdits, PathMatch};
 use crate::proxy::attempt::is_idempotent;
-use crate::proxy::filters::rewrite_path;
+use crate::proxy::filters::rewrite_target;
 use crate::proxy::headers::{
     ClientIp, Rule, VIA_NAME, added_fields, connection_tokens, edited_away, is_hop_by_hop, rule,
 };
@@ -137,6 +137,12 @@ static HOST_BYTES: [bool; 256] = byte_table(true);
 /// Whether every byte of `s` is in `table`.
 fn all_in(table: &[bool; 256], s: &[u8]) -> bool {
     s.iter().all(|b| table[usize::from(*b)])
+}
+
+/// Whether `target` holds only the bytes of an origin-form request target
+/// (checked before a rewritten target is written into a request head).
+pub(crate) fn origin_form_target(target: &[u8]) -> bool {
+    all_in(&TARGET_BYTES, target)
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -346,12 +352,14 @@ impl Parsed<'_, '_> {
         out.push(b' ');
         match rewrite.and_then(|(r, m)| r.path.as_ref().map(|p| (p, m))) {
             Some((path_rewrite, matched)) => {
-                let mut path = String::with_capacity(self.target.len() + 16);
-                rewrite_path(path_rewrite, matched, self.path, &mut path);
-                out.extend_from_slice(path.as_bytes());
-                if let Some(q) = self.query {
-                    out.push(b'?');
-                    out.extend_from_slice(q.as_bytes());
+                let mut target = String::with_capacity(self.target.len() + 16);
+                rewrite_target(path_rewrite, matched, self.path, self.query, &mut target);
+                if origin_form_target(target.as_bytes()) {
+                    out.extend_from_slice(target.as_bytes());
+                } else {
+                    // As the hyper path does with a target it cannot parse.
+                    tracing::warn!(path = %target, "rewritten path is not a valid request target; forwarding the original");
+                    out.extend_from_slice(self.target.as_bytes());
                 }
             }
             None => out.extend_from_slice(self.target.as_bytes()),

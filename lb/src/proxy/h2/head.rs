@@ -11,9 +11,9 @@ use http::{Request, Response, StatusCode};
 
 use crate::discovery::route::HeaderEdits;
 use crate::proxy::fast::head::{
-    BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD, RequestEdits,
+    BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD, RequestEdits, origin_form_target,
 };
-use crate::proxy::filters::rewrite_path;
+use crate::proxy::filters::rewrite_target;
 use crate::proxy::headers::{
     ClientIp, Rule, VIA_NAME, added_fields, connection_tokens, edited_away, is_hop_by_hop, rule,
 };
@@ -90,12 +90,21 @@ pub(crate) fn write_request(
     out.push(b' ');
     match rewrite.and_then(|(r, m)| r.path.as_ref().map(|p| (p, m))) {
         Some((path_rewrite, matched)) => {
-            let mut path = String::with_capacity(64);
-            rewrite_path(path_rewrite, matched, parts.uri.path(), &mut path);
-            out.extend_from_slice(path.as_bytes());
-            if let Some(q) = parts.uri.query() {
-                out.push(b'?');
-                out.extend_from_slice(q.as_bytes());
+            let mut target = String::with_capacity(64);
+            rewrite_target(
+                path_rewrite,
+                matched,
+                parts.uri.path(),
+                parts.uri.query(),
+                &mut target,
+            );
+            if origin_form_target(target.as_bytes()) {
+                out.extend_from_slice(target.as_bytes());
+            } else {
+                // As the fast path does with a target it cannot write.
+                tracing::warn!(path = %target, "rewritten path is not a valid request target; forwarding the original");
+                let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                out.extend_from_slice(original.as_bytes());
             }
         }
         None => {
@@ -295,12 +304,10 @@ pub(crate) fn h2_request(parts: Parts, fwd: &Forwarding<'_>) -> Request<()> {
             None => ("/", None),
         };
         let mut target = String::with_capacity(64);
-        rewrite_path(path_rewrite, matched, path, &mut target);
-        if let Some(q) = query {
-            target.push('?');
-            target.push_str(q);
-        }
-        if let Ok(pq) = target.parse() {
+        rewrite_target(path_rewrite, matched, path, query, &mut target);
+        if origin_form_target(target.as_bytes())
+            && let Ok(pq) = target.parse()
+        {
             p.path_and_query = Some(pq);
         }
     }

@@ -73,8 +73,7 @@ pub(super) async fn forward(
     let mut transport = ToH1 {
         pool: &w.pool,
         head: &up_head,
-        body: (!bodiless)
-            .then(|| RequestBody::new(&mut body, framing, w.shared.config.max_body_bytes)),
+        body: (!bodiless).then(|| RequestBody::new(&mut body, framing, fwd.max_body)),
         idempotent: bodiless && is_idempotent(&parts.method),
         head_request: parts.method == Method::HEAD,
         response_edits: filters

@@ -47,7 +47,7 @@ use self::listeners::{Failed, GatewayPlan};
 use self::routes::{ActionIntent, Parent, RouteView, RuleIntent};
 use super::conditions::{condition, truth};
 use super::conflicts::seniority;
-use super::endpoints::{self, H2C_APP_PROTOCOL, PortError, ServiceRef, service_of};
+use super::endpoints::{self, H2C_APP_PROTOCOL, PortError, ServiceRef};
 use super::gateway_api::{
     CONTROLLER_NAME, GRPCRoute, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus,
     GatewayStatus, HTTPRoute, ParentReference, ReferenceGrant, RouteParentStatus, RouteStatus,
@@ -383,15 +383,7 @@ impl GatewayIndex {
             http: BTreeMap::new(),
             grpc: BTreeMap::new(),
         };
-        let mut slices_by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
-        for (key, s) in self.slices.live() {
-            if let (Some(svc), Some((ns, _))) = (service_of(s), key.split_once('/')) {
-                slices_by_service
-                    .entry(format!("{ns}/{svc}"))
-                    .or_default()
-                    .push(s);
-            }
-        }
+        let slices_by_service = endpoints::slices_by_service(self.slices.live());
         let mut backends = Backends {
             slices: &slices_by_service,
             services: self.services.live(),
@@ -730,34 +722,26 @@ impl Backends<'_> {
             Some(IntOrString::Int(n)) => *n,
             _ => 0,
         };
-        let ports = svc
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.ports.as_deref())
-            .unwrap_or_default();
-        let Some(port) = ports.iter().find(|p| p.port == wanted) else {
+        let Some(port) = endpoints::service_port(svc, &IntOrString::Int(wanted)) else {
             return Err((
                 "BackendNotFound",
                 format!("Service {svc_key} has no port {wanted}"),
             ));
         };
-        let slice_port = port
-            .name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .map(|n| IntOrString::String(n.to_owned()));
         let slices = self
             .slices
             .get(&svc_key)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let resolved = match endpoints::resolve(slices, slice_port.as_ref()) {
+        let resolved = match endpoints::resolve_service_port(slices, port) {
             Ok(r) => r,
             Err(PortError::Unknown | PortError::Ambiguous { .. }) => {
                 // The slices do not have the port (yet): no endpoints.
                 endpoints::resolve(&[], None).expect("no slices resolve")
             }
         };
+        // The Service port's appProtocol counts even while its slices lack
+        // the port.
         let h2c = resolved.h2c || port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL);
         let protocol = if force_h2c || h2c {
             Protocol::H2c

@@ -14,20 +14,18 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::sinks::{ApplySink, RouteSink};
 use super::{Applied, GatewayConfig, GatewayIndex, current_entries};
-use crate::discovery::k8s::backoff;
-use crate::discovery::k8s::endpoints::SERVICE_LABEL;
+use crate::discovery::k8s::endpoints::{SERVICE_LABEL, service_addresses};
 use crate::discovery::k8s::gateway_api::{
     GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant,
 };
@@ -83,8 +81,8 @@ impl GatewayDiscovery {
     }
 
     /// Takes the Gateways' addresses from this Service of the LB's
-    /// namespace (its load-balancer ingress, else its cluster IPs) when no
-    /// `--gateway-address` is given.
+    /// namespace (its load-balancer ingress, else its external or cluster
+    /// IPs) when no `--gateway-address` is given.
     pub fn with_service(mut self, name: Option<String>) -> Self {
         self.service = name;
         self
@@ -94,34 +92,6 @@ impl GatewayDiscovery {
     pub fn with_status_timeout(mut self, timeout: Duration) -> Self {
         self.status_timeout = timeout;
         self
-    }
-}
-
-/// The addresses a Service gives: load-balancer ingress IPs and host
-/// names, else its cluster IPs.
-pub fn service_addresses(svc: &Service) -> Vec<String> {
-    let ingress: Vec<String> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|list| {
-            list.iter()
-                .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !ingress.is_empty() {
-        return ingress;
-    }
-    let spec = svc.spec.clone().unwrap_or_default();
-    match spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips,
-        _ => spec
-            .cluster_ip
-            .into_iter()
-            .filter(|ip| ip != "None" && !ip.is_empty())
-            .collect(),
     }
 }
 
@@ -138,19 +108,6 @@ enum Watched {
     Secret(Result<Event<Secret>, watcher::Error>),
     Slice(Result<Event<EndpointSlice>, watcher::Error>),
     Service(Result<Event<Service>, watcher::Error>),
-}
-
-fn watch_all<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watch::restarting(
-        move || watcher::watcher(api.clone(), config.clone()).boxed(),
-        backoff::WATCH,
-    )
 }
 
 /// Whether a watch error says the resource does not exist on the server
@@ -174,43 +131,43 @@ impl Discovery for GatewayDiscovery {
         Box::pin(async move {
             let c = &self.client;
             let events = stream::select_all([
-                watch_all(
+                watch::watching(
                     Api::<GatewayClass>::all(c.clone()),
                     watcher::Config::default(),
                 )
                 .map(Watched::Class)
                 .boxed(),
-                watch_all(Api::<Gateway>::all(c.clone()), watcher::Config::default())
+                watch::watching(Api::<Gateway>::all(c.clone()), watcher::Config::default())
                     .map(Watched::Gateway)
                     .boxed(),
-                watch_all(Api::<HTTPRoute>::all(c.clone()), watcher::Config::default())
+                watch::watching(Api::<HTTPRoute>::all(c.clone()), watcher::Config::default())
                     .map(Watched::Http)
                     .boxed(),
-                watch_all(Api::<GRPCRoute>::all(c.clone()), watcher::Config::default())
+                watch::watching(Api::<GRPCRoute>::all(c.clone()), watcher::Config::default())
                     .map(Watched::Grpc)
                     .boxed(),
-                watch_all(
+                watch::watching(
                     Api::<ReferenceGrant>::all(c.clone()),
                     watcher::Config::default(),
                 )
                 .map(Watched::Grant)
                 .boxed(),
-                watch_all(Api::<Namespace>::all(c.clone()), watcher::Config::default())
+                watch::watching(Api::<Namespace>::all(c.clone()), watcher::Config::default())
                     .map(Watched::Namespace)
                     .boxed(),
-                watch_all(
+                watch::watching(
                     Api::<Secret>::all(c.clone()),
                     watcher::Config::default().fields("type=kubernetes.io/tls"),
                 )
                 .map(Watched::Secret)
                 .boxed(),
-                watch_all(
+                watch::watching(
                     Api::<EndpointSlice>::all(c.clone()),
                     watcher::Config::default().labels(SERVICE_LABEL),
                 )
                 .map(Watched::Slice)
                 .boxed(),
-                watch_all(Api::<Service>::all(c.clone()), watcher::Config::default())
+                watch::watching(Api::<Service>::all(c.clone()), watcher::Config::default())
                     .map(Watched::Service)
                     .boxed(),
             ]);
