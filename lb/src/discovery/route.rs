@@ -343,10 +343,14 @@ impl Default for PathMatch {
 }
 
 /// True when `path` is under `prefix` on a segment boundary (a trailing `/`
-/// in the prefix is ignored; `/` and the empty prefix match every path).
+/// in the prefix is ignored; `/` and the empty prefix match every path, also
+/// one that does not start with `/`, such as `OPTIONS *`'s `*`).
 #[inline]
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = PathMatch::normalized_prefix(prefix);
+    if prefix.is_empty() {
+        return true;
+    }
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
@@ -1312,6 +1316,13 @@ mod tests {
             ("/abc/", "/abcd", false),
             ("/", "/anything", true),
             ("/", "/", true),
+            // `/` and the empty prefix take every path, also one without a
+            // leading `/` (the matcher's `Prefix /` is "any"; the fuzz
+            // target route_match found the two disagreeing on `*`).
+            ("/", "*", true),
+            ("", "x", true),
+            ("", "", true),
+            ("/a", "a", false),
             ("/a/b", "/a", false),
             ("/a/b", "/a/bc", false),
         ] {

@@ -1071,7 +1071,7 @@ mod tests {
             all.sort_by(|a, b| a.0.cmp(&b.0));
             for path in [
                 "/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/c", "/a/b/c/d", "/a/bc", "/a/bcd", "/b",
-                "/bb", "/x", "/x/y", "/x/y/z", "/zzz",
+                "/bb", "/x", "/x/y", "/x/y/z", "/zzz", "*", "x/y",
             ] {
                 for method in ["GET", "POST"] {
                     let req = SimpleRequest {

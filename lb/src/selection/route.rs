@@ -219,11 +219,12 @@ impl Bucket {
             return take(ordered);
         }
         // Every prefix of the path that ends at an element boundary,
-        // longest first.
+        // longest first; the empty one (`Prefix /`) last, whatever the
+        // path starts with, as an unindexed bucket's `PathTest::Any`.
         let bytes = path.as_bytes();
         let mut end = path.len();
         loop {
-            if (end == path.len() || bytes[end] == b'/')
+            if (end == path.len() || end == 0 || bytes[end] == b'/')
                 && let Some(hit) = index.prefix.get(&path[..end]).and_then(|l| take(l))
             {
                 return Some(hit);
@@ -332,7 +333,7 @@ impl Routes {
             path: &e.path,
         };
         let path = req.path();
-        if !(self.exact.is_empty() && self.wildcard.is_empty())
+        if self.by_host()
             && let Some(host) = host
         {
             let host = normalize_host(host);
@@ -367,6 +368,13 @@ impl Routes {
             }
         }
         self.any_host.find(listener, path, req).map(hit)
+    }
+
+    /// Whether some rules are filed by hostname: [`Routes::find`] ignores
+    /// the `Host` it is given otherwise.
+    #[inline]
+    pub fn by_host(&self) -> bool {
+        !(self.exact.is_empty() && self.wildcard.is_empty())
     }
 
     /// The rules.
