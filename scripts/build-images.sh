@@ -34,7 +34,11 @@ if [ -z "${TARGET_TRIPLE:-}" ]; then
             ;;
     esac
 fi
-MAX_IMAGE_BYTES=$((15 * 1024 * 1024))
+# A guard against unnoticed growth, not a hard need: 20 MiB since the Gateway
+# API and Ingress adapters and the h2-crate HTTP/2 engine took the lb from
+# 14.3 MB to 17.5 MB (docs/docker.md, "Image sizes"). Raise it only with a
+# line there saying what grew.
+MAX_IMAGE_BYTES=$((20 * 1024 * 1024))
 
 usage() {
     sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -165,7 +169,7 @@ report_sizes() {
         printf '%-28s %10d bytes  (%s MB)\n' "roundhouse/$c:$VERSION" "$size" \
             "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1000000 }')"
         if [ "$size" -gt "$MAX_IMAGE_BYTES" ]; then
-            echo "build-images.sh: roundhouse/$c:$VERSION is larger than 15 MiB" >&2
+            echo "build-images.sh: roundhouse/$c:$VERSION is larger than $((MAX_IMAGE_BYTES / 1024 / 1024)) MiB (see docs/docker.md, Image sizes)" >&2
             status=1
         fi
     done
