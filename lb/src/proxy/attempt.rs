@@ -27,9 +27,10 @@
 //! kind of pooled connection. A new protocol adds a transport, not a policy.
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::Method;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Worker;
@@ -157,8 +158,9 @@ pub(crate) trait Connector {
     /// A connection to one endpoint.
     type Conn;
 
-    /// A pooled connection to `addr` that is still open, if one is idle.
-    fn checkout(&mut self, addr: SocketAddr) -> Option<Self::Conn>;
+    /// A pooled connection to `addr` that is still open, if one is idle
+    /// (`now`: the attempt's clock reading, for idle expiry).
+    fn checkout(&mut self, addr: SocketAddr, now: Instant) -> Option<Self::Conn>;
 
     /// A new connection to `addr` (within `policy.connect_timeout`).
     async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<Self::Conn, Failure>;
@@ -168,8 +170,8 @@ pub(crate) trait Connector {
 impl Connector for &Pool {
     type Conn = UpConn;
 
-    fn checkout(&mut self, addr: SocketAddr) -> Option<UpConn> {
-        Pool::checkout(self, addr)
+    fn checkout(&mut self, addr: SocketAddr, now: Instant) -> Option<UpConn> {
+        Pool::checkout(self, addr, now)
     }
 
     async fn connect(&mut self, addr: SocketAddr, policy: &Policy) -> Result<UpConn, Failure> {
@@ -271,7 +273,7 @@ pub(crate) struct Forwarded {
 /// line ([`Worker::log_request`]).
 pub(crate) struct Finished<'a> {
     /// When the request head was complete.
-    pub start: Instant,
+    pub start: std::time::Instant,
     /// The client.
     pub client: SocketAddr,
     /// Request method.
@@ -296,6 +298,11 @@ pub(crate) struct Answered<R> {
     pub idx: usize,
     /// The transport's response.
     pub response: R,
+    /// When its head was in (the clock reading the request's duration was
+    /// taken from): a connection checked in after the response was relayed
+    /// counts its idle time from here, which saves a clock read per
+    /// request and can only expire it a little early.
+    pub at: Instant,
 }
 
 /// Where a request goes: the rule that took it, the backend and endpoint
@@ -530,14 +537,18 @@ impl Worker {
                     &capped
                 }
             };
-            let failure = match attempt(transport, endpoint.addr, request, policy).await {
+            // The first attempt's pool lookup uses the clock reading the
+            // request's duration starts from; a retry reads it again.
+            let now = if attempts == 1 { start } else { Instant::now() };
+            let failure = match attempt(transport, endpoint.addr, request, policy, now).await {
                 Ok(response) => {
                     let status = T::status(&response);
                     endpoint.record_response(status);
-                    let took = start.elapsed();
+                    let at = Instant::now();
+                    let took = at.saturating_duration_since(start);
                     self.shared.metrics.duration.observe(self.id, took);
                     self.note_forward(endpoint.addr, Some(status), took, attempts);
-                    return Ok(Answered { idx, response });
+                    return Ok(Answered { idx, response, at });
                 }
                 Err(SendFailure { failure, unsent }) => {
                     pending = unsent;
@@ -707,9 +718,10 @@ async fn attempt<T: Transport>(
     addr: SocketAddr,
     mut request: T::Request,
     policy: &Policy,
+    now: Instant,
 ) -> Result<T::Response, SendFailure<T::Request>> {
     loop {
-        let (conn, reused) = match transport.connector().checkout(addr) {
+        let (conn, reused) = match transport.connector().checkout(addr, now) {
             Some(conn) => (conn, true),
             None => match transport.connector().connect(addr, policy).await {
                 Ok(conn) => (conn, false),
@@ -780,7 +792,7 @@ mod tests {
     impl Connector for Script {
         type Conn = bool;
 
-        fn checkout(&mut self, addr: SocketAddr) -> Option<bool> {
+        fn checkout(&mut self, addr: SocketAddr, _: Instant) -> Option<bool> {
             let i = self.pooled.iter().position(|p| *p == addr.port())?;
             self.pooled.remove(i);
             Some(true)

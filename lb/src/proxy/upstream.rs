@@ -184,7 +184,8 @@ impl Reuse {
             && let Some(stream) = state.stream.take()
         {
             drop(state);
-            self.pool.checkin(self.addr, UpConn::new(stream));
+            self.pool
+                .checkin(self.addr, UpConn::new(stream), Instant::now());
         }
     }
 }
@@ -228,12 +229,15 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// The most recently used live idle connection to `addr`, if any;
-    /// closed or expired ones found on the way are dropped.
-    pub fn checkout(&self, addr: SocketAddr) -> Option<C> {
+    /// closed or expired ones (idle for the idle timeout at `now`) found on
+    /// the way are dropped.
+    pub fn checkout(&self, addr: SocketAddr, now: Instant) -> Option<C> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < self.idle_timeout && !idle.conn.is_closed() {
+            if now.saturating_duration_since(idle.since) < self.idle_timeout
+                && !idle.conn.is_closed()
+            {
                 return Some(idle.conn);
             }
             debug!(endpoint = %addr, "pooled connection closed by the endpoint or expired; discarding");
@@ -241,18 +245,16 @@ impl<C: Reusable> Pool<C> {
         None
     }
 
-    /// Returns a connection for reuse (dropped if closed or over the limit).
-    pub fn checkin(&self, addr: SocketAddr, conn: C) {
+    /// Returns a connection for reuse (dropped if closed or over the limit),
+    /// idle since `since` (the caller's latest clock reading).
+    pub fn checkin(&self, addr: SocketAddr, conn: C, since: Instant) {
         if self.max_idle == 0 || conn.is_closed() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < self.max_idle {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            list.push(Idle { conn, since });
         }
     }
 
@@ -310,12 +312,12 @@ mod tests {
     fn last_in_first_out_and_bounded() {
         let pool = Pool::new(2, Duration::from_secs(60));
         for id in 0..3 {
-            pool.checkin(A, fake(id).0);
+            pool.checkin(A, fake(id).0, Instant::now());
         }
         assert_eq!(pool.idle(A), 2, "the third is over max_idle");
-        assert_eq!(pool.checkout(A).map(|c| c.id), Some(1));
-        assert_eq!(pool.checkout(A).map(|c| c.id), Some(0));
-        assert!(pool.checkout(A).is_none());
+        assert_eq!(pool.checkout(A, Instant::now()).map(|c| c.id), Some(1));
+        assert_eq!(pool.checkout(A, Instant::now()).map(|c| c.id), Some(0));
+        assert!(pool.checkout(A, Instant::now()).is_none());
     }
 
     #[test]
@@ -323,32 +325,36 @@ mod tests {
         let pool = Pool::new(8, Duration::from_secs(60));
         let (a, a_closed) = fake(1);
         let (b, _) = fake(2);
-        pool.checkin(A, a);
-        pool.checkin(A, b);
+        pool.checkin(A, a, Instant::now());
+        pool.checkin(A, b, Instant::now());
         pool.sweep();
         assert_eq!(pool.idle(A), 2);
         a_closed.set(true);
         pool.sweep();
         assert_eq!(pool.idle(A), 1, "the closed one is gone");
         let (c, c_closed) = fake(3);
-        pool.checkin(A, c);
+        pool.checkin(A, c, Instant::now());
         c_closed.set(true);
-        assert_eq!(pool.checkout(A).map(|c| c.id), Some(2), "closed c skipped");
+        assert_eq!(
+            pool.checkout(A, Instant::now()).map(|c| c.id),
+            Some(2),
+            "closed c skipped"
+        );
         let (d, d_closed) = fake(4);
         d_closed.set(true);
-        pool.checkin(A, d);
+        pool.checkin(A, d, Instant::now());
         assert_eq!(pool.idle(A), 0, "a closed connection is not kept");
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire() {
         let pool = Pool::new(8, Duration::from_secs(4));
-        pool.checkin(A, fake(1).0);
+        pool.checkin(A, fake(1).0, Instant::now());
         tokio::time::advance(Duration::from_secs(3)).await;
-        pool.checkin(A, fake(2).0);
+        pool.checkin(A, fake(2).0, Instant::now());
         tokio::time::advance(Duration::from_secs(2)).await;
         pool.sweep();
         assert_eq!(pool.idle(A), 1, "the first is past the idle timeout");
-        assert_eq!(pool.checkout(A).map(|c| c.id), Some(2));
+        assert_eq!(pool.checkout(A, Instant::now()).map(|c| c.id), Some(2));
     }
 }

@@ -598,8 +598,12 @@ impl Worker {
         client: &ClientIp,
         parsed: &Parsed<'_, '_>,
     ) -> Option<Decision<'t>> {
-        let host = parsed.host();
-        let Some(hit) = table.routes.find(client.listener, Some(host), parsed) else {
+        // `Host` as text (a UTF-8 check) only where it is read: by a table
+        // with routes filed by host, and by a rule that answers itself (a
+        // redirect keeps it). A forwarding rule on a table without
+        // hostnames, the common case, never looks at it.
+        let host = table.routes.by_host().then(|| parsed.host());
+        let Some(hit) = table.routes.find(client.listener, host, parsed) else {
             debug!(path = parsed.path(), "no route matches");
             return Some(Decision::Reply(None, Reply::new(Local::NoRoute)));
         };
@@ -614,7 +618,12 @@ impl Worker {
         {
             return None;
         }
-        Some(self.decide_hit(hit, client, Some(host), parsed))
+        let host = match (&rule.action, host) {
+            (RuleAction::Forward(_), host) => host,
+            (_, Some(host)) => Some(host),
+            (_, None) => Some(parsed.host()),
+        };
+        Some(self.decide_hit(hit, client, host, parsed))
     }
 
     /// Forwards one request through the attempt core and relays the
@@ -634,8 +643,8 @@ impl Worker {
             Forwarded::default()
         };
         let out = transport.out;
-        let (idx, (mut conn, resp)) = match answered {
-            Ok(a) => (a.idx, a.response),
+        let (idx, at, (mut conn, resp)) = match answered {
+            Ok(a) => (a.idx, a.at, a.response),
             Err(local) => {
                 let reply = Reply::new(local);
                 let keep = self.reply_fast(stream, out, &reply, close).await;
@@ -650,7 +659,7 @@ impl Worker {
         let keep = match relayed {
             Relay::Done => {
                 if resp.reusable && conn.buf.is_empty() {
-                    self.pool.checkin(endpoint, conn);
+                    self.pool.checkin(endpoint, conn, at);
                 }
                 !resp.close
             }

@@ -100,8 +100,8 @@ pub(super) async fn forward(
     };
     let body_done = transport.body.as_ref().is_none_or(|b| b.done);
     drop(transport);
-    let (idx, (mut conn, head)) = match answered {
-        Ok(a) => (a.idx, a.response),
+    let (idx, at, (mut conn, head)) = match answered {
+        Ok(a) => (a.idx, a.at, a.response),
         Err(local) => {
             return Done {
                 forwarded,
@@ -140,7 +140,7 @@ pub(super) async fn forward(
     match relayed {
         Ok(()) => {
             if reusable && body_done && conn.buf.is_empty() {
-                w.pool.checkin(endpoint, conn);
+                w.pool.checkin(endpoint, conn, at);
             }
         }
         Err(Relay::ClientGone) => {}

@@ -17,6 +17,7 @@ use h2::{RecvStream, SendStream};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::proxy::attempt::{Connector, Failure, FailureKind, SendFailure};
@@ -91,7 +92,7 @@ pub(crate) struct H2Stream {
 impl Connector for &H2Pool {
     type Conn = H2Stream;
 
-    fn checkout(&mut self, addr: SocketAddr) -> Option<H2Stream> {
+    fn checkout(&mut self, addr: SocketAddr, _: Instant) -> Option<H2Stream> {
         let mut conns = self.conns.borrow_mut();
         let list = conns.get_mut(&addr)?;
         list.retain(|c| !c.closed.get());
