@@ -258,8 +258,8 @@ enum AfterFailure {
     GiveUp(Local),
 }
 
-/// The upstream side of the last [`Worker::forward`], for the access log
-/// (`Worker::last_forward`).
+/// The upstream side of a request, as [`Worker::forward`] returns it for the
+/// access log line.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Forwarded {
     /// The endpoint that answered or was tried last; `None` when none was
@@ -497,13 +497,15 @@ impl Worker {
 
     /// Forwards one request to `target` through `transport`: sends, and
     /// retries on other endpoints of the same backend by the rules above.
-    /// `Err` is the local response to give instead.
+    /// Returns the answer (`Err`: the local response to give instead) and
+    /// what happened upstream (endpoint, status, time, retries), which the
+    /// caller's access log line is made from.
     pub(crate) async fn forward<T: Transport>(
         &self,
         target: &Target<'_>,
         transport: &mut T,
         request: T::Request,
-    ) -> Result<Answered<T::Response>, Local> {
+    ) -> (Result<Answered<T::Response>, Local>, Forwarded) {
         let Target {
             upstream,
             mut idx,
@@ -529,8 +531,8 @@ impl Worker {
                 Some(limit) => {
                     let left = limit.saturating_sub(start.elapsed());
                     if left.is_zero() {
-                        self.note_forward(endpoint.addr, None, start.elapsed(), attempts - 1);
-                        return Err(Local::UpstreamTimeout);
+                        let side = forwarded(endpoint.addr, None, start.elapsed(), attempts - 1);
+                        return (Err(Local::UpstreamTimeout), side);
                     }
                     capped = policy.clone();
                     capped.response_header_timeout = capped.response_header_timeout.min(left);
@@ -547,8 +549,8 @@ impl Worker {
                     let at = Instant::now();
                     let took = at.saturating_duration_since(start);
                     self.shared.metrics.duration.observe(self.id, took);
-                    self.note_forward(endpoint.addr, Some(status), took, attempts);
-                    return Ok(Answered { idx, response, at });
+                    let side = forwarded(endpoint.addr, Some(status), took, attempts);
+                    return (Ok(Answered { idx, response, at }), side);
                 }
                 Err(SendFailure { failure, unsent }) => {
                     pending = unsent;
@@ -556,45 +558,24 @@ impl Worker {
                 }
             };
             if let Some(local) = transport.client_fault() {
-                self.note_forward(endpoint.addr, None, start.elapsed(), attempts);
-                return Err(local);
+                let side = forwarded(endpoint.addr, None, start.elapsed(), attempts);
+                return (Err(local), side);
             }
             let retry = may_retry(failure.kind, pending.is_some(), transport.can_replay());
             match self.after_failure(upstream, &tried[..attempts], max_attempts, &failure, retry) {
                 AfterFailure::Retry(next) => idx = next,
                 AfterFailure::GiveUp(local) => {
-                    self.note_forward(endpoint.addr, None, start.elapsed(), attempts);
-                    return Err(local);
+                    let side = forwarded(endpoint.addr, None, start.elapsed(), attempts);
+                    return (Err(local), side);
                 }
             }
         }
     }
 
-    /// Keeps the upstream side of this request for its access log line.
-    #[inline]
-    fn note_forward(
-        &self,
-        addr: SocketAddr,
-        status: Option<u16>,
-        duration: std::time::Duration,
-        attempts: usize,
-    ) {
-        if self.log.is_some() {
-            self.last_forward.set(Forwarded {
-                upstream: Some(UpstreamSide {
-                    addr,
-                    status,
-                    duration,
-                }),
-                retries: attempts.saturating_sub(1) as u32,
-            });
-        }
-    }
-
     /// Writes the access log line of a finished request (a no-op when the
     /// log is off). `forwarded` is the upstream side: what
-    /// [`Worker::take_forward`] returned right after `forward`, or the
-    /// default for a request that was answered without it.
+    /// [`Worker::forward`] returned, or the default for a request that was
+    /// answered without it.
     pub(crate) fn log_request(&self, done: &Finished<'_>, forwarded: Forwarded) {
         let Some(log) = &self.log else { return };
         log.borrow_mut().record(&Record {
@@ -611,13 +592,6 @@ impl Worker {
             route: done.route,
             request_id: done.request_id,
         });
-    }
-
-    /// The upstream side noted by the [`Worker::forward`] that just
-    /// returned (read it before the next await).
-    #[inline]
-    pub(crate) fn take_forward(&self) -> Forwarded {
-        self.last_forward.take()
     }
 
     /// The request id for a request whose client sent `given` (its
@@ -707,6 +681,25 @@ impl Worker {
 pub(crate) fn body_failed(metrics: &Metrics, endpoint: SocketAddr, error: &dyn std::fmt::Display) {
     metrics.upstream_error("body");
     warn!(endpoint = %endpoint, error = %error, "upstream response body failed mid-stream; aborting the client response");
+}
+
+/// The upstream side of a request: the endpoint tried last, its status when
+/// it answered, the time since the first attempt and the retries.
+#[inline]
+fn forwarded(
+    addr: SocketAddr,
+    status: Option<u16>,
+    duration: std::time::Duration,
+    attempts: usize,
+) -> Forwarded {
+    Forwarded {
+        upstream: Some(UpstreamSide {
+            addr,
+            status,
+            duration,
+        }),
+        retries: attempts.saturating_sub(1) as u32,
+    }
 }
 
 /// One attempt on one endpoint: a pooled connection if one is idle, else a
@@ -878,6 +871,7 @@ mod tests {
             Decision::Forward(target) => worker
                 .forward(&target, script, ())
                 .await
+                .0
                 .map(|a| (target.upstream.endpoints[a.idx].addr.port(), a.response)),
             Decision::Reply(_, reply) => Err(reply.local),
         };

@@ -365,7 +365,9 @@ impl Worker {
         mut req: Request<Incoming>,
     ) -> Response<RespBody> {
         if self.log.is_none() {
-            return self.handle_request(client, req, &mut None).await;
+            return self
+                .handle_request(client, req, &mut None, &mut Forwarded::default())
+                .await;
         }
         let start = std::time::Instant::now();
         let method = req.method().clone();
@@ -390,13 +392,12 @@ impl Worker {
             req.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
         let mut route = None;
+        let mut forwarded = Forwarded::default();
         let client_addr = client.addr();
-        // No await between `forward` noting the upstream side and this
-        // request's `handle_request` returning, so what `take_forward`
-        // reads is this request's (or nothing, when it was not forwarded).
-        self.last_forward.set(Forwarded::default());
-        let response = self.clone().handle_request(client, req, &mut route).await;
-        let forwarded = self.take_forward();
+        let response = self
+            .clone()
+            .handle_request(client, req, &mut route, &mut forwarded)
+            .await;
         self.log_request(
             &Finished {
                 start,
@@ -415,12 +416,14 @@ impl Worker {
     }
 
     /// Handles one client request (the access log aside); with the access
-    /// log on, `route` gets the name of the rule that took it.
+    /// log on, `route` gets the name of the rule that took it, and
+    /// `forwarded` the upstream side when it was forwarded.
     async fn handle_request(
         self: Rc<Self>,
         client: Rc<ClientIp>,
         mut req: Request<Incoming>,
         route: &mut Option<Arc<str>>,
+        forwarded: &mut Forwarded,
     ) -> Response<RespBody> {
         let shared = &self.shared;
         let grpc = is_grpc(req.headers());
@@ -565,7 +568,7 @@ impl Worker {
             deadline,
         };
         let request = Request::from_parts(parts, body);
-        let answered = if h2 {
+        let (answered, side) = if h2 {
             let mut transport = Hyper {
                 upstream: H2 {
                     pool: &self.h2_pool,
@@ -584,6 +587,7 @@ impl Worker {
             };
             self.forward(&target, &mut transport, request).await
         };
+        *forwarded = side;
         let answered = match answered {
             Ok(a) => a,
             Err(local) => return self.local(local, grpc),

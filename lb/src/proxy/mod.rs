@@ -201,10 +201,6 @@ pub(crate) struct Worker {
     /// This worker's access log buffer, when the access log is on. It is
     /// dropped (and so handed over) when the worker's thread ends.
     pub(crate) log: Option<RefCell<access_log::WorkerLog>>,
-    /// The upstream side of the last [`Worker::forward`], for the access
-    /// log line the transport writes right after it (set only when the log
-    /// is on; read before any other request on this worker can run).
-    pub(crate) last_forward: std::cell::Cell<attempt::Forwarded>,
     /// Rate limit of the "connection limit reached" warning.
     pub(crate) limit_warn: RefCell<Throttle>,
     /// Where idle plain connections are parked (`None`: parking is off).
@@ -239,7 +235,6 @@ impl Worker {
             client,
             body_error,
             log: log.map(RefCell::new),
-            last_forward: std::cell::Cell::default(),
             limit_warn: RefCell::new(Throttle::new(throttle::WARN_EVERY)),
             parking,
         }

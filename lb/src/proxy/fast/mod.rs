@@ -636,12 +636,7 @@ impl Worker {
         close: bool,
     ) -> Served {
         let upstream = target.upstream;
-        let answered = self.forward(target, &mut transport, ()).await;
-        let forwarded = if self.log.is_some() {
-            self.take_forward()
-        } else {
-            Forwarded::default()
-        };
+        let (answered, forwarded) = self.forward(target, &mut transport, ()).await;
         let out = transport.out;
         let (idx, at, (mut conn, resp)) = match answered {
             Ok(a) => (a.idx, a.at, a.response),

@@ -82,7 +82,7 @@ pub(super) async fn forward(
         call,
         fault: None,
     };
-    let answered = {
+    let (answered, forwarded) = {
         let forward = w.forward(fwd.target, &mut transport, ());
         tokio::select! {
             biased;
@@ -92,11 +92,6 @@ pub(super) async fn forward(
                 return Done { status: 0, bytes: 0, forwarded: Forwarded::default() };
             }
         }
-    };
-    let forwarded = if w.log.is_some() {
-        w.take_forward()
-    } else {
-        Forwarded::default()
     };
     let body_done = transport.body.as_ref().is_none_or(|b| b.done);
     drop(transport);

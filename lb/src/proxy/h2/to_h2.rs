@@ -75,7 +75,7 @@ pub(super) async fn forward(
         },
         fault: None,
     };
-    let answered = {
+    let (answered, forwarded) = {
         let forward = w.forward(fwd.target, &mut transport, request);
         tokio::select! {
             biased;
@@ -85,11 +85,6 @@ pub(super) async fn forward(
                 return Done { status: 0, bytes: 0, forwarded: Forwarded::default() };
             }
         }
-    };
-    let forwarded = if w.log.is_some() {
-        w.take_forward()
-    } else {
-        Forwarded::default()
     };
     let ToH2 { mut pump, .. } = transport;
     let (
