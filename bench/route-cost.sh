@@ -17,7 +17,8 @@
 #                `lb serve --backend B1 --backend B2 --workers 1` (the
 #                Upstream case; e.g. main's binary and this branch's)
 #   SHAPES       shapes of the route_cost example (lb/examples/route_cost.rs):
-#                upstream route routes5 many many-one-host (default: all)
+#                upstream upstream-host route routes5 many many-one-host
+#                (default: all)
 # Environment: DURATION (default 15 s), EXAMPLE_BIN, BACKEND_BIN (default:
 # built with `cargo build --release -p backend -p lb --example route_cost`
 # into $CARGO_TARGET_DIR or target/), KEEP_DIR (keep callgrind files, logs).
@@ -27,7 +28,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 duration=${DURATION:-15}
-shapes=${SHAPES:-upstream route routes5 many many-one-host}
+shapes=${SHAPES:-upstream upstream-host route routes5 many many-one-host}
 die() { printf 'route-cost: error: %s\n' "$*" >&2; exit 1; }
 note() { printf '==> %s\n' "$*" >&2; }
 [[ $duration =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer, got '$duration'"
@@ -114,7 +115,7 @@ awk '
     END {
         for (i = 1; i <= NR; i++) {
             rel = base ? sprintf("%+.2f %%", (per[i] / base - 1) * 100) : "-"
-            printf "| %s | %d | %d | %.0f | %s |\n", name[i], req[i], ins[i], per[i], rel
+            printf "| %s | %d | %.0f | %.0f | %s |\n", name[i], req[i], ins[i], per[i], rel
         }
     }
 ' "$results"

@@ -9,6 +9,8 @@
 //! Shapes (every one routes `GET /host` with `Host: r0.example.com` to the
 //! backends, round-robin):
 //! - `upstream`: one catch-all `Upstream` (what `lb serve --backend` builds);
+//! - `upstream-host`: one `Upstream` for host `r0.example.com` and path
+//!   prefix `/host`: the same match as `route`, in the `Upstream` shape;
 //! - `route`: one HTTPRoute-style route: hostname `r0.example.com`, one rule
 //!   `PathPrefix /host` to one backend (weight 1) holding the endpoints;
 //! - `routes5`: one route for `r0.example.com` with 5 rules (`/a` … `/d`,
@@ -25,8 +27,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use lb::discovery::route::{Backend, Listeners, Match, Order, Route, RouteKind, Rule, Scope};
 use lb::discovery::{
-    EndpointSpec, FixedDiscovery, HostMatch, Origin, Protocol, RoutingConfig, UpstreamConfig,
-    UpstreamPolicy,
+    EndpointSpec, FixedDiscovery, HostMatch, Origin, Protocol, RouteMatch, RoutingConfig,
+    UpstreamConfig, UpstreamPolicy,
 };
 use lb::proxy::ProxyConfig;
 use lb::selection::Policy;
@@ -71,6 +73,17 @@ fn routing(shape: &str, endpoints: Vec<EndpointSpec>) -> RoutingConfig {
         "upstream" => {
             return RoutingConfig {
                 upstreams: vec![UpstreamConfig::catch_all("default", endpoints)],
+                routes: Vec::new(),
+            };
+        }
+        "upstream-host" => {
+            let mut u = UpstreamConfig::catch_all("default", endpoints);
+            u.route = RouteMatch {
+                host: Some("r0.example.com".into()),
+                path_prefix: Some("/host".into()),
+            };
+            return RoutingConfig {
+                upstreams: vec![u],
                 routes: Vec::new(),
             };
         }
