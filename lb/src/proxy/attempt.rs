@@ -301,7 +301,9 @@ pub(crate) struct Answered<R> {
     /// When its head was in (the clock reading the request's duration was
     /// taken from): a connection checked in after the response was relayed
     /// counts its idle time from here, which saves a clock read per
-    /// request and can only expire it a little early.
+    /// request. Its idle time then includes the body's relay, so a
+    /// connection that streamed a long body can expire early (and be
+    /// replaced by a new one), never late.
     pub at: Instant,
 }
 
