@@ -364,12 +364,6 @@ pub struct ProxyArgs {
     #[arg(long, env = "LB_IDLE_PARK_AFTER", default_value = "1s", value_parser = duration)]
     pub idle_park_after: Duration,
 
-    /// How often freed heap pages are given back to the system
-    /// (`malloc_trim`; glibc only). Without it RSS stays at the highest
-    /// burst ever seen. 0 turns it off.
-    #[arg(long, env = "LB_TRIM_MEMORY_EVERY", default_value = "1s", value_parser = duration)]
-    pub trim_memory_every: Duration,
-
     /// Largest request head in bytes (request line + headers); beyond → 431.
     #[arg(long, env = "LB_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
@@ -615,7 +609,6 @@ impl ProxyArgs {
             max_body_bytes: self.max_body_bytes,
             upstream_idle_timeout: self.upstream_idle_timeout,
             upstream_max_idle: self.upstream_max_idle,
-            trim_memory_every: self.trim_memory_every,
             idle_park_after: self.idle_park_after,
             shutdown_timeout: self.shutdown_timeout,
             host_override,
@@ -806,7 +799,6 @@ mod tests {
         let (proxy, policy) = s.proxy.build().unwrap();
         assert_eq!(policy, Policy::default());
         assert_eq!(proxy.upstream_idle_timeout, Duration::from_secs(4));
-        assert_eq!(proxy.trim_memory_every, Duration::from_secs(1));
         assert_eq!(proxy.idle_park_after, Duration::from_secs(1));
         assert_eq!(s.static_source().unwrap().targets.len(), 1);
     }

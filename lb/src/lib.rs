@@ -27,7 +27,6 @@ pub mod crd;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod discovery;
-pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod selection;

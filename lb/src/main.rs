@@ -5,6 +5,13 @@
 
 mod client;
 
+/// The allocator: jemalloc, which gives freed pages back to the system at
+/// once (its options are in `.cargo/config.toml`), so no `malloc_trim`
+/// timer is needed; chosen by measurement (docs/benchmarks.md,
+/// "Allocators").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

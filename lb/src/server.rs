@@ -10,7 +10,6 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::discovery::{self, CertPair, Discovery};
-use crate::memory;
 use crate::metrics::Metrics;
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::tls::CertStore;
@@ -156,17 +155,6 @@ pub async fn run(
             }
         })
     };
-    let trim_memory = (!settings.proxy.trim_memory_every.is_zero()).then(|| {
-        let every = settings.proxy.trim_memory_every;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                memory::release_free_memory();
-            }
-        })
-    });
 
     let proxy_addr = bound.proxy_addr();
     let tls_addr = bound.tls_addr();
@@ -242,9 +230,6 @@ pub async fn run(
     stop_discovery.cancel();
     stop_admin.cancel();
     housekeeping.abort();
-    if let Some(t) = trim_memory {
-        t.abort();
-    }
     let _ = discovery_task.await;
     applier.abort();
     match admin_task.await {

@@ -82,9 +82,6 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per endpoint and worker.
     pub upstream_max_idle: usize,
-    /// How often the server gives freed heap pages back to the system
-    /// ([`crate::memory::release_free_memory`]); zero: never.
-    pub trim_memory_every: Duration,
     /// A plain HTTP/1.1 client connection idle this long leaves its task
     /// and waits in the worker's table of parked connections (`park`), at a
     /// tenth of the memory (default 1 s); zero: never (it waits in its task
@@ -123,7 +120,6 @@ impl Default for ProxyConfig {
             max_body_bytes: None,
             upstream_idle_timeout: Duration::from_secs(4),
             upstream_max_idle: 256,
-            trim_memory_every: Duration::from_secs(1),
             idle_park_after: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(20),
             host_override: None,
