@@ -11,6 +11,7 @@
 //!
 //! This module depends on `metrics` only (no other `proxy` module).
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
@@ -88,11 +89,24 @@ pub struct UpstreamSide {
     pub duration: Duration,
 }
 
-/// One finished request.
+/// The upstream side of a request, as `Worker::forward` returns it: the
+/// endpoint tried last (none when no endpoint was picked) and the retries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forwarded {
+    /// The endpoint that answered or was tried last; `None` when none was
+    /// picked (a local response).
+    pub upstream: Option<UpstreamSide>,
+    /// Attempts beyond the first.
+    pub retries: u32,
+}
+
+/// One finished request, as the transport that served it saw it: the one
+/// record an access log line is made of (the line adds the time it is
+/// written and the request's duration, [`WorkerLog::record`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
-    /// When the request finished.
-    pub time: SystemTime,
+    /// When the request head was complete.
+    pub start: Instant,
     /// The client's address.
     pub client: SocketAddr,
     /// Request method.
@@ -103,37 +117,48 @@ pub struct Record<'a> {
     pub protocol: &'a str,
     /// Status sent to the client.
     pub status: u16,
-    /// Response body bytes sent to the client.
+    /// Response body bytes sent to the client (see docs/access-log.md).
     pub bytes: u64,
-    /// Time from request head to the end of the response.
-    pub duration: Duration,
-    /// The upstream side; `None` for local responses (no route, no
-    /// endpoints).
-    pub upstream: Option<UpstreamSide>,
-    /// Attempts beyond the first.
-    pub retries: u32,
-    /// The `Upstream` (route) name, when a route matched.
+    /// The rule's name, when a route matched.
     pub route: Option<&'a str>,
     /// The request id.
     pub request_id: &'a str,
+    /// The upstream side.
+    pub forwarded: Forwarded,
 }
 
-/// Appends `record` as one line (ending in `\n`) to `out`, formatted in
-/// `line` (cleared first; a caller's reused buffer, so no allocation per
-/// line once it has grown to the longest line).
-pub fn format_line(format: Format, record: &Record<'_>, line: &mut String, out: &mut Vec<u8>) {
+/// When a line's request finished, and how long it took (from
+/// [`Record::start`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Finish {
+    /// When the request finished.
+    pub time: SystemTime,
+    /// Time from request head to the end of the response.
+    pub duration: Duration,
+}
+
+/// Appends `record`, finished at `finish`, as one line (ending in `\n`) to
+/// `out`, formatted in `line` (cleared first; a caller's reused buffer, so
+/// no allocation per line once it has grown to the longest line).
+pub fn format_line(
+    format: Format,
+    record: &Record<'_>,
+    finish: Finish,
+    line: &mut String,
+    out: &mut Vec<u8>,
+) {
     line.clear();
     match format {
-        Format::Json => json_line(record, line),
-        Format::Combined => combined_line(record, line),
+        Format::Json => json_line(record, finish, line),
+        Format::Combined => combined_line(record, finish, line),
     }
     line.push('\n');
     out.extend_from_slice(line.as_bytes());
 }
 
-fn json_line(r: &Record<'_>, s: &mut String) {
+fn json_line(r: &Record<'_>, f: Finish, s: &mut String) {
     s.push_str("{\"time\":\"");
-    rfc3339(r.time, s);
+    rfc3339(f.time, s);
     let _ = write!(s, "\",\"client\":\"{}\",\"method\":", r.client);
     json_str(r.method, s);
     s.push_str(",\"path\":");
@@ -145,9 +170,9 @@ fn json_line(r: &Record<'_>, s: &mut String) {
         ",\"status\":{},\"bytes\":{},\"duration_ms\":{:.3}",
         r.status,
         r.bytes,
-        millis(r.duration)
+        millis(f.duration)
     );
-    match r.upstream {
+    match r.forwarded.upstream {
         Some(u) => {
             let _ = write!(s, ",\"upstream_addr\":\"{}\",\"upstream_status\":", u.addr);
             match u.status {
@@ -162,7 +187,7 @@ fn json_line(r: &Record<'_>, s: &mut String) {
             ",\"upstream_addr\":null,\"upstream_status\":null,\"upstream_duration_ms\":null",
         ),
     }
-    let _ = write!(s, ",\"retries\":{},\"route\":", r.retries);
+    let _ = write!(s, ",\"retries\":{},\"route\":", r.forwarded.retries);
     match r.route {
         Some(route) => json_str(route, s),
         None => s.push_str("null"),
@@ -175,9 +200,9 @@ fn json_line(r: &Record<'_>, s: &mut String) {
 /// `client - - [time] "METHOD path PROTO" status bytes "-" "-" rt=… ua=…
 /// us=… ut=… retries=… route="…" rid="…"`: the combined log's shape
 /// (referer and user agent are not kept, so `"-"`), then key=value fields.
-fn combined_line(r: &Record<'_>, s: &mut String) {
+fn combined_line(r: &Record<'_>, f: Finish, s: &mut String) {
     let _ = write!(s, "{} - - [", r.client.ip());
-    rfc3339(r.time, s);
+    rfc3339(f.time, s);
     s.push_str("] \"");
     text_escaped(r.method, s);
     s.push(' ');
@@ -189,9 +214,9 @@ fn combined_line(r: &Record<'_>, s: &mut String) {
         "\" {} {} \"-\" \"-\" rt={:.3}",
         r.status,
         r.bytes,
-        r.duration.as_secs_f64()
+        f.duration.as_secs_f64()
     );
-    match r.upstream {
+    match r.forwarded.upstream {
         Some(u) => {
             let _ = write!(s, " ua={}", u.addr);
             match u.status {
@@ -204,7 +229,7 @@ fn combined_line(r: &Record<'_>, s: &mut String) {
         }
         None => s.push_str(" ua=- us=- ut=-"),
     }
-    let _ = write!(s, " retries={} route=\"", r.retries);
+    let _ = write!(s, " retries={} route=\"", r.forwarded.retries);
     text_escaped(r.route.unwrap_or("-"), s);
     s.push_str("\" rid=\"");
     text_escaped(r.request_id, s);
@@ -447,9 +472,14 @@ impl WorkerLog {
         &mut self.ids
     }
 
-    /// Writes one line; hands the buffer over when it is full.
+    /// Writes `record`'s line, finished now; hands the buffer over when it
+    /// is full.
     pub fn record(&mut self, record: &Record<'_>) {
-        format_line(self.format, record, &mut self.line, &mut self.buf);
+        let finish = Finish {
+            time: SystemTime::now(),
+            duration: record.start.elapsed(),
+        };
+        format_line(self.format, record, finish, &mut self.line, &mut self.buf);
         self.lines += 1;
         let now = Instant::now();
         let first = *self.first_line.get_or_insert(now);
@@ -502,6 +532,55 @@ impl Drop for WorkerLog {
     }
 }
 
+/// A worker's handle on the access log: off, or the worker's side of it.
+/// Dropping it (when the worker's thread ends) hands over what it holds.
+#[derive(Debug, Default)]
+pub struct Log(Option<RefCell<WorkerLog>>);
+
+impl Log {
+    /// A handle on `log`, or an off one.
+    pub fn new(log: Option<WorkerLog>) -> Self {
+        Self(log.map(RefCell::new))
+    }
+
+    /// Whether lines are written (transports then keep what a line needs).
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Writes `record`'s line; a no-op when the log is off.
+    pub fn record(&self, record: &Record<'_>) {
+        if let Some(log) = &self.0 {
+            log.borrow_mut().record(record);
+        }
+    }
+
+    /// The request id of a request whose client sent `given` (its
+    /// `X-Request-Id` values), written into `out`: the one value when it is
+    /// valid, else a new one (empty when the log is off).
+    pub fn request_id<'v>(&self, mut given: impl Iterator<Item = &'v [u8]>, out: &mut String) {
+        out.clear();
+        if let (Some(v), None) = (given.next(), given.next())
+            && valid_request_id(v)
+        {
+            // Visible ASCII only, so this is valid UTF-8.
+            out.push_str(std::str::from_utf8(v).unwrap_or_default());
+            return;
+        }
+        if let Some(log) = &self.0 {
+            log.borrow_mut().ids().next_into(out);
+        }
+    }
+
+    /// Hands the buffer over if its first line is older than
+    /// [`FLUSH_INTERVAL`].
+    pub fn flush_if_due(&self) {
+        if let Some(log) = &self.0 {
+            log.borrow_mut().flush_if_due();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -510,28 +589,34 @@ mod tests {
 
     fn record<'a>(path: &'a str, id: &'a str) -> Record<'a> {
         Record {
-            time: UNIX_EPOCH + Duration::from_millis(1_764_680_000_123),
+            start: Instant::now(),
             client: "127.0.0.1:40000".parse().unwrap(),
             method: "GET",
             path,
             protocol: "HTTP/1.1",
             status: 200,
             bytes: 42,
-            duration: Duration::from_micros(1500),
-            upstream: Some(UpstreamSide {
-                addr: "127.0.0.1:9001".parse().unwrap(),
-                status: Some(200),
-                duration: Duration::from_micros(1200),
-            }),
-            retries: 1,
             route: Some("web"),
             request_id: id,
+            forwarded: Forwarded {
+                upstream: Some(UpstreamSide {
+                    addr: "127.0.0.1:9001".parse().unwrap(),
+                    status: Some(200),
+                    duration: Duration::from_micros(1200),
+                }),
+                retries: 1,
+            },
         }
     }
 
+    /// The line of `r`, finished at a fixed time after 1.5 ms.
     fn line(format: Format, r: &Record<'_>) -> String {
+        let finish = Finish {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_680_000_123),
+            duration: Duration::from_micros(1500),
+        };
         let mut out = Vec::new();
-        format_line(format, r, &mut String::new(), &mut out);
+        format_line(format, r, finish, &mut String::new(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -559,7 +644,7 @@ mod tests {
     #[test]
     fn json_local_response_has_null_upstream() {
         let mut r = record("/", "x");
-        r.upstream = None;
+        r.forwarded.upstream = None;
         r.route = None;
         r.status = 404;
         let v: serde_json::Value = serde_json::from_str(&line(Format::Json, &r)).unwrap();
@@ -590,7 +675,7 @@ mod tests {
              rt=0.002 ua=127.0.0.1:9001 us=200 ut=0.001 retries=1 route=\"web\" rid=\"rid-1\"\n"
         );
         let mut r = record("/", "x");
-        r.upstream = None;
+        r.forwarded.upstream = None;
         r.route = None;
         assert!(line(Format::Combined, &r).contains(" ua=- us=- ut=- retries=1 route=\"-\""));
     }

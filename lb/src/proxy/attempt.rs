@@ -27,14 +27,13 @@
 //! kind of pooled connection. A new protocol adds a transport, not a policy.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
 
 use http::Method;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::Worker;
-use super::access_log::{Record, UpstreamSide};
+use super::access_log::{Forwarded, UpstreamSide};
 use super::filters;
 use super::headers::ClientIp;
 use super::local::{Local, Reply};
@@ -256,40 +255,6 @@ enum AfterFailure {
     Retry(usize),
     /// Answer the client locally.
     GiveUp(Local),
-}
-
-/// The upstream side of a request, as [`Worker::forward`] returns it for the
-/// access log line.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Forwarded {
-    /// The endpoint that answered or was tried last; `None` when none was
-    /// picked.
-    pub upstream: Option<UpstreamSide>,
-    /// Attempts beyond the first.
-    pub retries: u32,
-}
-
-/// What a transport knows about a finished request, for its access log
-/// line ([`Worker::log_request`]).
-pub(crate) struct Finished<'a> {
-    /// When the request head was complete.
-    pub start: std::time::Instant,
-    /// The client.
-    pub client: SocketAddr,
-    /// Request method.
-    pub method: &'a str,
-    /// Request target (path and query).
-    pub path: &'a str,
-    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
-    pub protocol: &'a str,
-    /// Status sent to the client.
-    pub status: u16,
-    /// Response body bytes sent (see docs/access-log.md).
-    pub bytes: u64,
-    /// The route's name, when one matched.
-    pub route: Option<&'a str>,
-    /// The request id.
-    pub request_id: &'a str,
 }
 
 /// A request that reached an endpoint and got a response head.
@@ -571,49 +536,6 @@ impl Worker {
                     return (Err(local), side);
                 }
             }
-        }
-    }
-
-    /// Writes the access log line of a finished request (a no-op when the
-    /// log is off). `forwarded` is the upstream side: what
-    /// [`Worker::forward`] returned, or the default for a request that was
-    /// answered without it.
-    pub(crate) fn log_request(&self, done: &Finished<'_>, forwarded: Forwarded) {
-        let Some(log) = &self.log else { return };
-        log.borrow_mut().record(&Record {
-            time: SystemTime::now(),
-            client: done.client,
-            method: done.method,
-            path: done.path,
-            protocol: done.protocol,
-            status: done.status,
-            bytes: done.bytes,
-            duration: done.start.elapsed(),
-            upstream: forwarded.upstream,
-            retries: forwarded.retries,
-            route: done.route,
-            request_id: done.request_id,
-        });
-    }
-
-    /// The request id for a request whose client sent `given` (its
-    /// `X-Request-Id` values): the one value when it is valid, else a new
-    /// one, written into `out`.
-    pub(crate) fn request_id<'v>(
-        &self,
-        mut given: impl Iterator<Item = &'v [u8]>,
-        out: &mut String,
-    ) {
-        out.clear();
-        if let (Some(v), None) = (given.next(), given.next())
-            && super::access_log::valid_request_id(v)
-        {
-            // Visible ASCII only, so this is valid UTF-8.
-            out.push_str(std::str::from_utf8(v).unwrap_or_default());
-            return;
-        }
-        if let Some(log) = &self.log {
-            log.borrow_mut().ids().next_into(out);
         }
     }
 

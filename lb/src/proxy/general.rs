@@ -20,9 +20,9 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::Worker;
+use super::access_log::{Forwarded, Record};
 use super::attempt::{
-    Connector, Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Transport,
-    is_idempotent,
+    Connector, Decision, Failure, FailureKind, SendFailure, Transport, is_idempotent,
 };
 use super::body::{BodyOutcome, BodyState, Inbound, Lease, ReqBody, RespBody, UpstreamBody};
 use super::filters;
@@ -364,7 +364,7 @@ impl Worker {
         client: Rc<ClientIp>,
         mut req: Request<Incoming>,
     ) -> Response<RespBody> {
-        if self.log.is_none() {
+        if !self.log.is_on() {
             return self
                 .handle_request(client, req, &mut None, &mut Forwarded::default())
                 .await;
@@ -381,7 +381,7 @@ impl Worker {
             _ => "HTTP/1.1",
         };
         let mut request_id = String::new();
-        self.request_id(
+        self.log.request_id(
             req.headers()
                 .get_all(&X_REQUEST_ID)
                 .iter()
@@ -398,20 +398,18 @@ impl Worker {
             .clone()
             .handle_request(client, req, &mut route, &mut forwarded)
             .await;
-        self.log_request(
-            &Finished {
-                start,
-                client: client_addr,
-                method: method.as_str(),
-                path: &target,
-                protocol,
-                status: response.status().as_u16(),
-                bytes: response.body().size_hint().exact().unwrap_or(0),
-                route: route.as_deref(),
-                request_id: &request_id,
-            },
+        self.log.record(&Record {
+            start,
+            client: client_addr,
+            method: method.as_str(),
+            path: &target,
+            protocol,
+            status: response.status().as_u16(),
+            bytes: response.body().size_hint().exact().unwrap_or(0),
+            route: route.as_deref(),
+            request_id: &request_id,
             forwarded,
-        );
+        });
         response
     }
 
@@ -462,7 +460,7 @@ impl Worker {
                     .and_then(|h| h.to_str().ok())
             });
         let decision = self.decide(&table, &client, host, &HyperView(&req));
-        if self.log.is_some() {
+        if self.log.is_on() {
             *route = decision.label().map(Arc::from);
         }
         let target = match decision {

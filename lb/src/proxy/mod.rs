@@ -194,9 +194,9 @@ pub(crate) struct Worker {
     /// hyper's client settings for the general path.
     pub(crate) client: hyper::client::conn::http1::Builder,
     pub(crate) body_error: BodyErrorHook,
-    /// This worker's access log buffer, when the access log is on. It is
+    /// This worker's side of the access log (off when the log is). It is
     /// dropped (and so handed over) when the worker's thread ends.
-    pub(crate) log: Option<RefCell<access_log::WorkerLog>>,
+    pub(crate) log: access_log::Log,
     /// Rate limit of the "connection limit reached" warning.
     pub(crate) limit_warn: RefCell<Throttle>,
     /// Where idle plain connections are parked (`None`: parking is off).
@@ -230,7 +230,7 @@ impl Worker {
             shared,
             client,
             body_error,
-            log: log.map(RefCell::new),
+            log: access_log::Log::new(log),
             limit_warn: RefCell::new(Throttle::new(throttle::WARN_EVERY)),
             parking,
         }
@@ -400,15 +400,13 @@ fn run_worker(
         };
         // A quiet worker's lines still reach the sink within about
         // FLUSH_INTERVAL.
-        let flusher = worker.log.is_some().then(|| {
+        let flusher = worker.log.is_on().then(|| {
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(access_log::FLUSH_INTERVAL);
                 loop {
                     tick.tick().await;
-                    if let Some(log) = &worker.log {
-                        log.borrow_mut().flush_if_due();
-                    }
+                    worker.log.flush_if_due();
                 }
             })
         });

@@ -35,10 +35,8 @@ use tracing::debug;
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
 use self::head::{Fields, Framing, Limits, Parse, Parsed, RequestEdits, Response, ResponseHead};
 use super::Worker;
-use super::attempt::{
-    Decision, Failure, FailureKind, Finished, Forwarded, SendFailure, Target, Transport,
-    body_failed,
-};
+use super::access_log::{Forwarded, Record};
+use super::attempt::{Decision, Failure, FailureKind, SendFailure, Target, Transport, body_failed};
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
 use super::headers::ClientIp;
 use super::local::{Local, Reply};
@@ -364,14 +362,13 @@ async fn serve_one<S: ClientStream>(
     };
     // Timed only for the access log (the duration metric is the attempt
     // core's).
-    let meta = match w.log {
-        Some(_) => {
-            let start = std::time::Instant::now();
-            let meta = meta.get_or_insert_default();
-            meta.fill(w, &inb[..req.len], up_head);
-            Some((&**meta, start))
-        }
-        None => None,
+    let meta = if w.log.is_on() {
+        let start = std::time::Instant::now();
+        let meta = meta.get_or_insert_default();
+        meta.fill(w, &inb[..req.len], up_head);
+        Some((&**meta, start))
+    } else {
+        None
     };
     let close = req.close || drain.is_cancelled();
     inb.advance(req.len);
@@ -401,20 +398,18 @@ async fn serve_one<S: ClientStream>(
         }
     };
     if let Some((meta, start)) = meta {
-        w.log_request(
-            &Finished {
-                start,
-                client: client.addr(),
-                method: &meta.method,
-                path: &meta.target,
-                protocol: "HTTP/1.1",
-                status: served.status,
-                bytes: served.bytes,
-                route: label,
-                request_id: &meta.request_id,
-            },
-            served.forwarded,
-        );
+        w.log.record(&Record {
+            start,
+            client: client.addr(),
+            method: &meta.method,
+            path: &meta.target,
+            protocol: "HTTP/1.1",
+            status: served.status,
+            bytes: served.bytes,
+            route: label,
+            request_id: &meta.request_id,
+            forwarded: served.forwarded,
+        });
     }
     if !served.keep {
         let _ = stream.shutdown().await;
@@ -716,7 +711,7 @@ impl LogMeta {
         self.method.push_str(method);
         self.target.clear();
         self.target.push_str(target);
-        worker.request_id(
+        worker.log.request_id(
             head::header_values(head, b"x-request-id"),
             &mut self.request_id,
         );

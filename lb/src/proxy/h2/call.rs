@@ -9,7 +9,8 @@ use http::request::Parts;
 use tracing::debug;
 
 use crate::proxy::Worker;
-use crate::proxy::attempt::{Forwarded, Target};
+use crate::proxy::access_log::Forwarded;
+use crate::proxy::attempt::Target;
 use crate::proxy::filters;
 use crate::proxy::headers::ClientIp;
 use crate::proxy::local::{Local, Reply};

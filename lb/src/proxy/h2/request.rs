@@ -18,7 +18,8 @@ use super::call::{Call, Done, Forwarding, declared_length, send_whole};
 use super::{to_h1, to_h2};
 use crate::discovery::Protocol;
 use crate::proxy::Worker;
-use crate::proxy::attempt::{Decision, Finished};
+use crate::proxy::access_log::Record;
+use crate::proxy::attempt::Decision;
 use crate::proxy::filters;
 use crate::proxy::grpc::{grpc_timeout, is_grpc};
 use crate::proxy::headers::ClientIp;
@@ -40,7 +41,7 @@ pub(super) async fn serve(
 ) -> Served {
     let (w, client) = (&*w, &*client);
     let (parts, body) = req.into_parts();
-    if w.log.is_none() {
+    if !w.log.is_on() {
         answer(w, client, parts, body, &mut respond, None).await;
         return Served;
     }
@@ -51,7 +52,7 @@ pub(super) async fn serve(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let mut request_id = String::new();
-    w.request_id(
+    w.log.request_id(
         parts
             .headers
             .get_all(&X_REQUEST_ID)
@@ -65,20 +66,18 @@ pub(super) async fn serve(
         // for a client that went away before its request head was read.
         return Served;
     }
-    w.log_request(
-        &Finished {
-            start,
-            client: client.addr(),
-            method: method.as_str(),
-            path: &target,
-            protocol: "HTTP/2",
-            status: done.status,
-            bytes: done.bytes,
-            route: route.as_deref(),
-            request_id: &request_id,
-        },
-        done.forwarded,
-    );
+    w.log.record(&Record {
+        start,
+        client: client.addr(),
+        method: method.as_str(),
+        path: &target,
+        protocol: "HTTP/2",
+        status: done.status,
+        bytes: done.bytes,
+        route: route.as_deref(),
+        request_id: &request_id,
+        forwarded: done.forwarded,
+    });
     Served
 }
 
@@ -148,7 +147,7 @@ async fn answer(
     let decision = w.decide(&table, client, authority, &PartsView(&parts));
     let route = w
         .log
-        .is_some()
+        .is_on()
         .then(|| decision.hit().map(|h| h.rule.label.clone()))
         .flatten();
     let target = match decision {

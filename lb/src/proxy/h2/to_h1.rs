@@ -25,8 +25,9 @@ use super::body::{BodyError, send_all};
 use super::call::{Call, Done, Forwarding, declared_length};
 use super::head::{self, BodyFraming, Head, Parsed};
 use crate::discovery::route::HeaderEdits;
+use crate::proxy::access_log::Forwarded;
 use crate::proxy::attempt::{
-    Failure, FailureKind, Forwarded, SendFailure, Transport, body_failed, is_idempotent,
+    Failure, FailureKind, SendFailure, Transport, body_failed, is_idempotent,
 };
 use crate::proxy::buffers::UPSTREAM_BUF;
 use crate::proxy::fast::ChunkedScanner;

@@ -21,8 +21,9 @@ use super::body::{BodyError, Pump};
 use super::call::{Call, Done, Forwarding};
 use super::head;
 use super::upstream::{self, H2Pool, H2Stream};
+use crate::proxy::access_log::Forwarded;
 use crate::proxy::attempt::{
-    Failure, FailureKind, Forwarded, SendFailure, Transport, body_failed, is_idempotent,
+    Failure, FailureKind, SendFailure, Transport, body_failed, is_idempotent,
 };
 use crate::proxy::fast::head::RequestEdits;
 use crate::proxy::headers::apply_edits;
