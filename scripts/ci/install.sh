@@ -11,9 +11,10 @@ log() { printf '==> %s\n' "$*"; }
 as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
 
 apt_pkgs=()
-# valgrind, h2load and strace: the cost gate (bench/cost.sh --gate).
+# valgrind, h2load and strace: the cost gate (bench/cost.sh --gate); make:
+# tikv-jemalloc-sys builds jemalloc with it (the lb binary's allocator).
 for tool in curl:curl wrk:wrk nginx:nginx shellcheck:shellcheck jq:jq ip:iproute2 \
-    valgrind:valgrind h2load:nghttp2-client strace:strace openssl:openssl; do
+    valgrind:valgrind h2load:nghttp2-client strace:strace openssl:openssl make:make; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${tool#*:}")
 done
 # Headless Chromium from Debian's archive: the admin page's browser test
