@@ -23,8 +23,9 @@
 # processes: nginx = master + workers, and Pss from smaps_rollup too) is read
 # before (after WARM_CONNS connections were held and closed, SETTLE s
 # earlier), and SETTLE seconds after all N are held (for both proxies: the lb
-# parks a connection idle for --idle-park-after, 1 s, and gives freed pages
-# back once a second; the report says if fewer than N were parked); the
+# parks a connection idle for --idle-park-after, 1 s, and its allocator gives
+# freed pages back as they are freed; the report says if fewer than N were
+# parked); the
 # report gives (after - before) / N in KB.
 #
 # nginx is configured as in bench/lb-vs-nginx.sh (bench/nginx/proxy.conf.tmpl:

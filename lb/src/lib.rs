@@ -15,8 +15,8 @@
 //! - [`proxy`]: the data plane — listeners and per-core workers, one
 //!   attempt core (`proxy::attempt`) and the transports around it;
 //! - [`admin`]: probes, metrics exposition and `/endpoints`;
-//! - [`config`]: the flags; [`server`]: the wiring; [`memory`]: giving
-//!   freed pages back; [`shutdown`], [`telemetry`].
+//! - [`config`]: the flags; [`server`]: the wiring; [`shutdown`],
+//!   [`telemetry`].
 //!
 //! The HTTP and gRPC clients of `lb probe` and `lb check` are the binary's
 //! (`src/client.rs`, declared in `main.rs`), not part of this library.

@@ -1,7 +1,7 @@
 //! The attempt core: the one place where the proxy's policy lives.
 //!
 //! Every request, whichever transport carried it in and whichever carries it
-//! out, goes through [`Worker::route`] and [`Worker::forward`]:
+//! out, goes through [`Worker::decide`] and [`Worker::forward`]:
 //!
 //! 1. **decide** ([`Worker::decide`]): the routing table's best rule for
 //!    the request (listener, host, path, and method, headers and query

@@ -15,7 +15,7 @@
 //! path (`general.rs`) for good. Both send upstream on connections from the
 //! worker's one pool ([`upstream`]) and rewrite headers by one table
 //! ([`headers`]). A new protocol plugs in as a client transport that calls
-//! [`Worker::route`] and [`Worker::forward`] with an upstream transport
+//! [`Worker::decide`] and [`Worker::forward`] with an upstream transport
 //! implementing [`attempt::Transport`].
 
 pub mod access_log;

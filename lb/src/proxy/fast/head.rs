@@ -172,7 +172,7 @@ pub enum Parse<'b, 'h> {
     Ready(Parsed<'b, 'h>),
 }
 
-/// A parsed request head: what routing reads ([`Parsed::view`],
+/// A parsed request head: what routing reads (its [`RequestView`],
 /// [`Parsed::host`]) and what [`Parsed::write`] rewrites for upstream.
 #[derive(Debug)]
 pub struct Parsed<'b, 'h> {

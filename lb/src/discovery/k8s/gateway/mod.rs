@@ -4,7 +4,7 @@
 //!
 //! One pure step, [`GatewayIndex::compute`], reads every store and returns
 //! the routing snapshot, the TLS certificates of the served HTTPS listeners
-//! and every status; the watch loop ([`run`]) feeds the stores, publishes
+//! and every status; the watch loop (`run` in `discovery::k8s`) feeds the stores, publishes
 //! and hands the statuses to one status writer per kind. The steps, each in
 //! its own module:
 //!
