@@ -106,7 +106,7 @@ fn routing(shape: &str, endpoints: Vec<EndpointSpec>) -> RoutingConfig {
     };
     RoutingConfig {
         upstreams: Vec::new(),
-        routes,
+        routes: routes.into_iter().map(std::sync::Arc::new).collect(),
     }
 }
 

@@ -346,7 +346,7 @@ fn routes(backend: SocketAddr) -> RoutingConfig {
         action,
         policy: Default::default(),
     };
-    cfg.routes.push(Route {
+    cfg.routes.push(Arc::new(Route {
         origin: Origin {
             kind: RouteKind::HttpRoute,
             namespace: "ns".into(),
@@ -380,7 +380,7 @@ fn routes(backend: SocketAddr) -> RoutingConfig {
                 }]),
             ),
         ],
-    });
+    }));
     cfg
 }
 

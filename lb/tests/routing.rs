@@ -85,7 +85,7 @@ fn route(name: &str, created: i64, hosts: &[&str], rules: Vec<Rule>) -> Route {
 fn config(routes: Vec<Route>) -> RoutingConfig {
     RoutingConfig {
         upstreams: vec![],
-        routes,
+        routes: routes.into_iter().map(std::sync::Arc::new).collect(),
     }
 }
 

@@ -206,17 +206,18 @@ pub struct RoutingConfig {
     /// them itself). Backend names are unique across both lists: a backend
     /// named like an upstream, or two different backends with one name,
     /// are a configuration error that the data plane logs, keeping the
-    /// first.
-    pub routes: Vec<Route>,
+    /// first. Shared: a source keeps the routes that did not change
+    /// between snapshots, and the data plane recognises them by pointer.
+    pub routes: Vec<Arc<Route>>,
 }
 
 impl RoutingConfig {
     /// Every route: the upstreams lowered, then `routes`.
-    pub fn all_routes(&self) -> impl Iterator<Item = std::borrow::Cow<'_, Route>> {
+    pub fn all_routes(&self) -> impl Iterator<Item = Arc<Route>> {
         self.upstreams
             .iter()
             .map(|u| {
-                std::borrow::Cow::Owned(u.to_route(
+                Arc::new(u.to_route(
                     Origin {
                         kind: RouteKind::Upstream,
                         namespace: "".into(),
@@ -225,7 +226,7 @@ impl RoutingConfig {
                     Order::default(),
                 ))
             })
-            .chain(self.routes.iter().map(std::borrow::Cow::Borrowed))
+            .chain(self.routes.iter().cloned())
     }
 }
 
@@ -628,7 +629,7 @@ mod tests {
         assert_eq!(r.rules[0].matches, [Match::prefix("/")]);
         let cfg = RoutingConfig {
             upstreams: vec![u],
-            routes: vec![r.clone()],
+            routes: vec![Arc::new(r.clone())],
         };
         let all: Vec<_> = cfg.all_routes().collect();
         assert_eq!(all.len(), 2);

@@ -10,13 +10,12 @@
 //! endpoint-set change neither resets fairness nor disturbs in-flight
 //! requests (they hold their own `Arc`s).
 
+mod build;
 mod endpoint;
 pub mod route;
 pub mod rule;
 pub mod schedule;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,10 +28,8 @@ pub use route::{Hit, RequestView, Routes};
 pub use rule::{Forward, Pick, RouteRule, RuleAction, RuleFilters};
 pub use schedule::Strategy;
 
-use crate::discovery::route::{Action, BackendRef, HostMatch, Listeners, Precedence, RulePolicy};
-use crate::discovery::{
-    Backend, Origin, Protocol, Route, RouteKind, RouteMatch, RoutingConfig, UpstreamPolicy,
-};
+use crate::discovery::route::RulePolicy;
+use crate::discovery::{Protocol, RouteMatch, RoutingConfig, UpstreamPolicy};
 use crate::metrics::{EndpointStateLabels, Metrics};
 
 /// Effective per-upstream settings: the LB's flags with the upstream's
@@ -203,14 +200,6 @@ pub struct RoutingTable {
     pub version: u64,
 }
 
-#[derive(Debug, Default)]
-struct BuildState {
-    cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
-    rule_cursors: HashMap<(Origin, usize), Arc<AtomicUsize>>,
-    endpoints: HashMap<(Arc<str>, SocketAddr), Arc<Endpoint>>,
-    version: u64,
-}
-
 /// Owner of the current [`RoutingTable`].
 #[derive(Debug)]
 pub struct Balancer {
@@ -221,7 +210,8 @@ pub struct Balancer {
     defaults: Policy,
     strategy: Strategy,
     metrics: Arc<Metrics>,
-    state: Mutex<BuildState>,
+    /// What the last build left for the next (see [`build`]).
+    state: Mutex<build::Built>,
     /// The endpoint-state gauges no longer match the table (set on every
     /// change of the table or of an endpoint's state; housekeeping
     /// refreshes them only then, so a large table costs nothing per second).
@@ -237,7 +227,7 @@ impl Balancer {
             defaults,
             strategy: Strategy::RoundRobin,
             metrics,
-            state: Mutex::new(BuildState::default()),
+            state: Mutex::new(build::Built::default()),
             gauges_stale: AtomicBool::new(true),
         }
     }
@@ -276,87 +266,23 @@ impl Balancer {
     /// keeps the first.
     pub fn apply(&self, config: &RoutingConfig) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut build = Build {
-            balancer: self,
-            old: &state,
-            cursors: HashMap::new(),
-            endpoints: HashMap::new(),
-            upstreams: Vec::new(),
-            by_name: HashMap::new(),
-            displayed: config
-                .upstreams
-                .iter()
-                .map(|u| (u.name.clone(), u.route.clone()))
-                .collect(),
-        };
-        let routes: Vec<_> = config.all_routes().collect();
-        let every_path = crate::discovery::Match::default();
-        let mut rules = Vec::new();
-        let mut filed = Vec::new();
-        let mut rule_cursors = HashMap::new();
-        for route in &routes {
-            let origin = Arc::new(route.origin.clone());
-            let hosts = scope_hosts(route);
-            for (index, rule) in route.rules.iter().enumerate() {
-                if let Err(e) = rule.validate(index) {
-                    warn!(route = %route.origin, error = %e, "invalid rule left out of the routing table");
-                    continue;
-                }
-                let key = ((*origin).clone(), index);
-                let cursor = state
-                    .rule_cursors
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(AtomicUsize::new(0)));
-                rule_cursors.insert(key, cursor.clone());
-                let at = rules.len();
-                rules.push(build.rule(&origin, index, rule, cursor));
-                let matches = if rule.matches.is_empty() {
-                    std::slice::from_ref(&every_path)
-                } else {
-                    &rule.matches[..]
-                };
-                for (i, m) in matches.iter().enumerate() {
-                    filed.push(route::Filed {
-                        rule: at,
-                        matched: m,
-                        precedence: Precedence::of(route, index, m, i),
-                        hosts: hosts.clone(),
-                    });
-                }
-            }
-        }
-        let Build {
-            cursors,
-            endpoints,
-            upstreams,
-            ..
-        } = build;
-        for (name, addr) in state.endpoints.keys() {
-            if !endpoints.contains_key(&(name.clone(), *addr)) {
-                info!(upstream = %name, endpoint = %addr, "endpoint removed");
-            }
-        }
-        for (name, addr) in endpoints.keys() {
-            if !state.endpoints.contains_key(&(name.clone(), *addr)) {
-                info!(upstream = %name, endpoint = %addr, "endpoint added");
-            }
-        }
-        let routes = Routes::new(rules, filed);
-        state.cursors = cursors;
-        state.rule_cursors = rule_cursors;
-        state.endpoints = endpoints;
-        state.version += 1;
-        let table = RoutingTable {
-            upstreams,
-            routes,
-            version: state.version,
-        };
+        let previous = self.table.load_full();
+        let table = build::table(
+            &mut state,
+            &previous.routes,
+            config,
+            &build::Settings {
+                defaults: &self.defaults,
+                strategy: self.strategy,
+                metrics: &self.metrics,
+            },
+        );
         let version = table.version;
         self.table.store(Arc::new(table));
         self.published.store(version, Ordering::Release);
         self.gauges_stale.store(true, Ordering::Relaxed);
         drop(state);
+        drop(previous);
         self.metrics.discovery_updates.inc();
         self.housekeeping();
     }
@@ -432,156 +358,6 @@ impl Balancer {
                 endpoint = %ep.addr,
                 "endpoint keeps failing but is the last available one; not ejecting"
             ),
-        }
-    }
-}
-
-/// The hostnames a route is filed under (`None`: any host), each with the
-/// listeners it applies on.
-fn scope_hosts(route: &Route) -> Vec<(Option<HostMatch>, Listeners)> {
-    let mut out: Vec<(Option<HostMatch>, Listeners)> = Vec::new();
-    for scope in &route.scopes {
-        let hosts: Vec<Option<HostMatch>> = if scope.hostnames.is_empty() {
-            vec![None]
-        } else {
-            scope.hostnames.iter().cloned().map(Some).collect()
-        };
-        for host in hosts {
-            match out.iter_mut().find(|(h, _)| *h == host) {
-                Some((_, l)) => *l = l.union(scope.listeners),
-                None => out.push((host, scope.listeners)),
-            }
-        }
-    }
-    out
-}
-
-/// One table build in progress: the endpoint sets made so far, by name.
-struct Build<'b> {
-    balancer: &'b Balancer,
-    old: &'b BuildState,
-    cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
-    endpoints: HashMap<(Arc<str>, SocketAddr), Arc<Endpoint>>,
-    upstreams: Vec<Arc<Upstream>>,
-    by_name: HashMap<Arc<str>, (Arc<Upstream>, Arc<Backend>)>,
-    /// The match of each `Upstream`-shaped route, shown by the admin page.
-    displayed: HashMap<Arc<str>, RouteMatch>,
-}
-
-impl Build<'_> {
-    /// The endpoint set for `backend`: the one already made under its
-    /// name, else a new one whose endpoints and cursor carry over from the
-    /// previous table.
-    fn backend(&mut self, backend: &Arc<Backend>) -> Arc<Upstream> {
-        if let Some((u, first)) = self.by_name.get(&backend.name) {
-            if **first != **backend {
-                warn!(
-                    backend = %backend.name,
-                    "two different backends share a name; the first one is used"
-                );
-            }
-            return u.clone();
-        }
-        let name = backend.name.clone();
-        let metrics = &self.balancer.metrics;
-        let cursor = self
-            .old
-            .cursors
-            .get(&name)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(AtomicUsize::new(0)));
-        self.cursors.insert(name.clone(), cursor.clone());
-        let mut eps = Vec::with_capacity(backend.endpoints.len());
-        for spec in &backend.endpoints {
-            let key = (name.clone(), spec.addr);
-            if self.endpoints.contains_key(&key) {
-                continue; // duplicate address in one backend
-            }
-            let ep = match self.old.endpoints.get(&key) {
-                Some(ep) if ep.weight == spec.weight.max(1) && ep.name == spec.name => ep.clone(),
-                _ => Arc::new(Endpoint::new(
-                    &name,
-                    spec.addr,
-                    spec.name.clone(),
-                    spec.weight,
-                    metrics,
-                )),
-            };
-            self.endpoints.insert(key, ep.clone());
-            eps.push(ep);
-        }
-        let upstream = Arc::new(
-            Upstream::new(
-                name.clone(),
-                self.displayed.get(&name).cloned().unwrap_or_default(),
-                eps,
-                self.balancer.defaults.with(&backend.policy),
-                self.balancer.strategy,
-                cursor,
-            )
-            .speaking(backend.protocol),
-        );
-        self.upstreams.push(upstream.clone());
-        self.by_name
-            .insert(name, (upstream.clone(), backend.clone()));
-        upstream
-    }
-
-    /// Compiles rule `index` of the route from `origin`.
-    fn rule(
-        &mut self,
-        origin: &Arc<Origin>,
-        index: usize,
-        rule: &crate::discovery::Rule,
-        cursor: Arc<AtomicUsize>,
-    ) -> RouteRule {
-        let action = match &rule.action {
-            Action::Forward(shares) => {
-                let shares = shares
-                    .iter()
-                    .map(|s| match &s.target {
-                        BackendRef::Resolved(b) => {
-                            let u = self.backend(b);
-                            let policy = u.policy.for_rule(&rule.policy);
-                            (rule::Share::Backend(u, s.weight), policy)
-                        }
-                        BackendRef::Invalid(_) => (
-                            rule::Share::Invalid(s.weight),
-                            self.balancer.defaults.clone(),
-                        ),
-                    })
-                    .collect();
-                RuleAction::Forward(Forward::new(shares, cursor))
-            }
-            Action::Redirect(r) => RuleAction::Redirect(r.clone()),
-            Action::Respond(f) => RuleAction::Respond(f.clone()),
-        };
-        let f = &rule.filters;
-        let filters = (!f.is_empty()).then(|| {
-            Box::new(RuleFilters {
-                request_headers: f.request_headers.clone(),
-                response_headers: f.response_headers.clone(),
-                rewrite: f.rewrite.clone(),
-                source: f.source.clone(),
-                cors: f.cors.clone(),
-                max_body_bytes: f.max_body_bytes,
-                affinity: f.affinity.clone(),
-            })
-        });
-        let label: Arc<str> = if origin.kind == RouteKind::Upstream && origin.namespace.is_empty() {
-            origin.name.clone()
-        } else {
-            match &rule.name {
-                Some(n) => format!("{}/{}#{n}", origin.namespace, origin.name).into(),
-                None => format!("{}/{}#{index}", origin.namespace, origin.name).into(),
-            }
-        };
-        RouteRule {
-            origin: origin.clone(),
-            index,
-            label,
-            filters,
-            action,
         }
     }
 }
@@ -721,10 +497,10 @@ mod tests {
 
         use super::*;
         use crate::discovery::route::{
-            HeaderMatch, ListenerId, Match, Order, PathMatch, Pattern, QueryMatch, Rule, Scope,
-            ValueMatch, WeightedBackend,
+            Action, BackendRef, HeaderMatch, HostMatch, ListenerId, Listeners, Match, Order,
+            PathMatch, Pattern, Precedence, QueryMatch, Rule, Scope, ValueMatch, WeightedBackend,
         };
-        use crate::discovery::{EndpointSpec, Origin};
+        use crate::discovery::{Backend, EndpointSpec, Origin, Route, RouteKind};
         use crate::selection::route::SimpleRequest;
 
         pub(crate) fn backend(name: &str, ports: &[u16]) -> Arc<Backend> {
@@ -770,7 +546,7 @@ mod tests {
             let b = Balancer::new(Policy::default(), Arc::new(Metrics::new(1)));
             b.apply(&RoutingConfig {
                 upstreams: vec![],
-                routes,
+                routes: routes.into_iter().map(Arc::new).collect(),
             });
             b
         }
@@ -1136,7 +912,7 @@ mod tests {
             let first = picks(&b, 37);
             b.apply(&RoutingConfig {
                 upstreams: vec![],
-                routes: vec![cfg()],
+                routes: vec![Arc::new(cfg())],
             });
             let rest = picks(&b, 63);
             assert_eq!(
@@ -1208,6 +984,182 @@ mod tests {
                 1,
                 "the first bad-1 backend"
             );
+        }
+
+        /// What a table does, as far as a request can tell: for each probe,
+        /// the rule that takes it and where its forward goes; and the
+        /// endpoint sets in order.
+        fn behaviour(b: &Balancer) -> Vec<String> {
+            let t = b.load();
+            let mut out: Vec<String> = t
+                .upstreams
+                .iter()
+                .map(|u| {
+                    let eps: Vec<String> = u.endpoints.iter().map(|e| e.addr.to_string()).collect();
+                    format!("set {} {:?}", u.name, eps)
+                })
+                .collect();
+            out.push(format!("{} rules", t.routes.len()));
+            for host in ["a.example", "b.example", "c.example", "other.test"] {
+                for path in ["/", "/a", "/a/b", "/b", "/c/d"] {
+                    for listener in [ListenerId::PLAIN, ListenerId::TLS] {
+                        let hit = t.routes.find(listener, Some(host), &get(path));
+                        out.push(format!(
+                            "{host}{path} {listener:?}: {:?}",
+                            hit.map(|h| {
+                                let to: Vec<String> = h
+                                    .rule
+                                    .forward()
+                                    .map(|f| {
+                                        f.backends.iter().map(|(u, _)| u.name.to_string()).collect()
+                                    })
+                                    .unwrap_or_default();
+                                (h.rule.label.to_string(), to)
+                            })
+                        ));
+                    }
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn a_table_built_from_the_last_one_is_the_table_built_from_nothing() {
+            // A small deterministic generator (no dependency).
+            let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = move |n: usize| {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((seed >> 33) as usize) % n
+            };
+            let hosts = ["a.example", "b.example", "*.example", ""];
+            let paths = ["/", "/a", "/a/b", "/b", "/c"];
+            let listeners = [Listeners::ALL, Listeners::only(ListenerId::TLS)];
+            let mut pool: Vec<Arc<Backend>> = (0..4)
+                .map(|i| backend(&format!("svc-{i}"), &[10 + i]))
+                .collect();
+            let mut routes: Vec<Option<Arc<Route>>> = vec![None; 10];
+            let incremental = Balancer::new(Policy::default(), Arc::new(Metrics::new(1)));
+            for step in 0..400 {
+                // Change one to three things.
+                for _ in 0..1 + next(3) {
+                    match next(4) {
+                        0 => {
+                            // A backend's endpoints change: every route naming it
+                            // gets the new value.
+                            let i = next(pool.len());
+                            let ports: Vec<u16> =
+                                (0..1 + next(3)).map(|_| 10 + next(6) as u16).collect();
+                            let new = backend(&format!("svc-{i}"), &ports);
+                            for r in routes.iter_mut().flatten() {
+                                let mut changed = (**r).clone();
+                                let mut touched = false;
+                                for rule in &mut changed.rules {
+                                    if let Action::Forward(shares) = &mut rule.action {
+                                        for s in shares {
+                                            if let BackendRef::Resolved(b) = &mut s.target
+                                                && b.name == new.name
+                                            {
+                                                *b = new.clone();
+                                                touched = true;
+                                            }
+                                        }
+                                    }
+                                }
+                                if touched {
+                                    *r = Arc::new(changed);
+                                }
+                            }
+                            pool[i] = new;
+                        }
+                        1 => routes[next(10)] = None,
+                        _ => {
+                            let name = next(10);
+                            let host = hosts[next(hosts.len())];
+                            let rules = (0..1 + next(3))
+                                .map(|_| {
+                                    let m = if next(2) == 0 {
+                                        Match::prefix(paths[next(paths.len())])
+                                    } else {
+                                        Match::exact(paths[next(paths.len())])
+                                    };
+                                    let shares = (0..1 + next(2))
+                                        .map(|_| WeightedBackend {
+                                            weight: 1 + next(3) as u32,
+                                            target: BackendRef::Resolved(
+                                                pool[next(pool.len())].clone(),
+                                            ),
+                                        })
+                                        .collect();
+                                    let mut rule = Rule::forward(vec![m], pool[0].clone());
+                                    rule.action = Action::Forward(shares);
+                                    rule
+                                })
+                                .collect();
+                            let mut r =
+                                route(&format!("r{name}"), Some(next(3) as i64), &[], vec![]);
+                            r.rules = rules;
+                            r.scopes = vec![Scope {
+                                listeners: listeners[next(2)],
+                                hostnames: if host.is_empty() {
+                                    vec![]
+                                } else {
+                                    vec![HostMatch::parse(host).unwrap()]
+                                },
+                            }];
+                            routes[name] = Some(Arc::new(r));
+                        }
+                    }
+                }
+                let config = RoutingConfig {
+                    upstreams: vec![],
+                    routes: routes.iter().flatten().cloned().collect(),
+                };
+                incremental.apply(&config);
+                let fresh = Balancer::new(Policy::default(), Arc::new(Metrics::new(1)));
+                fresh.apply(&config);
+                assert_eq!(behaviour(&incremental), behaviour(&fresh), "step {step}");
+            }
+        }
+
+        #[test]
+        fn an_unrelated_change_keeps_a_routes_compiled_rules() {
+            let a = Arc::new(route(
+                "a",
+                Some(1),
+                &["a.example"],
+                vec![vec![Match::prefix("/")]],
+            ));
+            let b = |port| {
+                let mut r = route("b", Some(1), &["b.example"], vec![vec![Match::prefix("/")]]);
+                r.rules[0] = Rule::forward(vec![Match::prefix("/")], backend("b-0", &[port]));
+                Arc::new(r)
+            };
+            let t = Balancer::new(Policy::default(), Arc::new(Metrics::new(1)));
+            let rule_of = |t: &Balancer, host| {
+                let table = t.snapshot();
+                let hit = table
+                    .routes
+                    .find(ListenerId::PLAIN, Some(host), &get("/"))
+                    .unwrap();
+                Arc::as_ptr(&hit.rule.forward().unwrap().backends[0].0) as usize
+            };
+            t.apply(&RoutingConfig {
+                upstreams: vec![],
+                routes: vec![a.clone(), b(1)],
+            });
+            let (a_before, b_before) = (rule_of(&t, "a.example"), rule_of(&t, "b.example"));
+            t.apply(&RoutingConfig {
+                upstreams: vec![],
+                routes: vec![a.clone(), b(2)],
+            });
+            assert_eq!(
+                rule_of(&t, "a.example"),
+                a_before,
+                "a's endpoint set is the same one"
+            );
+            assert_ne!(rule_of(&t, "b.example"), b_before, "b's was made again");
         }
 
         #[test]

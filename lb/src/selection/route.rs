@@ -12,8 +12,14 @@
 //! costs a few hash probes (one per `/`-separated element of the path), not
 //! a scan. Method, headers and query are only read for an entry that has
 //! conditions on them, so a table without such matches never reads them.
+//!
+//! Buckets are shared between tables: a new table copies the map of its
+//! predecessor and rebuilds only the buckets of the hosts whose routes
+//! changed ([`Routes::updated`]), so a change to one route costs that
+//! route's hosts, not the whole table.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
@@ -122,7 +128,7 @@ impl PathTest {
 /// One match of one rule, filed under one host.
 #[derive(Debug)]
 struct Entry {
-    rule: u32,
+    rule: Arc<RouteRule>,
     listeners: Listeners,
     test: PathTest,
     /// The match's path condition as the model gives it (for rewrites).
@@ -238,17 +244,22 @@ impl Bucket {
 }
 
 /// The rules of one routing snapshot, ordered for matching.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Routes {
-    rules: Vec<RouteRule>,
     /// By exact hostname. foldhash, seeded per process: the keys come from
     /// route objects, and lookups with a client's `Host` cannot degrade a
     /// map whose keys they do not choose.
-    exact: HashMap<Box<str>, Bucket, RandomState>,
+    exact: HashMap<Box<str>, Arc<Bucket>, RandomState>,
     /// By suffix (without `*.`).
-    wildcard: HashMap<Box<str>, Bucket, RandomState>,
-    any_host: Bucket,
+    wildcard: HashMap<Box<str>, Arc<Bucket>, RandomState>,
+    any_host: Arc<Bucket>,
+    /// Number of rules.
+    rules: usize,
 }
+
+/// Where a bucket is filed: an exact hostname, a wildcard, or any host
+/// (`None`).
+pub type HostKey = Option<HostMatch>;
 
 /// A rule that matched, with the path condition that matched it (a prefix
 /// rewrite replaces what it matched; a capture rewrite uses its groups).
@@ -260,62 +271,84 @@ pub struct Hit<'t> {
     pub path: &'t PathMatch,
 }
 
-/// One match of one rule, with where it applies, for [`Routes::new`].
+/// One match of one rule filed under one host, for [`Routes::updated`].
 #[derive(Debug)]
 pub struct Filed<'a> {
-    /// The rule's position in the rules given to [`Routes::new`].
-    pub rule: usize,
+    /// The rule.
+    pub rule: &'a Arc<RouteRule>,
     /// The match.
     pub matched: &'a Match,
     /// Its precedence.
     pub precedence: Precedence<'a>,
-    /// The hostnames it is filed under (empty: any host), with the
-    /// listeners for each.
-    pub hosts: Vec<(Option<HostMatch>, Listeners)>,
+    /// The route's position in the snapshot: the last tie-break, so that
+    /// a bucket is the same however it was reached.
+    pub position: usize,
+    /// The listeners it applies on under this host.
+    pub listeners: Listeners,
+}
+
+/// A bucket of `filed`, in precedence order.
+fn bucket(mut filed: Vec<Filed<'_>>) -> Bucket {
+    filed.sort_by(|a, b| {
+        a.precedence
+            .cmp(&b.precedence)
+            .then(a.position.cmp(&b.position))
+    });
+    let mut bucket = Bucket {
+        entries: Vec::with_capacity(filed.len()),
+        index: None,
+    };
+    for f in filed {
+        let m = f.matched;
+        let conditional = m.method.is_some() || !m.headers.is_empty() || !m.query.is_empty();
+        bucket.entries.push(Entry {
+            rule: f.rule.clone(),
+            listeners: f.listeners,
+            test: PathTest::new(&m.path),
+            path: m.path.clone(),
+            conditions: conditional.then(|| {
+                Box::new(Conditions {
+                    method: m.method.clone(),
+                    headers: m.headers.clone().into_boxed_slice(),
+                    query: m.query.clone().into_boxed_slice(),
+                })
+            }),
+        });
+    }
+    bucket.seal();
+    bucket
 }
 
 impl Routes {
-    /// Builds the index over `rules` from every match of every rule.
-    pub fn new(rules: Vec<RouteRule>, mut filed: Vec<Filed<'_>>) -> Self {
-        filed.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+    /// This index with the buckets of some hosts rebuilt from what is
+    /// filed under them now (nothing: the bucket goes), the others shared;
+    /// `rules` is the new table's number of rules.
+    pub fn updated<'a>(
+        &self,
+        buckets: impl IntoIterator<Item = (&'a HostKey, Vec<Filed<'a>>)>,
+        rules: usize,
+    ) -> Routes {
         let mut routes = Routes {
             rules,
-            ..Routes::default()
+            ..self.clone()
         };
-        for f in &filed {
-            let m = f.matched;
-            let conditional = m.method.is_some() || !m.headers.is_empty() || !m.query.is_empty();
-            let conditions = || {
-                conditional.then(|| {
-                    Box::new(Conditions {
-                        method: m.method.clone(),
-                        headers: m.headers.clone().into_boxed_slice(),
-                        query: m.query.clone().into_boxed_slice(),
-                    })
-                })
-            };
-            for (host, listeners) in &f.hosts {
-                let bucket = match host {
-                    None => &mut routes.any_host,
-                    Some(HostMatch::Exact(h)) => routes.exact.entry(h.clone()).or_default(),
-                    Some(HostMatch::Wildcard(s)) => routes.wildcard.entry(s.clone()).or_default(),
-                };
-                bucket.entries.push(Entry {
-                    rule: f.rule as u32,
-                    listeners: *listeners,
-                    test: PathTest::new(&m.path),
-                    path: m.path.clone(),
-                    conditions: conditions(),
-                });
+        for (host, filed) in buckets {
+            let b = (!filed.is_empty()).then(|| Arc::new(bucket(filed)));
+            match (host, b) {
+                (None, b) => routes.any_host = b.unwrap_or_default(),
+                (Some(HostMatch::Exact(h)), Some(b)) => {
+                    routes.exact.insert(h.clone(), b);
+                }
+                (Some(HostMatch::Exact(h)), None) => {
+                    routes.exact.remove(h);
+                }
+                (Some(HostMatch::Wildcard(s)), Some(b)) => {
+                    routes.wildcard.insert(s.clone(), b);
+                }
+                (Some(HostMatch::Wildcard(s)), None) => {
+                    routes.wildcard.remove(s);
+                }
             }
-        }
-        routes.any_host.seal();
-        for b in routes
-            .exact
-            .values_mut()
-            .chain(routes.wildcard.values_mut())
-        {
-            b.seal();
         }
         routes
     }
@@ -329,7 +362,7 @@ impl Routes {
         req: &dyn RequestView,
     ) -> Option<Hit<'t>> {
         let hit = |e: &'t Entry| Hit {
-            rule: &self.rules[e.rule as usize],
+            rule: &e.rule,
             path: &e.path,
         };
         let path = req.path();
@@ -377,19 +410,14 @@ impl Routes {
         !(self.exact.is_empty() && self.wildcard.is_empty())
     }
 
-    /// The rules.
-    pub fn rules(&self) -> &[RouteRule] {
-        &self.rules
-    }
-
     /// Number of rules.
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.rules
     }
 
     /// True without rules.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules == 0
     }
 }
 

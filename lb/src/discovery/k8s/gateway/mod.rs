@@ -413,12 +413,12 @@ impl GatewayIndex {
                     .iter()
                     .map(|rule| backends.rule(rule.clone(), &mut unresolved))
                     .collect();
-                out.routing.routes.push(Route {
+                out.routing.routes.push(Arc::new(Route {
                     origin: r.origin.clone(),
                     order: r.order,
                     scopes: r.scopes.clone(),
                     rules,
-                });
+                }));
             } else if r.unsupported.is_none() {
                 // Not served anywhere: still report its references.
                 for rule in &r.rules {

@@ -226,7 +226,11 @@ impl IngressIndex {
                 max_body_bytes: config.max_body_bytes,
             },
         );
-        out.routing.routes = translated.routes;
+        out.routing.routes = translated
+            .routes
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect();
         out.reports.extend(translated.reports);
         out.conflicts = translated.conflicts;
         self.certs(&ours, &mut out);

@@ -147,6 +147,7 @@ fn routes_of<'c>(c: &'c Computed, name: &str) -> Vec<&'c Route> {
         .routes
         .iter()
         .filter(|r| &*r.origin.name == name && closed_host(r).is_none())
+        .map(|r| &**r)
         .collect()
 }
 
@@ -158,7 +159,12 @@ fn closed_host(r: &Route) -> Option<String> {
 
 /// The hosts closed by `404` routes, sorted.
 fn closed_hosts(c: &Computed) -> Vec<String> {
-    let mut hosts: Vec<String> = c.routing.routes.iter().filter_map(closed_host).collect();
+    let mut hosts: Vec<String> = c
+        .routing
+        .routes
+        .iter()
+        .filter_map(|r| closed_host(r))
+        .collect();
     hosts.sort();
     hosts
 }
