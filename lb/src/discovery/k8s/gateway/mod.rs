@@ -34,7 +34,7 @@ pub mod source;
 
 pub use self::source::GatewayDiscovery;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
@@ -163,7 +163,12 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ReferenceGrant",
 ];
 
-/// Every object the adapter reads, as watch stores (cluster-wide).
+/// A route of either kind, by kind and store key.
+pub type RouteId = (RouteKindName, String);
+
+/// Every object the adapter reads, as watch stores (cluster-wide), and
+/// what the last compute made of them, kept so that the next compute
+/// redoes only what a change touches.
 #[derive(Debug)]
 pub struct GatewayIndex {
     /// GatewayClasses (cluster-scoped), by name.
@@ -185,10 +190,21 @@ pub struct GatewayIndex {
     /// Services (a backendRef names a Service port, whose name finds the
     /// port on the slices).
     pub services: Buffered<Service>,
-    /// The last attachment and the configuration it was made with.
-    attached: Option<(GatewayConfig, Attached)>,
-    /// An object the attachment reads changed since.
-    dirty: bool,
+    /// The Gateways' side of the last compute and the configuration it
+    /// was made with.
+    planned: Option<(GatewayConfig, Planned)>,
+    /// Each route with a parent this LB handles: its attachment, its
+    /// model route and its status entries.
+    routes: BTreeMap<RouteId, Cached>,
+    /// The routes whose rules name each Service (`namespace/name`).
+    by_service: HashMap<String, BTreeSet<RouteId>>,
+    /// The EndpointSlices (keys) of each Service (`namespace/name`).
+    slices_of: HashMap<String, BTreeSet<String>>,
+    /// Service ports resolved, shared by every rule that names them, by
+    /// `namespace/name:port` and whether h2c is forced.
+    backends: HashMap<(String, bool), Result<Arc<Backend>, Failed>>,
+    /// What changed since the last compute.
+    pending: Pending,
 }
 
 impl Default for GatewayIndex {
@@ -203,41 +219,69 @@ impl Default for GatewayIndex {
             secrets: Buffered::keyed(by_namespace_and_name),
             slices: Buffered::keyed(by_namespace_and_name),
             services: Buffered::keyed(by_namespace_and_name),
-            attached: None,
-            dirty: true,
+            planned: None,
+            routes: BTreeMap::new(),
+            by_service: HashMap::new(),
+            slices_of: HashMap::new(),
+            backends: HashMap::new(),
+            pending: Pending {
+                all: true,
+                ..Pending::default()
+            },
         }
     }
 }
 
-/// Everything the adapter decides from the stores.
+/// What changed since the last compute.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Something every route depends on (a class, a Gateway, a grant, a
+    /// namespace, a Secret, a re-list): everything again.
+    all: bool,
+    /// Routes whose object changed: attached and resolved again.
+    routes: BTreeSet<RouteId>,
+    /// Services whose object or slices changed: the routes naming them
+    /// resolved again.
+    services: BTreeSet<String>,
+}
+
+/// The Gateways' side of a compute: class statuses, listener plans, the
+/// certificates to serve, Gateway statuses.
+#[derive(Debug, Default)]
+struct Planned {
+    classes: BTreeMap<String, GatewayClassStatus>,
+    /// The programmed Gateways, oldest first (conflicts go to the oldest).
+    plans: Vec<GatewayPlan>,
+    /// Each plan's position, by Gateway key.
+    by_key: BTreeMap<String, usize>,
+    certs: Vec<CertPair>,
+    gateways: BTreeMap<String, GatewayStatus>,
+}
+
+/// One route with a parent this LB handles, attached and resolved.
+#[derive(Debug)]
+struct Cached {
+    attached: AttachedRoute,
+    /// Its model route, when it is served somewhere.
+    route: Option<Arc<Route>>,
+    /// Our entries of its `status.parents`.
+    status: Vec<RouteParentStatus>,
+    /// The Services (`namespace/name`) its rules name.
+    services: BTreeSet<String>,
+}
+
+/// What a compute decided, for the publisher and the status writers (the
+/// statuses themselves stay in the index: [`GatewayIndex::class_status`]
+/// and its siblings).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Computed {
     /// The routing snapshot.
     pub routing: RoutingConfig,
     /// The certificates of the served HTTPS listeners.
     pub certs: Vec<CertPair>,
-    /// Status of each GatewayClass that names our controller.
-    pub classes: BTreeMap<String, GatewayClassStatus>,
-    /// Status of each Gateway this LB programs (`namespace/name`).
-    pub gateways: BTreeMap<String, GatewayStatus>,
-    /// Our entries of each HTTPRoute's `status.parents`.
-    pub http: BTreeMap<String, Vec<RouteParentStatus>>,
-    /// Our entries of each GRPCRoute's `status.parents`.
-    pub grpc: BTreeMap<String, Vec<RouteParentStatus>>,
-}
-
-impl Computed {
-    /// The keys of the objects of `resource` (`gatewayclasses`, `gateways`,
-    /// `httproutes`, `grpcroutes`) that have a computed status.
-    pub fn keys(&self, resource: &str) -> Vec<String> {
-        match resource {
-            "gatewayclasses" => self.classes.keys().cloned().collect(),
-            "gateways" => self.gateways.keys().cloned().collect(),
-            "httproutes" => self.http.keys().cloned().collect(),
-            "grpcroutes" => self.grpc.keys().cloned().collect(),
-            _ => Vec::new(),
-        }
-    }
+    /// The objects whose status was computed again, as
+    /// (`gatewayclasses`/`gateways`/`httproutes`/`grpcroutes`, key).
+    pub touched: Vec<(&'static str, String)>,
 }
 
 /// What one watch event changed, as the loop needs it.
@@ -253,26 +297,23 @@ pub enum Applied {
     StatusOnly(String),
 }
 
-fn touched<K>(t: super::store::Touched<K>) -> Applied {
-    match t {
-        super::store::Touched::Nothing => Applied::Nothing,
-        _ => Applied::Changed,
-    }
-}
-
-/// Like [`touched`], but an update that keeps `same` (spec, generation)
-/// is [`Applied::StatusOnly`].
-fn touched_status<K: Clone>(
+/// Like [`Applied::Changed`] for any change, and an update that keeps
+/// `same` (spec, generation) is [`Applied::StatusOnly`]. Also returns the
+/// key of the one object changed (`None`: all of them may have).
+fn touched_status<K>(
     t: super::store::Touched<K>,
     live: &BTreeMap<String, K>,
     same: impl Fn(&K, &K) -> bool,
-) -> Applied {
+) -> (Applied, Option<String>) {
     match t {
-        super::store::Touched::One {
-            name,
-            old: Some(old),
-        } if live.get(&name).is_some_and(|new| same(&old, new)) => Applied::StatusOnly(name),
-        other => touched(other),
+        super::store::Touched::Nothing => (Applied::Nothing, None),
+        super::store::Touched::All => (Applied::Changed, None),
+        super::store::Touched::One { name, old } => match old {
+            Some(old) if live.get(&name).is_some_and(|new| same(&old, new)) => {
+                (Applied::StatusOnly(name), None)
+            }
+            _ => (Applied::Changed, Some(name)),
+        },
     }
 }
 
@@ -293,67 +334,125 @@ impl GatewayIndex {
     /// Applies a GatewayClass event.
     pub fn apply_class(&mut self, e: Event<GatewayClass>) -> Applied {
         let t = self.classes.apply(e);
-        let a = touched_status(t, self.classes.live(), |a, b| {
+        let (a, _) = touched_status(t, self.classes.live(), |a, b| {
             a.spec == b.spec && a.metadata.generation == b.metadata.generation
         });
-        self.mark(a)
+        self.everything_if(a)
     }
     /// Applies a Gateway event.
     pub fn apply_gateway(&mut self, e: Event<Gateway>) -> Applied {
         let t = self.gateways.apply(e);
-        let a = touched_status(t, self.gateways.live(), |a, b| {
+        let (a, _) = touched_status(t, self.gateways.live(), |a, b| {
             a.spec == b.spec
                 && a.metadata.generation == b.metadata.generation
                 && a.metadata.creation_timestamp == b.metadata.creation_timestamp
         });
-        self.mark(a)
+        self.everything_if(a)
     }
     /// Applies an HTTPRoute event.
     pub fn apply_http(&mut self, e: Event<HTTPRoute>) -> Applied {
         let t = self.http.apply(e);
-        let a = touched_status(t, self.http.live(), |a, b| {
+        let (a, key) = touched_status(t, self.http.live(), |a, b| {
             a.spec == b.spec && a.metadata.generation == b.metadata.generation
         });
-        self.mark(a)
+        self.route_if(a, RouteKindName::Http, key)
     }
     /// Applies a GRPCRoute event.
     pub fn apply_grpc(&mut self, e: Event<GRPCRoute>) -> Applied {
         let t = self.grpc.apply(e);
-        let a = touched_status(t, self.grpc.live(), |a, b| {
+        let (a, key) = touched_status(t, self.grpc.live(), |a, b| {
             a.spec == b.spec && a.metadata.generation == b.metadata.generation
         });
-        self.mark(a)
+        self.route_if(a, RouteKindName::Grpc, key)
     }
     /// Applies a ReferenceGrant event.
     pub fn apply_grant(&mut self, e: Event<ReferenceGrant>) -> Applied {
-        let t = touched(self.grants.apply(e));
-        self.mark(t)
+        let t = self.grants.apply(e);
+        let (a, _) = touched_status(t, self.grants.live(), |_, _| false);
+        self.everything_if(a)
     }
     /// Applies a Namespace event.
     pub fn apply_namespace(&mut self, e: Event<Namespace>) -> Applied {
-        let t = touched(self.namespaces.apply(e));
-        self.mark(t)
+        let t = self.namespaces.apply(e);
+        let (a, _) = touched_status(t, self.namespaces.live(), |_, _| false);
+        self.everything_if(a)
     }
     /// Applies a Secret event.
     pub fn apply_secret(&mut self, e: Event<Secret>) -> Applied {
-        let t = touched(self.secrets.apply(e));
-        self.mark(t)
+        let t = self.secrets.apply(e);
+        let (a, _) = touched_status(t, self.secrets.live(), |_, _| false);
+        self.everything_if(a)
     }
-
-    /// Notes that the attachment must be redone when `a` is a change.
-    fn mark(&mut self, a: Applied) -> Applied {
-        if a == Applied::Changed {
-            self.dirty = true;
-        }
-        a
-    }
-    /// Applies an EndpointSlice event.
+    /// Applies an EndpointSlice event: the Service it belongs to (before
+    /// and after) is resolved again.
     pub fn apply_slice(&mut self, e: Event<EndpointSlice>) -> Applied {
-        touched(self.slices.apply(e))
+        match self.slices.apply(e) {
+            super::store::Touched::Nothing => Applied::Nothing,
+            super::store::Touched::All => {
+                self.slices_of.clear();
+                for (key, s) in self.slices.live() {
+                    if let Some(svc) = slice_service(key, s) {
+                        self.slices_of.entry(svc).or_default().insert(key.clone());
+                    }
+                }
+                self.pending.all = true;
+                Applied::Changed
+            }
+            super::store::Touched::One { name, old } => {
+                if let Some(svc) = old.as_ref().and_then(|s| slice_service(&name, s)) {
+                    if let Some(keys) = self.slices_of.get_mut(&svc) {
+                        keys.remove(&name);
+                    }
+                    self.pending.services.insert(svc);
+                }
+                if let Some(svc) = self
+                    .slices
+                    .live()
+                    .get(&name)
+                    .and_then(|s| slice_service(&name, s))
+                {
+                    self.slices_of.entry(svc.clone()).or_default().insert(name);
+                    self.pending.services.insert(svc);
+                }
+                Applied::Changed
+            }
+        }
     }
     /// Applies a Service event.
     pub fn apply_service(&mut self, e: Event<Service>) -> Applied {
-        touched(self.services.apply(e))
+        match self.services.apply(e) {
+            super::store::Touched::Nothing => Applied::Nothing,
+            super::store::Touched::All => {
+                self.pending.all = true;
+                Applied::Changed
+            }
+            super::store::Touched::One { name, .. } => {
+                self.pending.services.insert(name);
+                Applied::Changed
+            }
+        }
+    }
+
+    /// Notes that everything must be computed again when `a` is a change.
+    fn everything_if(&mut self, a: Applied) -> Applied {
+        if a == Applied::Changed {
+            self.pending.all = true;
+        }
+        a
+    }
+
+    /// Notes that the route `key` of `kind` (`None`: every route) must be
+    /// attached again when `a` is a change.
+    fn route_if(&mut self, a: Applied, kind: RouteKindName, key: Option<String>) -> Applied {
+        if a == Applied::Changed {
+            match key {
+                Some(key) => {
+                    self.pending.routes.insert((kind, key));
+                }
+                None => self.pending.all = true,
+            }
+        }
+        a
     }
 
     /// Whether `class` is served by this LB.
@@ -362,89 +461,126 @@ impl GatewayIndex {
             && (config.classes.is_empty() || config.classes.contains(&class.name_any()))
     }
 
-    /// Computes routing, certificates and statuses from the stores. The
-    /// attachment (classes, Gateways, listeners, routes' parents and rules)
-    /// is kept between calls and redone only when an object it reads
-    /// changed; endpoint resolution runs every time (an EndpointSlice or
-    /// Service change redoes only that).
-    pub fn compute(&mut self, config: &GatewayConfig, now: &Time) -> Computed {
-        let fresh = !matches!(&self.attached, Some((cfg, _)) if !self.dirty && cfg == config);
-        if fresh {
-            let attached = self.attach(config, now);
-            self.attached = Some((config.clone(), attached));
-            self.dirty = false;
-        }
-        let attached = &self.attached.as_ref().expect("set above").1;
-        let mut out = Computed {
-            routing: RoutingConfig::default(),
-            certs: attached.certs.clone(),
-            classes: attached.classes.clone(),
-            gateways: attached.gateways.clone(),
-            http: BTreeMap::new(),
-            grpc: BTreeMap::new(),
-        };
-        let slices_by_service = endpoints::slices_by_service(self.slices.live());
-        let mut backends = Backends {
-            slices: &slices_by_service,
-            services: self.services.live(),
-            built: HashMap::new(),
-        };
-        for r in &attached.routes {
-            let (previous, generation) = match r.kind {
-                RouteKindName::Http => {
-                    let o = self.http.live().get(&r.key);
-                    (
-                        o.and_then(|o| o.status.as_ref()),
-                        o.and_then(|o| o.metadata.generation),
-                    )
-                }
-                RouteKindName::Grpc => {
-                    let o = self.grpc.live().get(&r.key);
-                    (
-                        o.and_then(|o| o.status.as_ref()),
-                        o.and_then(|o| o.metadata.generation),
-                    )
-                }
-            };
-            let mut unresolved: Option<Failed> = None;
-            if r.unsupported.is_none() && !r.scopes.is_empty() {
-                let rules: Vec<Rule> = r
-                    .rules
-                    .iter()
-                    .map(|rule| backends.rule(rule.clone(), &mut unresolved))
-                    .collect();
-                out.routing.routes.push(Arc::new(Route {
-                    origin: r.origin.clone(),
-                    order: r.order,
-                    scopes: r.scopes.clone(),
-                    rules,
-                }));
-            } else if r.unsupported.is_none() {
-                // Not served anywhere: still report its references.
-                for rule in &r.rules {
-                    backends.rule(rule.clone(), &mut unresolved);
-                }
-            }
-            let entries = routes::parent_statuses(
-                &r.parents,
-                r.unsupported.as_deref(),
-                unresolved.as_ref(),
-                generation,
-                previous,
-                now,
-            );
-            match r.kind {
-                RouteKindName::Http => out.http.insert(r.key.clone(), entries),
-                RouteKindName::Grpc => out.grpc.insert(r.key.clone(), entries),
-            };
-        }
-        out
+    /// The computed status of the GatewayClass `name`.
+    pub fn class_status(&self, name: &str) -> Option<&GatewayClassStatus> {
+        self.planned.as_ref()?.1.classes.get(name)
     }
 
-    /// The attachment: class and Gateway statuses, certificates, and each
-    /// route's parents, rules and scopes.
-    fn attach(&self, config: &GatewayConfig, now: &Time) -> Attached {
-        let mut out = Attached::default();
+    /// The computed status of the Gateway `key` (`namespace/name`).
+    pub fn gateway_status(&self, key: &str) -> Option<&GatewayStatus> {
+        self.planned.as_ref()?.1.gateways.get(key)
+    }
+
+    /// Our computed entries of the `status.parents` of the route `key`.
+    pub fn route_status(&self, kind: RouteKindName, key: &str) -> Option<&Vec<RouteParentStatus>> {
+        self.routes.get(&(kind, key.to_owned())).map(|c| &c.status)
+    }
+
+    /// Computes routing, certificates and statuses from the stores, redoing
+    /// only what changed since the last compute: a Gateway-side change
+    /// (class, Gateway, grant, namespace, Secret, configuration) redoes
+    /// everything; a route change attaches and resolves that route; a
+    /// Service or EndpointSlice change resolves the routes that name the
+    /// Service. The result is what a compute from nothing would give.
+    pub fn compute(&mut self, config: &GatewayConfig, now: &Time) -> Computed {
+        let pending = std::mem::take(&mut self.pending);
+        let replan = pending.all || !matches!(&self.planned, Some((c, _)) if c == config);
+        let mut touched: Vec<(&'static str, String)> = Vec::new();
+        let reattach: BTreeSet<RouteId> = if replan {
+            let planned = self.plan(config, now);
+            touched.extend(
+                planned
+                    .classes
+                    .keys()
+                    .map(|k| ("gatewayclasses", k.clone())),
+            );
+            self.planned = Some((config.clone(), planned));
+            self.backends.clear();
+            let mut all: BTreeSet<RouteId> = self.routes.keys().cloned().collect();
+            all.extend(
+                self.http
+                    .live()
+                    .keys()
+                    .map(|k| (RouteKindName::Http, k.clone())),
+            );
+            all.extend(
+                self.grpc
+                    .live()
+                    .keys()
+                    .map(|k| (RouteKindName::Grpc, k.clone())),
+            );
+            all
+        } else {
+            pending.routes
+        };
+        let mut resolve: BTreeSet<RouteId> = BTreeSet::new();
+        for svc in &pending.services {
+            let prefix = format!("{svc}:");
+            self.backends.retain(|(k, _), _| !k.starts_with(&prefix));
+            resolve.extend(self.by_service.get(svc).into_iter().flatten().cloned());
+        }
+        let reattached = !reattach.is_empty();
+        for id in reattach {
+            if let Some(old) = self.routes.remove(&id) {
+                self.unlink(&id, &old.services);
+            }
+            if let Some(attached) = self.attach(&id) {
+                self.routes.insert(
+                    id.clone(),
+                    Cached {
+                        attached,
+                        route: None,
+                        status: Vec::new(),
+                        services: BTreeSet::new(),
+                    },
+                );
+                resolve.insert(id);
+            }
+        }
+        for id in resolve {
+            self.resolve(&id, now);
+            let resource = match id.0 {
+                RouteKindName::Http => "httproutes",
+                RouteKindName::Grpc => "grpcroutes",
+            };
+            touched.push((resource, id.1));
+        }
+        if reattached || replan {
+            self.gateway_statuses(config, now);
+            let planned = &self.planned.as_ref().expect("planned above").1;
+            touched.extend(planned.gateways.keys().map(|k| ("gateways", k.clone())));
+        }
+        let planned = &self.planned.as_ref().expect("planned above").1;
+        Computed {
+            routing: RoutingConfig {
+                upstreams: Vec::new(),
+                routes: self
+                    .routes
+                    .values()
+                    .filter_map(|c| c.route.clone())
+                    .collect(),
+            },
+            certs: planned.certs.clone(),
+            touched,
+        }
+    }
+
+    /// Forgets that the route `id` names `services`.
+    fn unlink(&mut self, id: &RouteId, services: &BTreeSet<String>) {
+        for svc in services {
+            if let Some(ids) = self.by_service.get_mut(svc) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_service.remove(svc);
+                }
+            }
+        }
+    }
+
+    /// The Gateways' side: class statuses, listener plans and certificates
+    /// (Gateway statuses wait for the routes: [`Self::gateway_statuses`]).
+    fn plan(&self, config: &GatewayConfig, now: &Time) -> Planned {
+        let mut out = Planned::default();
         // 1. Classes.
         let mut accepted_classes: Vec<String> = Vec::new();
         for (name, class) in self.classes.live() {
@@ -507,87 +643,22 @@ impl GatewayIndex {
                 (b.metadata.creation_timestamp.as_ref(), &kb),
             )
         });
-        let mut plans: Vec<GatewayPlan> = gws
+        out.plans = gws
             .iter()
             .map(|g| listeners::plan(g, config, self.grants.live(), self.secrets.live()))
             .collect();
-        listeners::settle_across_gateways(&mut plans);
-        let by_key: BTreeMap<String, usize> = plans
+        listeners::settle_across_gateways(&mut out.plans);
+        out.by_key = out
+            .plans
             .iter()
             .enumerate()
             .map(|(i, p)| (p.key.clone(), i))
             .collect();
-        let mut attached: Vec<BTreeMap<String, i32>> = vec![BTreeMap::new(); plans.len()];
-
-        // 3. Routes.
-        let namespaces = self.namespaces.live();
-        let grants = self.grants.live();
-        for (key, r) in self.http.live() {
-            let ns = r.namespace().unwrap_or_default();
-            let rules = r
-                .spec
-                .rules
-                .iter()
-                .map(|rule| routes::http_rule(rule, &ns, grants))
-                .collect();
-            if let Some(a) = Self::attach_route(
-                RouteView {
-                    kind: RouteKindName::Http,
-                    namespace: &ns,
-                    parent_refs: &r.spec.parent_refs,
-                    hostnames: &r.spec.hostnames,
-                },
-                (key, RouteKind::HttpRoute, &r.name_any(), &r.metadata),
-                rules,
-                r.status.as_ref(),
-                &plans,
-                &by_key,
-                namespaces,
-                &mut attached,
-            ) {
-                out.routes.push(a);
-            }
-        }
-        for (key, r) in self.grpc.live() {
-            let ns = r.namespace().unwrap_or_default();
-            let rules = r
-                .spec
-                .rules
-                .iter()
-                .map(|rule| routes::grpc_rule(rule, &ns, grants))
-                .collect();
-            if let Some(a) = Self::attach_route(
-                RouteView {
-                    kind: RouteKindName::Grpc,
-                    namespace: &ns,
-                    parent_refs: &r.spec.parent_refs,
-                    hostnames: &r.spec.hostnames,
-                },
-                (key, RouteKind::GrpcRoute, &r.name_any(), &r.metadata),
-                rules,
-                r.status.as_ref(),
-                &plans,
-                &by_key,
-                namespaces,
-                &mut attached,
-            ) {
-                out.routes.push(a);
-            }
-        }
-
-        // Gateway statuses and certificates.
-        let addresses = config.status_addresses();
-        for (i, (gw, plan)) in gws.iter().zip(&plans).enumerate() {
-            out.gateways.insert(
-                plan.key.clone(),
-                listeners::status(gw, plan, &attached[i], &addresses, now),
-            );
-            if plan.invalid.is_none() {
-                for l in plan.listeners.iter().filter(|l| l.programmed()) {
-                    for c in &l.certs {
-                        if !out.certs.iter().any(|x| x.name == c.name) {
-                            out.certs.push(c.clone());
-                        }
+        for plan in out.plans.iter().filter(|p| p.invalid.is_none()) {
+            for l in plan.listeners.iter().filter(|l| l.programmed()) {
+                for c in &l.certs {
+                    if !out.certs.iter().any(|x| x.name == c.name) {
+                        out.certs.push(c.clone());
                     }
                 }
             }
@@ -595,108 +666,267 @@ impl GatewayIndex {
         out
     }
 
-    /// One route's attachment. `None`: the route has no parent this LB
-    /// handles (and no stale entry of ours to remove).
-    #[allow(clippy::too_many_arguments)]
-    fn attach_route(
-        view: RouteView<'_>,
-        (key, kind, name, meta): (&str, RouteKind, &str, &kube::api::ObjectMeta),
-        rules: Vec<Result<RuleIntent, routes::Unsupported>>,
-        previous: Option<&RouteStatus>,
-        plans: &[GatewayPlan],
-        by_key: &BTreeMap<String, usize>,
-        namespaces: &BTreeMap<String, Namespace>,
-        attached: &mut [BTreeMap<String, i32>],
-    ) -> Option<AttachedRoute> {
-        let hostnames: Result<Vec<HostMatch>, _> =
-            view.hostnames.iter().map(|h| HostMatch::parse(h)).collect();
-        let parents = routes::attach(
-            view,
-            hostnames.as_deref().unwrap_or_default(),
-            plans,
-            by_key,
-            namespaces,
-        );
-        let stale = previous.is_some_and(|s| {
-            s.parents.iter().any(|e| {
-                e.controller_name == CONTROLLER_NAME && !view.parent_refs.contains(&e.parent_ref)
-            })
-        });
-        if parents.iter().all(|(_, p)| *p == Parent::NotOurs) && !stale {
-            return None;
-        }
-        let unsupported: Option<String> = match &hostnames {
-            Err(e) => Some(e.to_string()),
-            Ok(_) => rules.iter().find_map(|r| r.as_ref().err().cloned()),
+    /// The Gateway statuses, with each listener's attached routes counted
+    /// over every route.
+    fn gateway_statuses(&mut self, config: &GatewayConfig, now: &Time) {
+        let Some((_, planned)) = &mut self.planned else {
+            return;
         };
-        // Attached route counts: once per listener, whatever the rules say.
-        let mut counted: Vec<(usize, usize)> = Vec::new();
-        if unsupported.is_none() {
-            for (_, p) in &parents {
-                if let Parent::Attached(list) = p {
-                    for (gi, li, _) in list {
-                        if !counted.contains(&(*gi, *li)) {
-                            counted.push((*gi, *li));
-                            *attached[*gi]
-                                .entry(plans[*gi].listeners[*li].name.clone())
-                                .or_insert(0) += 1;
-                        }
+        let mut attached: Vec<BTreeMap<String, i32>> = vec![BTreeMap::new(); planned.plans.len()];
+        for c in self.routes.values() {
+            for &(gi, li) in &c.attached.counted {
+                *attached[gi]
+                    .entry(planned.plans[gi].listeners[li].name.clone())
+                    .or_insert(0) += 1;
+            }
+        }
+        let addresses = config.status_addresses();
+        planned.gateways = planned
+            .plans
+            .iter()
+            .zip(&attached)
+            .filter_map(|(plan, counts)| {
+                let gw = self.gateways.live().get(&plan.key)?;
+                Some((
+                    plan.key.clone(),
+                    listeners::status(gw, plan, counts, &addresses, now),
+                ))
+            })
+            .collect();
+    }
+
+    /// The route `id` attached to the planned Gateways. `None`: it is gone,
+    /// or has no parent this LB handles (and no stale entry of ours to
+    /// remove).
+    fn attach(&self, id: &RouteId) -> Option<AttachedRoute> {
+        let planned = &self.planned.as_ref()?.1;
+        let grants = self.grants.live();
+        let (view, origin, rules, previous) = match id.0 {
+            RouteKindName::Http => {
+                let r = self.http.live().get(&id.1)?;
+                let ns = r.namespace().unwrap_or_default();
+                let rules = r
+                    .spec
+                    .rules
+                    .iter()
+                    .map(|rule| routes::http_rule(rule, &ns, grants))
+                    .collect();
+                (
+                    (&r.spec.parent_refs, &r.spec.hostnames, &r.metadata),
+                    (RouteKind::HttpRoute, ns, r.name_any()),
+                    rules,
+                    r.status.as_ref(),
+                )
+            }
+            RouteKindName::Grpc => {
+                let r = self.grpc.live().get(&id.1)?;
+                let ns = r.namespace().unwrap_or_default();
+                let rules = r
+                    .spec
+                    .rules
+                    .iter()
+                    .map(|rule| routes::grpc_rule(rule, &ns, grants))
+                    .collect();
+                (
+                    (&r.spec.parent_refs, &r.spec.hostnames, &r.metadata),
+                    (RouteKind::GrpcRoute, ns, r.name_any()),
+                    rules,
+                    r.status.as_ref(),
+                )
+            }
+        };
+        let ((parent_refs, hostnames, meta), (kind, ns, name)) = (view, origin);
+        attach_route(
+            RouteView {
+                kind: id.0,
+                namespace: &ns,
+                parent_refs,
+                hostnames,
+            },
+            (kind, &name, meta),
+            rules,
+            previous,
+            planned,
+            self.namespaces.live(),
+        )
+    }
+
+    /// Resolves the attached route `id`: its model route (when served) and
+    /// its status entries.
+    fn resolve(&mut self, id: &RouteId, now: &Time) {
+        let Some(c) = self.routes.get(id) else {
+            return;
+        };
+        let r = &c.attached;
+        let (previous, generation) = match id.0 {
+            RouteKindName::Http => {
+                let o = self.http.live().get(&id.1);
+                (
+                    o.and_then(|o| o.status.as_ref()),
+                    o.and_then(|o| o.metadata.generation),
+                )
+            }
+            RouteKindName::Grpc => {
+                let o = self.grpc.live().get(&id.1);
+                (
+                    o.and_then(|o| o.status.as_ref()),
+                    o.and_then(|o| o.metadata.generation),
+                )
+            }
+        };
+        let mut backends = Backends {
+            slices_of: &self.slices_of,
+            slices: self.slices.live(),
+            services: self.services.live(),
+            built: &mut self.backends,
+        };
+        let mut unresolved: Option<Failed> = None;
+        let mut route = None;
+        if r.unsupported.is_none() && !r.scopes.is_empty() {
+            let rules: Vec<Rule> = r
+                .rules
+                .iter()
+                .map(|rule| backends.rule(rule.clone(), &mut unresolved))
+                .collect();
+            route = Some(Arc::new(Route {
+                origin: r.origin.clone(),
+                order: r.order,
+                scopes: r.scopes.clone(),
+                rules,
+            }));
+        } else if r.unsupported.is_none() {
+            // Not served anywhere: still report its references.
+            for rule in &r.rules {
+                backends.rule(rule.clone(), &mut unresolved);
+            }
+        }
+        let status = routes::parent_statuses(
+            &r.parents,
+            r.unsupported.as_deref(),
+            unresolved.as_ref(),
+            generation,
+            previous,
+            now,
+        );
+        let services: BTreeSet<String> = r
+            .rules
+            .iter()
+            .filter_map(|rule| match &rule.action {
+                ActionIntent::Forward(shares) => Some(shares),
+                ActionIntent::Redirect(_) => None,
+            })
+            .flatten()
+            .filter_map(|s| s.target.as_ref().ok())
+            .map(|t| format!("{}/{}", t.namespace, t.name))
+            .collect();
+        let old = std::mem::take(&mut self.routes.get_mut(id).expect("checked").services);
+        self.unlink(id, &old);
+        for svc in &services {
+            self.by_service
+                .entry(svc.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        let c = self.routes.get_mut(id).expect("checked");
+        c.route = route;
+        c.status = status;
+        c.services = services;
+    }
+}
+
+/// The Service (`namespace/name`) of the slice `key`.
+fn slice_service(key: &str, slice: &EndpointSlice) -> Option<String> {
+    let (ns, _) = key.split_once('/')?;
+    endpoints::service_of(slice).map(|svc| format!("{ns}/{svc}"))
+}
+
+/// One route's attachment. `None`: the route has no parent this LB
+/// handles (and no stale entry of ours to remove).
+fn attach_route(
+    view: RouteView<'_>,
+    (kind, name, meta): (RouteKind, &str, &kube::api::ObjectMeta),
+    rules: Vec<Result<RuleIntent, routes::Unsupported>>,
+    previous: Option<&RouteStatus>,
+    planned: &Planned,
+    namespaces: &BTreeMap<String, Namespace>,
+) -> Option<AttachedRoute> {
+    let plans = &planned.plans;
+    let hostnames: Result<Vec<HostMatch>, _> =
+        view.hostnames.iter().map(|h| HostMatch::parse(h)).collect();
+    let parents = routes::attach(
+        view,
+        hostnames.as_deref().unwrap_or_default(),
+        plans,
+        &planned.by_key,
+        namespaces,
+    );
+    let stale = previous.is_some_and(|s| {
+        s.parents.iter().any(|e| {
+            e.controller_name == CONTROLLER_NAME && !view.parent_refs.contains(&e.parent_ref)
+        })
+    });
+    if parents.iter().all(|(_, p)| *p == Parent::NotOurs) && !stale {
+        return None;
+    }
+    let unsupported: Option<String> = match &hostnames {
+        Err(e) => Some(e.to_string()),
+        Ok(_) => rules.iter().find_map(|r| r.as_ref().err().cloned()),
+    };
+    // Attached route counts: once per listener, whatever the rules say.
+    let mut counted: Vec<(usize, usize)> = Vec::new();
+    if unsupported.is_none() {
+        for (_, p) in &parents {
+            if let Parent::Attached(list) = p {
+                for (gi, li, _) in list {
+                    if !counted.contains(&(*gi, *li)) {
+                        counted.push((*gi, *li));
                     }
                 }
             }
         }
-        let scopes = if unsupported.is_none() {
-            routes::scopes(&parents, plans)
-        } else {
-            Vec::new()
-        };
-        Some(AttachedRoute {
-            kind: view.kind,
-            key: key.to_owned(),
-            origin: Origin {
-                kind,
-                namespace: view.namespace.into(),
-                name: name.into(),
-            },
-            order: Order {
-                created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
-            },
-            scopes,
-            rules: rules.into_iter().flatten().collect(),
-            parents,
-            unsupported,
-        })
     }
-}
-
-/// The attachment step's result, kept between computes.
-#[derive(Debug, Default)]
-struct Attached {
-    classes: BTreeMap<String, GatewayClassStatus>,
-    gateways: BTreeMap<String, GatewayStatus>,
-    certs: Vec<CertPair>,
-    routes: Vec<AttachedRoute>,
+    let scopes = if unsupported.is_none() {
+        routes::scopes(&parents, plans)
+    } else {
+        Vec::new()
+    };
+    Some(AttachedRoute {
+        origin: Origin {
+            kind,
+            namespace: view.namespace.into(),
+            name: name.into(),
+        },
+        order: Order {
+            created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+        },
+        scopes,
+        rules: rules.into_iter().flatten().collect(),
+        parents,
+        unsupported,
+        counted,
+    })
 }
 
 /// One route with a parent this LB handles, before endpoint resolution.
 #[derive(Debug)]
 struct AttachedRoute {
-    kind: RouteKindName,
-    key: String,
     origin: Origin,
     order: Order,
     scopes: Vec<crate::discovery::route::Scope>,
     rules: Vec<RuleIntent>,
     parents: Vec<(ParentReference, Parent)>,
     unsupported: Option<String>,
+    /// The listeners (Gateway, listener) it counts as attached to.
+    counted: Vec<(usize, usize)>,
 }
 
-/// Service ports resolved to model backends, built once per compute and
+/// Service ports resolved to model backends, kept between computes and
 /// shared by every rule that names them.
 struct Backends<'a> {
-    slices: &'a HashMap<String, Vec<&'a EndpointSlice>>,
+    slices_of: &'a HashMap<String, BTreeSet<String>>,
+    slices: &'a BTreeMap<String, EndpointSlice>,
     services: &'a BTreeMap<String, Service>,
-    built: HashMap<(String, bool), Result<Arc<Backend>, Failed>>,
+    built: &'a mut HashMap<(String, bool), Result<Arc<Backend>, Failed>>,
 }
 
 impl Backends<'_> {
@@ -728,12 +958,14 @@ impl Backends<'_> {
                 format!("Service {svc_key} has no port {wanted}"),
             ));
         };
-        let slices = self
-            .slices
+        let slices: Vec<&EndpointSlice> = self
+            .slices_of
             .get(&svc_key)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let resolved = match endpoints::resolve_service_port(slices, port) {
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect();
+        let resolved = match endpoints::resolve_service_port(&slices, port) {
             Ok(r) => r,
             Err(PortError::Unknown | PortError::Ambiguous { .. }) => {
                 // The slices do not have the port (yet): no endpoints.
@@ -831,4 +1063,208 @@ pub fn current_entries(
             .cloned(),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    fn obj<K: DeserializeOwned>(v: Value) -> K {
+        serde_json::from_value(v).expect("a valid object")
+    }
+
+    /// The objects of the cluster, as a test changes them.
+    #[derive(Clone, Default)]
+    struct World {
+        gateways: BTreeMap<String, Value>,
+        routes: BTreeMap<String, Value>,
+        services: BTreeMap<String, Value>,
+        slices: BTreeMap<String, Value>,
+    }
+
+    fn class() -> GatewayClass {
+        obj(json!({"metadata": {"name": "rh"}, "spec": {"controllerName": CONTROLLER_NAME}}))
+    }
+
+    fn namespace() -> Namespace {
+        obj(json!({"metadata": {"name": "ns"}}))
+    }
+
+    fn gateway(wildcard: bool) -> Value {
+        let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
+                                        "allowedRoutes": {"namespaces": {"from": "All"}}})];
+        if wildcard {
+            listeners.push(json!({"name": "wild", "port": 80, "protocol": "HTTP",
+                                  "hostname": "*.example",
+                                  "allowedRoutes": {"namespaces": {"from": "Same"}}}));
+        }
+        json!({"metadata": {"name": "gw", "namespace": "ns", "generation": 1},
+               "spec": {"gatewayClassName": "rh", "listeners": listeners}})
+    }
+
+    fn service(i: usize) -> Value {
+        json!({"metadata": {"name": format!("svc-{i}"), "namespace": "ns"},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}})
+    }
+
+    fn slice(i: usize, ips: &[String]) -> Value {
+        let endpoints: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+            .collect();
+        json!({"metadata": {"name": format!("svc-{i}-abc"), "namespace": "ns",
+                            "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+               "endpoints": endpoints})
+    }
+
+    /// A fresh index over the world, every store listed.
+    fn listed(w: &World) -> GatewayIndex {
+        let mut index = GatewayIndex::default();
+        macro_rules! list {
+            ($apply:ident, $items:expr) => {
+                index.$apply(Event::Init);
+                for o in $items {
+                    index.$apply(Event::InitApply(o));
+                }
+                index.$apply(Event::InitDone);
+            };
+        }
+        list!(apply_class, [class()]);
+        list!(apply_namespace, [namespace()]);
+        list!(apply_gateway, w.gateways.values().map(|v| obj(v.clone())));
+        list!(apply_http, w.routes.values().map(|v| obj(v.clone())));
+        list!(apply_grpc, Vec::<GRPCRoute>::new());
+        list!(apply_grant, Vec::<ReferenceGrant>::new());
+        list!(apply_secret, Vec::<Secret>::new());
+        list!(apply_service, w.services.values().map(|v| obj(v.clone())));
+        list!(apply_slice, w.slices.values().map(|v| obj(v.clone())));
+        index
+    }
+
+    /// Everything a compute decided, statuses included.
+    fn decided(index: &mut GatewayIndex, config: &GatewayConfig, now: &Time) -> String {
+        let c = index.compute(config, now);
+        let routes: Vec<String> = index.http.live().keys().cloned().collect();
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            c.routing,
+            c.certs,
+            index.class_status("rh"),
+            index.gateway_status("ns/gw"),
+            routes
+                .iter()
+                .map(|k| (k, index.route_status(RouteKindName::Http, k)))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    #[test]
+    fn a_compute_after_changes_is_a_compute_from_nothing() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n
+        };
+        let config = GatewayConfig {
+            addresses: vec!["127.0.0.1".into()],
+            ..GatewayConfig::default()
+        };
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let mut w = World::default();
+        w.gateways.insert("ns/gw".into(), gateway(false));
+        for i in 0..4 {
+            w.services.insert(format!("ns/svc-{i}"), service(i));
+            w.slices.insert(
+                format!("ns/svc-{i}-abc"),
+                slice(i, &[format!("10.0.{i}.1")]),
+            );
+        }
+        let mut incremental = listed(&w);
+        decided(&mut incremental, &config, &now);
+        let hosts = ["a.example", "b.example", "c.other", "*.example"];
+        for step in 0..300 {
+            match next(8) {
+                0 => {
+                    // An endpoint change.
+                    let i = next(4);
+                    let ips: Vec<String> = (0..1 + next(3))
+                        .map(|_| format!("10.0.{i}.{}", 1 + next(5)))
+                        .collect();
+                    let s = slice(i, &ips);
+                    w.slices.insert(format!("ns/svc-{i}-abc"), s.clone());
+                    incremental.apply_slice(Event::Apply(obj(s)));
+                }
+                1 => {
+                    // A Service goes or comes back (svc-4 never exists).
+                    let i = next(4);
+                    let key = format!("ns/svc-{i}");
+                    match w.services.remove(&key) {
+                        Some(s) => {
+                            incremental.apply_service(Event::Delete(obj(s)));
+                        }
+                        None => {
+                            w.services.insert(key, service(i));
+                            incremental.apply_service(Event::Apply(obj(service(i))));
+                        }
+                    }
+                }
+                2 if next(4) == 0 => {
+                    // The Gateway gains or loses a listener.
+                    let g = gateway(next(2) == 0);
+                    w.gateways.insert("ns/gw".into(), g.clone());
+                    incremental.apply_gateway(Event::Apply(obj(g)));
+                }
+                3 => {
+                    let key = format!("ns/r{}", next(8));
+                    if let Some(r) = w.routes.remove(&key) {
+                        incremental.apply_http(Event::Delete(obj(r)));
+                    }
+                }
+                _ => {
+                    // A route is created or changed.
+                    let name = format!("r{}", next(8));
+                    let rules: Vec<Value> = (0..1 + next(3))
+                        .map(|_| {
+                            let prefix = ["/", "/a", "/b"][next(3)];
+                            let refs: Vec<Value> = (0..next(3))
+                                .map(|_| {
+                                    json!({"name": format!("svc-{}", next(5)), "port": 8080,
+                                                "weight": next(3)})
+                                })
+                                .collect();
+                            json!({"matches": [{"path": {"type": "PathPrefix",
+                                                         "value": prefix}}],
+                                   "backendRefs": refs})
+                        })
+                        .collect();
+                    let section = ["http", "wild", "none"][next(3)];
+                    let host = hosts[next(hosts.len())];
+                    let parent = if next(3) == 0 {
+                        json!({"name": "gw", "sectionName": section})
+                    } else {
+                        json!({"name": "gw"})
+                    };
+                    let r = json!({"metadata": {"name": name, "namespace": "ns",
+                                                "generation": 1 + next(3),
+                                                "creationTimestamp": "2026-01-01T00:00:00Z"},
+                                   "spec": {"parentRefs": [parent],
+                                            "hostnames": [host],
+                                            "rules": rules}});
+                    w.routes.insert(format!("ns/{name}"), r.clone());
+                    incremental.apply_http(Event::Apply(obj(r)));
+                }
+            }
+            if next(3) == 0 {
+                continue; // changes pile up before the next compute
+            }
+            let got = decided(&mut incremental, &config, &now);
+            let want = decided(&mut listed(&w), &config, &now);
+            assert_eq!(got, want, "step {step}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::sinks::{ApplySink, RouteSink};
-use super::{Applied, GatewayConfig, GatewayIndex, current_entries};
+use super::{Applied, GatewayConfig, GatewayIndex, RouteKindName, current_entries};
 use crate::discovery::k8s::endpoints::{SERVICE_LABEL, service_addresses};
 use crate::discovery::k8s::gateway_api::{
     GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant,
@@ -200,7 +200,6 @@ impl Discovery for GatewayDiscovery {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut index = GatewayIndex::default();
             let mut missing_crds_logged = false;
-            let mut last = super::Computed::default();
             info!(
                 controller = super::CONTROLLER,
                 config = ?self.config,
@@ -287,27 +286,27 @@ impl Discovery for GatewayDiscovery {
                             .unwrap_or_default();
                     }
                     let now = Time(k8s_openapi::jiff::Timestamp::now());
-                    let computed = index.compute(&config, &now);
-                    publisher.publish(computed.routing.clone(), true);
-                    if !computed.certs.is_empty() {
-                        publisher.publish_certs(computed.certs.clone());
+                    let super::Computed {
+                        routing,
+                        certs,
+                        touched,
+                    } = index.compute(&config, &now);
+                    publisher.publish(routing, true);
+                    if !certs.is_empty() {
+                        publisher.publish_certs(certs);
                     }
-                    classes.retain(|k| computed.classes.contains_key(k));
-                    gateways.retain(|k| computed.gateways.contains_key(k));
-                    http.retain(|k| computed.http.contains_key(k));
-                    grpc.retain(|k| computed.grpc.contains_key(k));
-                    last = computed;
-                    status_only = ["gatewayclasses", "gateways", "httproutes", "grpcroutes"]
-                        .iter()
-                        .flat_map(|r| last.keys(r).into_iter().map(move |k| (*r, k)))
-                        .collect();
+                    classes.retain(|k| index.class_status(k).is_some());
+                    gateways.retain(|k| index.gateway_status(k).is_some());
+                    http.retain(|k| index.route_status(RouteKindName::Http, k).is_some());
+                    grpc.retain(|k| index.route_status(RouteKindName::Grpc, k).is_some());
+                    status_only.extend(touched);
                 }
-                // Hand the writers the computed statuses of what changed (all
-                // after a compute; after a status-only change, that object's).
+                // Hand the writers the computed statuses of what changed (what
+                // the compute touched; after a status-only change, that object's).
                 for (resource, k) in &status_only {
                     match *resource {
                         "gatewayclasses" => {
-                            if let Some(s) = last.classes.get(k) {
+                            if let Some(s) = index.class_status(k) {
                                 let obj = index.classes.live().get(k);
                                 classes.observe(
                                     k,
@@ -318,7 +317,7 @@ impl Discovery for GatewayDiscovery {
                             }
                         }
                         "gateways" => {
-                            if let Some(s) = last.gateways.get(k) {
+                            if let Some(s) = index.gateway_status(k) {
                                 let obj = index.gateways.live().get(k);
                                 gateways.observe(
                                     k,
@@ -329,7 +328,7 @@ impl Discovery for GatewayDiscovery {
                             }
                         }
                         "httproutes" => {
-                            if let Some(ours) = last.http.get(k) {
+                            if let Some(ours) = index.route_status(RouteKindName::Http, k) {
                                 let obj = index.http.live().get(k);
                                 let current = obj.map(|o| {
                                     current_entries(o.status.as_ref(), &o.spec.parent_refs, ours)
@@ -343,7 +342,7 @@ impl Discovery for GatewayDiscovery {
                             }
                         }
                         "grpcroutes" => {
-                            if let Some(ours) = last.grpc.get(k) {
+                            if let Some(ours) = index.route_status(RouteKindName::Grpc, k) {
                                 let obj = index.grpc.live().get(k);
                                 let current = obj.map(|o| {
                                     current_entries(o.status.as_ref(), &o.spec.parent_refs, ours)
