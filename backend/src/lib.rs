@@ -441,31 +441,36 @@ pub async fn run(
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// A future that resolves on the first SIGTERM or SIGINT. The handlers are
+/// installed when this is called, not when the future is first polled: a
+/// signal that arrives after the call (e.g. right after the "listening" log
+/// line) is never the default action that kills the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams =
+            signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
+        async move {
+            match streams {
+                Ok((mut int, mut term)) => tokio::select! {
+                    _ = int.recv() => info!(signal = "SIGINT", "signal received"),
+                    _ = term.recv() => info!(signal = "SIGTERM", "signal received"),
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!(signal = "SIGINT", "signal received"),
-        () = term => info!(signal = "SIGTERM", "signal received"),
+        info!(signal = "Ctrl-C", "signal received");
     }
 }
 

@@ -28,6 +28,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Handlers first: a SIGTERM sent as soon as the line below is seen is
+    // a graceful shutdown, never the default action.
+    let shutdown = backend::shutdown_signal();
     info!(%addr, host = %host, echo = config.echo, "listening");
     let mut state = AppState::new(host);
     if config.echo {
@@ -36,7 +39,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             pod: config.pod.clone().unwrap_or_default(),
         });
     }
-    backend::run(listener, state, config.drain(), backend::shutdown_signal())
+    backend::run(listener, state, config.drain(), shutdown)
         .await
         .context("server error")
 }
