@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test of the project, in one command (the README's test command; CI's
-# .ci/run calls it after fmt and clippy):
+# .ci/run calls it after fmt, clippy and cargo doc):
 #
 #   scripts/test-all.sh
 #

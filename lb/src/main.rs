@@ -43,7 +43,10 @@ fn main() -> ExitCode {
                 &args.proxy,
                 std::time::Duration::ZERO,
             )
-            .and_then(|settings| block_on(lb::demo::run(settings)))
+            .and_then(|settings| {
+                log_allocator();
+                block_on(lb::demo::run(settings))
+            })
             .map_err(Into::into)
         }
         Command::Probe(args) => probe(&args),
@@ -89,6 +92,37 @@ fn settings(
         drain_delay,
         tls: None,
     })
+}
+
+/// Logs the allocator and the options jemalloc really runs with, read back
+/// from it (`opt.dirty_decay_ms`, `opt.muzzy_decay_ms`,
+/// `opt.background_thread`): what `.cargo/config.toml` built in, or what a
+/// `_RJEM_MALLOC_CONF` variable overrode. One info line: `lb serve` writes
+/// it right after "roundhouse lb started" (lb/tests/allocator.rs checks
+/// it), `lb demo` once its flags are valid.
+fn log_allocator() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let read = || -> tikv_jemalloc_ctl::Result<(isize, isize, bool)> {
+        Ok((
+            b"opt.dirty_decay_ms\0".name().read()?,
+            b"opt.muzzy_decay_ms\0".name().read()?,
+            tikv_jemalloc_ctl::opt::background_thread::read()?,
+        ))
+    };
+    match read() {
+        Ok((dirty_decay_ms, muzzy_decay_ms, background_thread)) => tracing::info!(
+            allocator = "jemalloc",
+            dirty_decay_ms,
+            muzzy_decay_ms,
+            background_thread,
+            "memory allocator"
+        ),
+        Err(e) => tracing::warn!(
+            allocator = "jemalloc",
+            error = %e,
+            "memory allocator: its options could not be read"
+        ),
+    }
 }
 
 fn serve(args: ServeArgs) -> lb::Result<()> {
@@ -168,7 +202,9 @@ fn serve(args: ServeArgs) -> lb::Result<()> {
             bound,
             built.discovery,
             lb::shutdown::signal().boxed(),
-            |_| {},
+            // Once started, so a configuration error stays the one line on
+            // stderr.
+            |_| log_allocator(),
         )
         .await?;
         Ok(())

@@ -2,8 +2,8 @@
 # Installs every tool the test suites need on a fresh machine (Debian +
 # rustup, with crates.io, PyPI and Debian's archive reachable). Idempotent:
 # what is present is left alone, so a second run installs nothing.
-# scripts/test-all.sh runs it first; so does CI's .ci/run (for fmt and
-# clippy). As a non-root user, apt-get runs through sudo.
+# scripts/test-all.sh runs it first; so does CI's .ci/run (for fmt, clippy
+# and cargo doc). As a non-root user, apt-get runs through sudo.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -1,27 +1,28 @@
 //! The attempt core: the one place where the proxy's policy lives.
 //!
 //! Every request, whichever transport carried it in and whichever carries it
-//! out, goes through [`Worker::decide`] and [`Worker::forward`]:
+//! out, goes through `Worker::decide` and `Worker::forward` (crate-internal,
+//! as are the other items named in backticks here):
 //!
-//! 1. **decide** ([`Worker::decide`]): the routing table's best rule for
+//! 1. **decide** (`Worker::decide`): the routing table's best rule for
 //!    the request (listener, host, path, and method, headers and query
 //!    where a rule asks for them), else [`Local::NoRoute`]; the rule's
 //!    access checks and local answers (403, CORS preflight, redirect, fixed
 //!    response); then the **pick**: the next endpoint of the rule's exact
 //!    weighted split, else [`Local::NoEndpoints`], [`Local::InvalidBackend`]
 //!    or [`Local::NoBackends`];
-//! 3. **connect or check out** a connection ([`Connector::checkout`],
-//!    [`Connector::connect`]);
-//! 4. **send** the request and wait for the response head
-//!    ([`Transport::send`]);
-//! 5. **classify** a failure ([`FailureKind`]): a pooled connection that
+//! 2. **connect or check out** a connection (`Connector::checkout`,
+//!    `Connector::connect`);
+//! 3. **send** the request and wait for the response head
+//!    (`Transport::send`);
+//! 4. **classify** a failure ([`FailureKind`]): a pooled connection that
 //!    turns out closed before the request left is the keep-alive race, and
 //!    the same request goes out on another connection to the same endpoint;
-//!    anything else is counted, feeds passive health ([`Worker::after_failure`])
+//!    anything else is counted, feeds passive health (`Worker::after_failure`)
 //!    and is retried on another endpoint when [`may_retry`] allows it, or
 //!    answered locally ([`Local::UpstreamFailed`], [`Local::UpstreamTimeout`]).
 //!
-//! A transport ([`Transport`]) only moves bytes: the HTTP/1.1 fast path
+//! A transport (`Transport`) only moves bytes: the HTTP/1.1 fast path
 //! (`fast/`) writes a rewritten head on a raw pooled connection, the general
 //! path (`general.rs`) hands an `http::Request` to hyper's client on the same
 //! kind of pooled connection. A new protocol adds a transport, not a policy.

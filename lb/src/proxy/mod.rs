@@ -15,8 +15,9 @@
 //! path (`general.rs`) for good. Both send upstream on connections from the
 //! worker's one pool ([`upstream`]) and rewrite headers by one table
 //! ([`headers`]). A new protocol plugs in as a client transport that calls
-//! [`Worker::decide`] and [`Worker::forward`] with an upstream transport
-//! implementing [`attempt::Transport`].
+//! `Worker::decide` and `Worker::forward` with an upstream transport
+//! implementing `attempt::Transport` (crate-internal; described in
+//! [`attempt`]).
 
 pub mod access_log;
 pub mod attempt;

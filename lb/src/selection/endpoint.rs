@@ -33,7 +33,7 @@ pub struct Endpoint {
     pub weight: u32,
     /// What a session-affinity cookie says to name this endpoint: a hash
     /// of the upstream's name and the address, the same on every LB
-    /// replica ([`affinity_key`]).
+    /// replica (`affinity_key` in `selection/endpoint.rs`).
     pub affinity_key: u64,
     consecutive_failures: AtomicU32,
     /// 0 = not ejected; else the [`Endpoint::now_ms`] value until which it

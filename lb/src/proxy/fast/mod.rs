@@ -15,7 +15,8 @@
 //! general hyper path (`general.rs`) for the rest of the connection, so both
 //! paths answer odd input identically. Routing, selection, retries,
 //! ejection, timeouts, local responses, metrics and log lines are the
-//! attempt core's (`attempt.rs`); this module is only a transport ([`RawH1`]).
+//! attempt core's (`attempt.rs`); this module is only a transport
+//! (`RawH1`).
 
 mod chunked;
 pub mod head;

@@ -9,18 +9,18 @@
 //! written by the same task in the same pass. A stream's state lives in a
 //! box from the worker's free list (`buffers::pooled`), so serving one
 //! allocates nothing for it once the worker is warm. Every stream goes through the
-//! attempt core on its own (`Worker::route`, `Worker::forward`), so the
+//! attempt core on its own (`Worker::decide`, `Worker::forward`), so the
 //! streams of one connection are balanced exactly like separate requests:
 //! - a request for an HTTP/1.1 Upstream is written as HTTP/1.1 bytes by the
 //!   one header rule table ([`head`]) on a raw connection from the worker's
 //!   one pool, as the fast path does, and the response head parsed once
-//!   with `httparse` ([`to_h1`]);
+//!   with `httparse` (`to_h1.rs`);
 //! - a request for an `h2c` Upstream (gRPC) goes out as a stream on one of
-//!   the worker's multiplexed connections ([`upstream`], [`to_h2`]).
+//!   the worker's multiplexed connections (`upstream.rs`, `to_h2.rs`).
 //!
-//! Bodies stream both ways with HTTP/2 flow control honoured ([`body`]).
+//! Bodies stream both ways with HTTP/2 flow control honoured (`body.rs`).
 //! The hardening limits (concurrent streams, header list size, resets,
-//! send buffer) are set in [`Server::new`] and documented in
+//! send buffer) are set in `Server::new` and documented in
 //! docs/SECURITY.md.
 
 mod body;
