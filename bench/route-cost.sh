@@ -19,6 +19,12 @@
 #   SHAPES       shapes of the route_cost example (lb/examples/route_cost.rs):
 #                upstream upstream-host route routes5 many many-one-host
 #                (default: all)
+#   WALL_ROUNDS  also this many wall-clock rounds (default 0: none): the
+#                shapes in WALL_SHAPES (default `route many`) alternating, each
+#                without valgrind under `wrk -t1 -c64 -dWALL_DURATION` (5 s);
+#                the table gives each shape's median req/s and its ratio to
+#                the first shape's, round by round (the issue's "req/s with
+#                1,000 routes within 5 % of one route")
 # Environment: DURATION (default 15 s), EXAMPLE_BIN, BACKEND_BIN (default:
 # built with `cargo build --release -p backend -p lb --example route_cost`
 # into $CARGO_TARGET_DIR or target/), KEEP_DIR (keep callgrind files, logs).
@@ -94,6 +100,30 @@ measure() {
     echo "$name $req $total"
 }
 
+# wall SHAPE: one wall-clock run of the route_cost example; prints req/s.
+wall() {
+    local shape=$1 port admin pid out
+    port=127.0.0.1:$(free_port)
+    admin=127.0.0.1:$(free_port)
+    out=$out_dir/wall-$shape.out
+    RUST_LOG=warn "$example_bin" "$shape" "$port" "$admin" "$b1" "$b2" >"$out_dir/lb-wall-$shape.log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    wait_ready "http://$admin/readyz" "$pid" || die "$shape did not start (see $out_dir/lb-wall-$shape.log)"
+    timeout $((wall_duration + 60)) wrk -t1 -c64 "-d${wall_duration}s" -H 'Host: r0.example.com' \
+        "http://$port/host" >"$out" 2>&1 || die "wrk failed against $shape"
+    if grep -q 'Non-2xx' "$out"; then die "$shape answered non-2xx: $(cat "$out")"; fi
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    awk '/^Requests\/sec:/ { print $2 }' "$out"
+}
+
+wall_rounds=${WALL_ROUNDS:-0}
+wall_duration=${WALL_DURATION:-5}
+wall_shapes=${WALL_SHAPES:-route many}
+[[ $wall_rounds =~ ^[0-9]+$ ]] || die "WALL_ROUNDS must be a number, got '$wall_rounds'"
+[[ $wall_duration =~ ^[1-9][0-9]*$ ]] || die "WALL_DURATION must be a positive integer, got '$wall_duration'"
+
 results=$work/results
 : >"$results"
 for spec in ${LB_BINS:-}; do
@@ -108,14 +138,46 @@ for shape in $shapes; do
     measure "$shape" example "$example_bin" "$shape" >>"$results"
 done
 
-echo "| configuration | requests | instructions | instructions / request | vs \`upstream\` |"
-echo "| --- | ---: | ---: | ---: | ---: |"
-awk '
-    { name[NR] = $1; req[NR] = $2; ins[NR] = $3; per[NR] = $3 / $2; if ($1 == "upstream") base = per[NR] }
-    END {
-        for (i = 1; i <= NR; i++) {
-            rel = base ? sprintf("%+.2f %%", (per[i] / base - 1) * 100) : "-"
-            printf "| %s | %d | %.0f | %.0f | %s |\n", name[i], req[i], ins[i], per[i], rel
+if [[ -s $results ]]; then
+    echo "| configuration | requests | instructions | instructions / request | vs \`upstream\` |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    awk '
+        { name[NR] = $1; req[NR] = $2; ins[NR] = $3; per[NR] = $3 / $2; if ($1 == "upstream") base = per[NR] }
+        END {
+            for (i = 1; i <= NR; i++) {
+                rel = base ? sprintf("%+.2f %%", (per[i] / base - 1) * 100) : "-"
+                printf "| %s | %d | %.0f | %.0f | %s |\n", name[i], req[i], ins[i], per[i], rel
+            }
         }
-    }
-' "$results"
+    ' "$results"
+fi
+
+if ((wall_rounds > 0)); then
+    walls=$work/walls
+    : >"$walls"
+    for ((r = 1; r <= wall_rounds; r++)); do
+        for shape in $wall_shapes; do
+            note "wall clock round $r: $shape"
+            echo "$r $shape $(wall "$shape")" >>"$walls"
+        done
+    done
+    echo
+    echo "Wall clock: \`wrk -t1 -c64 -d${wall_duration}s\`, $wall_rounds alternating rounds, one worker."
+    echo
+    echo "| shape | req/s per round | median | vs \`${wall_shapes%% *}\` (median of per-round ratios) |"
+    echo "| --- | --- | ---: | ---: |"
+    awk -v first="${wall_shapes%% *}" '
+        function median(a, n,   i, j, t) {
+            for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        { v[$2, $1] = $3; if (!($2 in seen)) { seen[$2] = 1; order[++k] = $2 } if ($1 > rounds) rounds = $1 }
+        END {
+            for (s = 1; s <= k; s++) {
+                name = order[s]; list = ""
+                for (r = 1; r <= rounds; r++) { x[r] = v[name, r]; y[r] = v[name, r] / v[first, r]; list = list (r > 1 ? ", " : "") sprintf("%.0f", x[r]) }
+                printf "| %s | %s | %.0f | %.3f× |\n", name, list, median(x, rounds), median(y, rounds)
+            }
+        }
+    ' "$walls"
+fi
