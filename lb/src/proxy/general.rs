@@ -24,7 +24,9 @@ use super::access_log::{Forwarded, Record};
 use super::attempt::{
     Connector, Decision, Failure, FailureKind, SendFailure, Transport, is_idempotent,
 };
-use super::body::{BodyOutcome, BodyState, Inbound, Lease, ReqBody, RespBody, UpstreamBody};
+use super::body::{
+    BodyErrorHook, BodyOutcome, BodyState, Inbound, Lease, ReqBody, RespBody, UpstreamBody,
+};
 use super::filters;
 use super::grpc::{grpc_timeout, is_grpc};
 use super::h2::upstream::{self as h2, H2Pool, H2Stream, for_h2};
@@ -34,6 +36,7 @@ use super::headers::{
 use super::local::{BadRequest, Local, Reply};
 use super::upstream::{Pool, Reuse, UpConn};
 use crate::discovery::Protocol;
+use crate::metrics::Metrics;
 use crate::selection::{Policy, RequestView};
 
 /// The request id header (sent upstream when the access log is on).
@@ -91,6 +94,25 @@ struct Hyper<U> {
     attempts: Attempts,
 }
 
+/// The general path's per-worker client side: hyper's HTTP/1.1 client
+/// settings and what a response body's failure is reported to.
+pub(crate) struct Client {
+    builder: hyper::client::conn::http1::Builder,
+    body_error: BodyErrorHook,
+}
+
+impl Client {
+    /// A worker's client side, reporting body failures to `metrics`.
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder.max_buf_size(1024 * 1024);
+        Self {
+            builder,
+            body_error: Rc::new(move |addr, e| super::attempt::body_failed(&metrics, addr, e)),
+        }
+    }
+}
+
 /// HTTP/1.1: one hyper client exchange per request on a pooled connection,
 /// which goes back to the pool when the exchange completed cleanly
 /// ([`Reuse`]).
@@ -130,7 +152,7 @@ impl<'w> HyperUpstream for H1<'w> {
         timeout: Duration,
     ) -> Result<HyperResponse, SendFailure<Request<ReqBody>>> {
         let io = TokioIo::new(conn.into_stream());
-        let (mut tx, connection) = match self.worker.client.handshake(io).await {
+        let (mut tx, connection) = match self.worker.client.builder.handshake(io).await {
             Ok(pair) => pair,
             Err(e) => {
                 return Err(SendFailure::unsent(
@@ -642,7 +664,7 @@ impl Worker {
                 body,
                 endpoint,
                 lease,
-                self.body_error.clone(),
+                self.client.body_error.clone(),
             )),
         )
     }

@@ -58,7 +58,6 @@ use tracing::{debug, error, info, warn};
 
 pub use attempt::{FailureKind, is_idempotent, may_retry};
 
-use self::body::BodyErrorHook;
 use self::throttle::Throttle;
 use self::upstream::Pool;
 use crate::metrics::Metrics;
@@ -192,9 +191,8 @@ pub(crate) struct Worker {
     pub(crate) pool: Rc<Pool>,
     /// Its HTTP/2 connections to `h2c` endpoints.
     pub(crate) h2_pool: Rc<h2::upstream::H2Pool>,
-    /// hyper's client settings for the general path.
-    pub(crate) client: hyper::client::conn::http1::Builder,
-    pub(crate) body_error: BodyErrorHook,
+    /// The general (hyper) path's client side.
+    pub(crate) client: general::Client,
     /// This worker's side of the access log (off when the log is). It is
     /// dropped (and so handed over) when the worker's thread ends.
     pub(crate) log: access_log::Log,
@@ -212,11 +210,7 @@ impl Worker {
         log: Option<access_log::WorkerLog>,
         parking: Option<park::Parking>,
     ) -> Self {
-        let metrics = shared.metrics.clone();
-        let body_error: BodyErrorHook =
-            Rc::new(move |addr, e| attempt::body_failed(&metrics, addr, e));
-        let mut client = hyper::client::conn::http1::Builder::new();
-        client.max_buf_size(1024 * 1024);
+        let client = general::Client::new(shared.metrics.clone());
         Self {
             id,
             table: RefCell::new((
@@ -230,7 +224,6 @@ impl Worker {
             h2_pool: Rc::new(h2::upstream::H2Pool::new(UPSTREAM_H2_STREAMS)),
             shared,
             client,
-            body_error,
             log: access_log::Log::new(log),
             limit_warn: RefCell::new(Throttle::new(throttle::WARN_EVERY)),
             parking,
