@@ -33,6 +33,11 @@
 #              IDLE_CONNECTIONS open TLS connections, after the handshake only
 #              ("handshake") and after one HTTP/1.1 request on each
 #              ("after a request"), ÷ IDLE_CONNECTIONS;
+#   idle-h2c   (not in the default list) memory per idle HTTP/2 connection
+#              with prior knowledge on the plain port: the same method, each
+#              client connection sending the preface and its SETTINGS
+#              (acknowledging the server's) and, "after a request", one
+#              `GET /host` stream read to its end;
 #   http       (not in the default list) plain HTTP/1.1 keep-alive, `wrk
 #              -c64 http://…/host`, the reference without TLS; the one phase
 #              today's lb (no TLS, no h2c) can already run.
@@ -121,7 +126,7 @@ for t in $targets; do
     [[ $t == nginx || $t == lb ]] || die "TARGETS may name nginx and lb, not '$t'"
 done
 for p in $phases; do
-    case $p in https | handshake | h2c | h2tls | grpc | idle | http) ;; *) die "unknown phase '$p'" ;; esac
+    case $p in https | handshake | h2c | h2tls | grpc | idle | idle-h2c | http) ;; *) die "unknown phase '$p'" ;; esac
 done
 for v in rounds duration connections threads h2_clients h2_streams hs_clients idle_conns workers; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
@@ -581,10 +586,66 @@ async def main():
 asyncio.run(main())
 '
 
-# measure_idle target round request(0|1): RSS growth per idle TLS connection
+# Holds IDLE_CONNECTIONS HTTP/2 connections with prior knowledge open (after
+# the SETTINGS exchange, or after one GET /host stream each), prints "ready
+# N" and waits for stdin to close. HTTP/2 framing by hand (RFC 9113): the
+# request's header block uses the static table and literals only.
+idle_h2c_client='
+import asyncio, struct, sys
+port, count, request = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+# :method GET, :scheme http, :path /host, :authority bench
+BLOCK = b"\x82\x86\x44\x05/host\x41\x05bench"
+async def read_frame(r):
+    head = await asyncio.wait_for(r.readexactly(9), 10)
+    length = int.from_bytes(head[:3], "big")
+    payload = await asyncio.wait_for(r.readexactly(length), 10)
+    return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
+async def one(sem, held):
+    async with sem:
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        w.write(PREFACE + frame(4, 0, 0))
+        if request:
+            w.write(frame(1, 0x5, 1, BLOCK))
+        settings = False
+        status = None
+        while True:
+            kind, flags, stream, payload = await read_frame(r)
+            if kind == 4 and not flags & 1:
+                w.write(frame(4, 1, 0))
+                settings = True
+            if kind == 1 and stream == 1 and status is None:
+                status = payload[:1]
+            if kind == 7:
+                raise RuntimeError("GOAWAY")
+            if kind == 3 and stream == 1:
+                raise RuntimeError("RST_STREAM")
+            if settings and (not request or (stream == 1 and kind in (0, 1) and flags & 1)):
+                break
+        # 0x88: the static table entry ":status 200"
+        if request and status != b"\x88":
+            raise RuntimeError("not 200: %r" % status)
+        await w.drain()
+        held.append(w)
+async def main():
+    sem, held = asyncio.Semaphore(50), []
+    await asyncio.gather(*(one(sem, held) for _ in range(count)))
+    print("ready", len(held), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for w in held:
+        w.close()
+asyncio.run(main())
+'
+
+# measure_idle target round request(0|1) [client]: RSS growth per idle
+# connection (client: tls, the default, or h2c)
 measure_idle() {
-    local t=$1 round=$2 req=$3 phase ppids=() before after line per load1 _ cpid i
-    phase=idle-$([[ $req == 1 ]] && echo request || echo handshake)
+    local t=$1 round=$2 req=$3 client=${4:-tls} phase ppids=() before after line per load1 _ cpid i code
+    phase=idle-$([[ $client == h2c ]] && echo h2c-)$([[ $req == 1 ]] && echo request || echo handshake)
+    code=$idle_client
+    [[ $client == h2c ]] && code=$idle_h2c_client
     read -r load1 _ </proc/loadavg
     mapfile -t ppids < <(proxy_pids "$t")
     read_rss "${ppids[@]}"
@@ -592,7 +653,7 @@ measure_idle() {
     run_seq=$((run_seq + 1))
     local fifo=$work/idle-$run_seq.stdin
     mkfifo "$fifo"
-    python3 -c "$idle_client" "${port[$t]}" "$idle_conns" "$req" <"$fifo" >"$work/idle-$run_seq.out" 2>&1 &
+    python3 -c "$code" "${port[$t]}" "$idle_conns" "$req" <"$fifo" >"$work/idle-$run_seq.out" 2>&1 &
     cpid=$!
     exec 9>"$fifo"
     # wait (bounded: 60 s) for the client's "ready" line: an event, not a sleep
@@ -633,6 +694,7 @@ warm() { # phase target
     ((warmup > 0)) || return 0
     case $1 in
     handshake | idle) cmd=(wrk -t1 -c8 "-d${warmup}s" "https://127.0.0.1:${port[$2]}/host") ;;
+    idle-h2c) cmd=(h2load -c8 -m1 -D "$warmup" "http://127.0.0.1:${port[$2]}/host") ;;
     *) mapfile -t cmd < <(load_cmd "$1" "$2" "$warmup") ;;
     esac
     timeout $((warmup + 30)) "${cmd[@]}" >/dev/null 2>&1 || die "warm-up (${cmd[0]}) failed against $2 ($1)"
@@ -643,18 +705,19 @@ run_phase() { # phase
     local phase=$1 role t r req
     case $phase in
     https | handshake | h2tls | idle) role=tls ;;
+    idle-h2c) role=h2c ;;
     *) role=$phase ;;
     esac
-    if [[ $phase == idle ]]; then
+    if [[ $phase == idle || $phase == idle-h2c ]]; then
         # A fresh proxy for every measurement: memory freed by the previous
         # one's connections would otherwise be reused and hide the growth.
-        note "phase idle: a fresh $targets (tls) per measurement"
+        note "phase $phase: a fresh $targets ($role) per measurement"
         for ((r = 1; r <= rounds; r++)); do
             for t in $(order "$r"); do
                 for req in 0 1; do
-                    start_proxy "$t" tls
-                    warm idle "$t"
-                    measure_idle "$t" "$r" "$req"
+                    start_proxy "$t" "$role"
+                    warm "$phase" "$t"
+                    measure_idle "$t" "$r" "$req" "$role"
                     stop_proxy "$t"
                 done
             done
@@ -772,6 +835,20 @@ for phase in $phases; do
         echo
         ratio_line idle-handshake 4 "bytes per idle connection (handshake only)" lower
         ratio_line idle-request 4 "bytes per idle connection (after a request)" lower
+        echo
+        ;;
+    idle-h2c)
+        echo "#### Memory per idle HTTP/2 connection, h2c with prior knowledge ($idle_conns connections; RSS growth ÷ connections), median of $rounds rounds"
+        echo
+        echo "| target | after the SETTINGS exchange | after one request |"
+        echo "|---|---|---|"
+        for t in $targets; do
+            printf '| %s | %s bytes | %s bytes |\n' "$t" \
+                "$(fmt '%.0f' "$(median idle-h2c-handshake "$t" 4)")" "$(fmt '%.0f' "$(median idle-h2c-request "$t" 4)")"
+        done
+        echo
+        ratio_line idle-h2c-handshake 4 "bytes per idle HTTP/2 connection (SETTINGS only)" lower
+        ratio_line idle-h2c-request 4 "bytes per idle HTTP/2 connection (after a request)" lower
         echo
         ;;
     esac
