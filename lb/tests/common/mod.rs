@@ -443,14 +443,19 @@ impl TestLb {
 
     /// Publishes a new endpoint set and waits until the table has it.
     pub fn update(&self, cfg: RoutingConfig) {
-        let before = self.running.balancer.snapshot().version;
+        let before = self.running.balancer.version();
         self.updates.send(cfg).unwrap();
         self.wait_version(before + 1);
     }
 
+    /// Waits until table version `v` is published: the version the
+    /// workers check before each request (`Balancer::version`, stored after
+    /// the table itself), so a request sent next is routed by it. Waiting on
+    /// the stored table instead let a request race the version's store and
+    /// be routed by the previous table (a 404 in CI on a loaded machine).
     fn wait_version(&self, v: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.running.balancer.snapshot().version < v {
+        while self.running.balancer.version() < v {
             assert!(
                 std::time::Instant::now() < deadline,
                 "routing table never reached version {v}"
