@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::proxy::drain::Drain;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use hyper::service::service_fn;
@@ -19,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
@@ -66,7 +66,7 @@ pub(crate) fn accept(
     worker: &Rc<Worker>,
     servers: &Rc<Servers>,
     tracker: &TaskTracker,
-    drain: &CancellationToken,
+    drain: &Drain,
     mut stream: TcpStream,
     peer: SocketAddr,
     tls: bool,
@@ -130,7 +130,7 @@ pub(crate) fn accept(
 fn plain_fast(
     w: Rc<Worker>,
     servers: Rc<Servers>,
-    drain: CancellationToken,
+    drain: Drain,
     stream: TcpStream,
     peer: SocketAddr,
     start: fast::Start,
@@ -164,7 +164,7 @@ pub(crate) async fn run_parking(
     w: Rc<Worker>,
     servers: Rc<Servers>,
     tracker: TaskTracker,
-    drain: CancellationToken,
+    drain: Drain,
     poller: park::Poller,
 ) {
     let Some(parking) = &w.parking else {
@@ -207,7 +207,7 @@ fn closed(w: &Worker) {
 async fn serve_connection(
     w: Rc<Worker>,
     servers: &Servers,
-    drain: &CancellationToken,
+    drain: &Drain,
     stream: TcpStream,
     peer: SocketAddr,
     tls: bool,
@@ -225,7 +225,7 @@ async fn serve_connection(
 async fn serve_tls(
     w: Rc<Worker>,
     servers: &Servers,
-    drain: &CancellationToken,
+    drain: &Drain,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -261,7 +261,7 @@ async fn serve<S: ClientStream>(
     w: Rc<Worker>,
     servers: &Servers,
     client: Rc<ClientIp>,
-    drain: &CancellationToken,
+    drain: &Drain,
     stream: S,
     peer: SocketAddr,
     h2c: bool,
@@ -304,7 +304,7 @@ async fn serve<S: ClientStream>(
 async fn after_fast<S: ClientStream>(
     w: Rc<Worker>,
     servers: &Servers,
-    drain: &CancellationToken,
+    drain: &Drain,
     outcome: fast::Outcome<S>,
 ) {
     match outcome {
@@ -350,7 +350,7 @@ async fn serve_h1<S: ClientStream>(
     w: Rc<Worker>,
     servers: &Servers,
     client: Rc<ClientIp>,
-    drain: &CancellationToken,
+    drain: &Drain,
     stream: Rewind<S>,
     peer: SocketAddr,
 ) {
@@ -381,7 +381,7 @@ async fn serve_h2<S>(
     w: Rc<Worker>,
     servers: &Servers,
     client: Rc<ClientIp>,
-    drain: &CancellationToken,
+    drain: &Drain,
     stream: S,
     _peer: SocketAddr,
 ) where
@@ -416,7 +416,7 @@ mod tests {
         let servers = Servers::new(&w, None);
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = l.local_addr().unwrap();
-        let drain = CancellationToken::new();
+        let drain = Drain::new();
         let (s1, s2) = (
             TcpStream::connect(a).await.unwrap(),
             TcpStream::connect(a).await.unwrap(),

@@ -24,6 +24,7 @@ pub mod attempt;
 pub mod body;
 mod buffers;
 mod conn;
+mod drain;
 pub mod fast;
 pub mod filters;
 mod general;
@@ -364,102 +365,131 @@ fn run_worker(
         .enable_all()
         .build()?;
     let local = LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = TcpListener::from_std(listener)?;
-        let tls_listener = tls_listener.map(TcpListener::from_std).transpose()?;
-        let (parking, poller) = if shared.config.idle_park_after.is_zero() {
-            (None, None)
-        } else {
-            match park::new(shared.metrics.parked_connections.clone()) {
-                Ok((parking, poller)) => (Some(parking), Some(poller)),
-                Err(e) => {
-                    warn!(error = %e, "cannot create the table for idle connections; they stay in their tasks");
-                    (None, None)
-                }
-            }
-        };
-        let worker = Rc::new(Worker::new(id, shared.clone(), log, parking));
-        let servers = conn::Servers::new(&worker, shared.tls.clone());
-        let sweeper = {
-            let (pool, h2_pool) = (worker.pool.clone(), worker.h2_pool.clone());
-            let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
-            tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    pool.sweep();
-                    h2_pool.sweep();
-                }
-            })
-        };
-        // A quiet worker's lines still reach the sink within about
-        // FLUSH_INTERVAL.
-        let flusher = worker.log.is_on().then(|| {
-            let worker = worker.clone();
-            tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(access_log::FLUSH_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    worker.log.flush_if_due();
-                }
-            })
-        });
-        let tracker = TaskTracker::new();
-        let drain = CancellationToken::new();
-        if let Some(poller) = poller {
-            tracker.spawn_local(conn::run_parking(
-                worker.clone(),
-                servers.clone(),
-                tracker.clone(),
-                drain.clone(),
-                poller,
-            ));
-        }
-        let mut accept_warn = Throttle::new(throttle::WARN_EVERY);
-        loop {
-            let (accepted, tls) = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = listener.accept() => (r, false),
-                r = accept_on(tls_listener.as_ref()) => (r, true),
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    if let Some(c) = shared.metrics.accepted_connections.get(id) {
-                        c.inc();
-                    }
-                    conn::accept(&worker, &servers, &tracker, &drain, stream, peer, tls);
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the
-                    // connection waits in the backlog meanwhile.
-                    accept_failed(&shared, &mut accept_warn, &e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+    // The worker runs as a task of its own rather than as the future
+    // `block_on` drives: `LocalSet` polls that future again each time any
+    // of its tasks is woken (twice per proxied request), and a handle is
+    // cheap to poll where the accept loop's `select!` was not.
+    let worker = local.spawn_local(serve_worker(
+        id,
+        listener,
+        tls_listener,
+        shared,
+        shutdown,
+        log,
+    ));
+    match local.block_on(&rt, worker) {
+        Ok(done) => done,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(io::Error::other(e)),
+        },
+    }
+}
+
+/// Worker `id`'s accept loop and, once `shutdown` is cancelled, the drain
+/// of its connections.
+async fn serve_worker(
+    id: usize,
+    listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    log: Option<access_log::WorkerLog>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let tls_listener = tls_listener.map(TcpListener::from_std).transpose()?;
+    let (parking, poller) = if shared.config.idle_park_after.is_zero() {
+        (None, None)
+    } else {
+        match park::new(shared.metrics.parked_connections.clone()) {
+            Ok((parking, poller)) => (Some(parking), Some(poller)),
+            Err(e) => {
+                warn!(error = %e, "cannot create the table for idle connections; they stay in their tasks");
+                (None, None)
             }
         }
-        drop(listener);
-        drop(tls_listener);
-        tracker.close();
-        let open = worker.parking.as_ref().map_or(tracker.len(), |p| {
-            // The parking task is not a connection; its connections are.
-            tracker.len().saturating_sub(1) + p.len()
-        });
-        drain.cancel();
-        if open > 0 {
-            info!(connections = open, "draining connections");
+    };
+    let worker = Rc::new(Worker::new(id, shared.clone(), log, parking));
+    let servers = conn::Servers::new(&worker, shared.tls.clone());
+    let sweeper = {
+        let (pool, h2_pool) = (worker.pool.clone(), worker.h2_pool.clone());
+        let every = (pool.idle_timeout() / 2).max(Duration::from_millis(100));
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                pool.sweep();
+                h2_pool.sweep();
+            }
+        })
+    };
+    // A quiet worker's lines still reach the sink within about
+    // FLUSH_INTERVAL.
+    let flusher = worker.log.is_on().then(|| {
+        let worker = worker.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(access_log::FLUSH_INTERVAL);
+            loop {
+                tick.tick().await;
+                worker.log.flush_if_due();
+            }
+        })
+    });
+    let tracker = TaskTracker::new();
+    let drain = drain::Drain::new();
+    if let Some(poller) = poller {
+        tracker.spawn_local(conn::run_parking(
+            worker.clone(),
+            servers.clone(),
+            tracker.clone(),
+            drain.clone(),
+            poller,
+        ));
+    }
+    let mut accept_warn = Throttle::new(throttle::WARN_EVERY);
+    loop {
+        let (accepted, tls) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => (r, false),
+            r = accept_on(tls_listener.as_ref()) => (r, true),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Some(c) = shared.metrics.accepted_connections.get(id) {
+                    c.inc();
+                }
+                conn::accept(&worker, &servers, &tracker, &drain, stream, peer, tls);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the
+                // connection waits in the backlog meanwhile.
+                accept_failed(&shared, &mut accept_warn, &e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        if !drain_within(&tracker, shared.config.shutdown_timeout).await {
-            warn!(
-                connections = tracker.len(),
-                "shutdown deadline reached; closing remaining connections"
-            );
-        }
-        sweeper.abort();
-        if let Some(flusher) = flusher {
-            flusher.abort();
-        }
-        Ok::<(), io::Error>(())
-    })
+    }
+    drop(listener);
+    drop(tls_listener);
+    tracker.close();
+    let open = worker.parking.as_ref().map_or(tracker.len(), |p| {
+        // The parking task is not a connection; its connections are.
+        tracker.len().saturating_sub(1) + p.len()
+    });
+    drain.cancel();
+    if open > 0 {
+        info!(connections = open, "draining connections");
+    }
+    if !drain_within(&tracker, shared.config.shutdown_timeout).await {
+        warn!(
+            connections = tracker.len(),
+            "shutdown deadline reached; closing remaining connections"
+        );
+    }
+    sweeper.abort();
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    Ok(())
 }
 
 /// Counts a failed accept by reason and warns, at most once per

@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use crate::proxy::drain::Drain;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use prometheus_client::metrics::gauge::Gauge;
@@ -41,7 +42,6 @@ use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Readiness events taken from the worker's poll at a time.
@@ -257,7 +257,7 @@ impl Poller {
     pub(crate) async fn run(
         mut self,
         parking: &Parking,
-        drain: &CancellationToken,
+        drain: &Drain,
         mut wake: impl FnMut(Parked),
         mut closed: impl FnMut(),
     ) {
@@ -386,7 +386,7 @@ mod tests {
             parking.park(p).unwrap();
         }
         assert_eq!((parking.len(), gauge.get()), (3, 3));
-        let drain = CancellationToken::new();
+        let drain = Drain::new();
         let (woken_tx, mut woken) = tokio::sync::mpsc::unbounded_channel();
         let closes = std::cell::Cell::new(0);
         let run = poller.run(
@@ -481,7 +481,7 @@ mod tests {
         let (client, p) = pair(&l, Instant::now() + Duration::from_secs(60));
         parking.park(p).unwrap();
         drop(client);
-        let drain = CancellationToken::new();
+        let drain = Drain::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let run = poller.run(&parking, &drain, |p| tx.send(p).unwrap(), || {});
         tokio::pin!(run);

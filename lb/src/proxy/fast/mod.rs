@@ -26,11 +26,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 
+use crate::proxy::drain::Drain;
 use bytes::{Buf, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use self::chunked::{ChunkedScanner, InvalidChunk};
@@ -220,7 +220,7 @@ impl<'a> Transport for RawH1<'a> {
 struct Conn<S> {
     stream: S,
     client: Rc<ClientIp>,
-    drain: CancellationToken,
+    drain: Drain,
     /// The connection may still open with the HTTP/2 preface.
     h2c: bool,
     /// It is parked after `--idle-park-after` without a byte.
@@ -440,7 +440,7 @@ impl Worker {
         self: &Rc<Self>,
         stream: S,
         client: Rc<ClientIp>,
-        drain: CancellationToken,
+        drain: Drain,
         start: Start,
     ) -> impl Future<Output = Outcome<S>> + use<S> {
         let w = self.clone();

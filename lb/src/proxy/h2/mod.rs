@@ -37,12 +37,12 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::proxy::drain::Drain;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Worker;
@@ -136,7 +136,7 @@ pub(crate) async fn serve<S>(
     w: Rc<Worker>,
     server: &Server,
     client: Rc<ClientIp>,
-    drain: &CancellationToken,
+    drain: &Drain,
     io: S,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -250,7 +250,7 @@ mod tests {
         let server = Server::new(&config);
         let w = Rc::new(crate::proxy::tests::worker(balancer, config));
         let client = Rc::new(ClientIp::new("127.0.0.1".parse().unwrap()));
-        let drain = CancellationToken::new();
+        let drain = Drain::new();
         let (near, far) = tokio::io::duplex(64 * 1024);
         let start = Instant::now();
         let lb = serve(w, &server, client, &drain, far);
@@ -293,7 +293,7 @@ mod tests {
         let server = Server::new(&config);
         let w = Rc::new(crate::proxy::tests::worker(balancer, config));
         let client = Rc::new(ClientIp::new("127.0.0.1".parse().unwrap()));
-        let drain = CancellationToken::new();
+        let drain = Drain::new();
         let (_near, far) = tokio::io::duplex(1024);
         let start = Instant::now();
         serve(w, &server, client, &drain, far).await;
