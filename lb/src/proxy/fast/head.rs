@@ -9,6 +9,7 @@
 //! httparse rejects) is [`Request::Fallback`]: the connection goes to the
 //! general path, which answers it exactly as before (400, 431, 501, …).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use http::{HeaderName, Method};
@@ -145,7 +146,8 @@ pub(crate) fn origin_form_target(target: &[u8]) -> bool {
     all_in(&TARGET_BYTES, target)
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes the field line `name: value` and its CRLF.
+pub(crate) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -194,7 +196,9 @@ pub struct Parsed<'b, 'h> {
 /// [`parse`] (on the caller's stack: a [`Parsed`] borrows it).
 #[derive(Debug)]
 pub struct Fields<'b> {
-    headers: [httparse::Header<'b>; MAX_HEADERS],
+    /// Left uninitialised: httparse writes the ones it parses (filling
+    /// 100 empty fields first cost every request a 3.2 KB write).
+    headers: [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS],
     rules: [Rule; MAX_HEADERS],
 }
 
@@ -202,7 +206,7 @@ impl Fields<'_> {
     /// Empty room.
     pub fn new() -> Self {
         Self {
-            headers: [httparse::EMPTY_HEADER; MAX_HEADERS],
+            headers: [const { MaybeUninit::uninit() }; MAX_HEADERS],
             rules: [Rule::Keep; MAX_HEADERS],
         }
     }
@@ -228,8 +232,8 @@ pub struct RequestEdits<'r> {
 /// [`Parse::Fallback`] (see the module's documentation).
 pub fn parse<'b, 'h>(buf: &'b [u8], limits: Limits, fields: &'h mut Fields<'b>) -> Parse<'b, 'h> {
     let n = limits.max_headers.clamp(1, MAX_HEADERS);
-    let mut req = httparse::Request::new(&mut fields.headers[..n]);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields.headers[..n]) {
         Ok(httparse::Status::Complete(len)) if len <= limits.max_header_bytes => len,
         Ok(httparse::Status::Partial) if buf.len() < limits.max_header_bytes => {
             return Parse::Partial;
@@ -535,9 +539,14 @@ pub fn parse_response(
     edits: Option<&HeaderEdits>,
     out: &mut Vec<u8>,
 ) -> Result<Response, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Uninitialised: httparse writes the ones it parses.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
             return Ok(Response::Partial);

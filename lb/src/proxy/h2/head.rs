@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 
 use crate::discovery::route::HeaderEdits;
 use crate::proxy::fast::head::{
-    BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD, RequestEdits, origin_form_target,
+    BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD, RequestEdits, header, origin_form_target,
 };
 use crate::proxy::filters::rewrite_target;
 use crate::proxy::headers::{
@@ -54,13 +54,6 @@ pub(crate) fn host(parts: &Parts) -> Option<&str> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok()),
     }
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the HTTP/1.1 head for the HTTP/2 request `parts` into `out`:
@@ -117,7 +110,7 @@ pub(crate) fn write_request(
         }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    line(out, b"host", host_override.or(host).unwrap_or_default());
+    header(out, b"host", host_override.or(host).unwrap_or_default());
     let mut xff = false;
     let mut cookies = 0;
     for (name, value) in &parts.headers {
@@ -128,7 +121,7 @@ pub(crate) fn write_request(
                 if name == header::COOKIE {
                     cookies += 1;
                 } else if !(fwd.request_id.is_some() && n == b"x-request-id") {
-                    line(out, n, value.as_bytes());
+                    header(out, n, value.as_bytes());
                 }
             }
             Rule::ForwardedFor => xff = true,
@@ -149,7 +142,7 @@ pub(crate) fn write_request(
     }
     if let Some(e) = header_edits {
         for (name, value) in added_fields(e) {
-            line(out, name.as_str().as_bytes(), value.as_bytes());
+            header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -161,15 +154,15 @@ pub(crate) fn write_request(
     }
     out.extend_from_slice(fwd.client.as_bytes());
     out.extend_from_slice(b"\r\n");
-    line(out, b"x-forwarded-proto", fwd.client.proto.as_bytes());
+    header(out, b"x-forwarded-proto", fwd.client.proto.as_bytes());
     if let Some(host) = host {
-        line(out, b"x-forwarded-host", host);
+        header(out, b"x-forwarded-host", host);
     }
     out.extend_from_slice(b"via: 2 ");
     out.extend_from_slice(VIA_NAME.as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(id) = fwd.request_id {
-        line(out, b"x-request-id", id.as_bytes());
+        header(out, b"x-request-id", id.as_bytes());
     }
     match body {
         BodyFraming::None => {}
@@ -360,9 +353,14 @@ pub(crate) fn parse_response(
     head_request: bool,
     edits: Option<&HeaderEdits>,
 ) -> Result<Parsed, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Uninitialised: httparse writes the ones it parses.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
             return Ok(Parsed::Partial);
