@@ -527,29 +527,65 @@ pub struct ResponseHead {
 #[error("{0}")]
 pub struct BadResponse(pub &'static str);
 
-/// Parses the response head at the front of `buf` and writes the head for
-/// the client into `out`: hop-by-hop headers (and those named in
-/// `Connection`) removed, `Via` appended, `Connection: close` added when
-/// `client_close` or the body runs until the upstream closes; with
-/// `edits`, a route's response header edits applied by the same table.
-pub fn parse_response(
-    buf: &[u8],
+/// A final response head as parsed: its fields, each field's rule, and
+/// what the framing rules (RFC 9112 §6.3) make of it. Both transports that
+/// read HTTP/1.1 responses (the fast path's and the HTTP/2 one's) start
+/// from this, so they frame and reuse alike.
+#[derive(Debug)]
+pub(crate) struct FinalHead<'b, 'h> {
+    /// Bytes of the head.
+    pub(crate) len: usize,
+    /// Status code (200–599).
+    pub(crate) status: u16,
+    /// Reason phrase.
+    pub(crate) reason: &'b str,
+    /// The fields, in order.
+    pub(crate) headers: &'h [httparse::Header<'b>],
+    /// `rules[i]` is `headers[i]`'s rule.
+    pub(crate) rules: &'h [Rule],
+    /// How the body is delimited.
+    pub(crate) framing: Framing,
+    /// Whether the connection can carry another request afterwards.
+    pub(crate) reusable: bool,
+    /// `Transfer-Encoding: chunked` was sent (any `Content-Length` is not
+    /// forwarded).
+    pub(crate) chunked: bool,
+    /// `Connection` names other fields, which are not forwarded either.
+    pub(crate) connection_options: bool,
+}
+
+/// What the bytes at the front of an upstream connection are ([`read_response`]).
+#[derive(Debug)]
+pub(crate) enum HeadRead<'b, 'h> {
+    /// Not a complete head yet.
+    Partial,
+    /// A 1xx interim response of this many bytes, to be skipped.
+    Interim(usize),
+    /// A final response head.
+    Final(FinalHead<'b, 'h>),
+}
+
+/// Parses the response head at the front of `buf` into `fields` and judges
+/// its framing (`head_request`: the response to `HEAD` has no body): a
+/// `Content-Length` that is not one number, a transfer coding other than
+/// `chunked`, a protocol switch or a head over the limits is refused.
+/// Inlined into its two callers, where the judged head stays in registers
+/// (a call returning it cost the fast path ~100 instructions per request).
+#[inline(always)]
+pub(crate) fn read_response<'b, 'h>(
+    buf: &'b [u8],
     head_request: bool,
-    client_close: bool,
-    edits: Option<&HeaderEdits>,
-    out: &mut Vec<u8>,
-) -> Result<Response, BadResponse> {
-    // Uninitialised: httparse writes the ones it parses.
-    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    fields: &'h mut Fields<'b>,
+) -> Result<HeadRead<'b, 'h>, BadResponse> {
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,
         buf,
-        &mut headers,
+        &mut fields.headers,
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
-            return Ok(Response::Partial);
+            return Ok(HeadRead::Partial);
         }
         Ok(httparse::Status::Partial) => return Err(BadResponse("response head too large")),
         Err(_) => return Err(BadResponse("malformed response head")),
@@ -561,15 +597,16 @@ pub fn parse_response(
         return Err(BadResponse("unexpected protocol switch"));
     }
     if (100..200).contains(&status) {
-        return Ok(Response::Interim { len });
+        return Ok(HeadRead::Interim(len));
     }
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut reusable = version == 1;
     let mut connection_options = false;
+    let headers: &'h [httparse::Header<'b>] = resp.headers;
     // Each field's rule, looked up once for the checks and the rewrite.
-    let mut rules = [Rule::Keep; MAX_HEADERS];
-    for (h, r) in resp.headers.iter().zip(&mut rules) {
+    let rules = &mut fields.rules[..headers.len()];
+    for (h, r) in headers.iter().zip(rules.iter_mut()) {
         *r = rule(h.name.as_bytes());
         match *r {
             Rule::ContentLength => {
@@ -615,6 +652,48 @@ pub fn parse_response(
         reusable = false;
         Framing::UntilClose
     };
+    Ok(HeadRead::Final(FinalHead {
+        len,
+        status,
+        reason: resp.reason.unwrap_or(""),
+        headers,
+        rules,
+        framing,
+        reusable,
+        chunked,
+        connection_options,
+    }))
+}
+
+/// Parses the response head at the front of `buf` (`read_response`) and
+/// writes the head for the client into `out`: hop-by-hop headers (and those
+/// named in `Connection`) removed, `Via` appended, `Connection: close`
+/// added when `client_close` or the body runs until the upstream closes;
+/// with `edits`, a route's response header edits applied by the same
+/// table.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    client_close: bool,
+    edits: Option<&HeaderEdits>,
+    out: &mut Vec<u8>,
+) -> Result<Response, BadResponse> {
+    let mut fields = Fields::new();
+    let FinalHead {
+        len,
+        status,
+        reason,
+        headers,
+        rules,
+        framing,
+        reusable,
+        chunked,
+        connection_options,
+    } = match read_response(buf, head_request, &mut fields)? {
+        HeadRead::Partial => return Ok(Response::Partial),
+        HeadRead::Interim(len) => return Ok(Response::Interim { len }),
+        HeadRead::Final(head) => head,
+    };
     let close = client_close || framing == Framing::UntilClose;
 
     out.clear();
@@ -625,10 +704,10 @@ pub fn parse_response(
         b'0' + (status % 10) as u8,
         b' ',
     ]);
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length_written = false;
-    for (h, r) in resp.headers.iter().zip(&rules) {
+    for (h, r) in headers.iter().zip(rules) {
         let name = h.name.as_bytes();
         match *r {
             Rule::ContentLength => {
@@ -638,7 +717,7 @@ pub fn parse_response(
                 }
             }
             r if is_hop_by_hop(r, false) => {}
-            _ if connection_options && named_in_connection(name, resp.headers) => {}
+            _ if connection_options && named_in_connection(name, headers) => {}
             Rule::Keep if edits.is_some_and(|e| edited_away(e, name)) => {}
             _ => header(out, name, h.value),
         }

@@ -11,7 +11,8 @@ use http::{Request, Response, StatusCode};
 
 use crate::discovery::route::HeaderEdits;
 use crate::proxy::fast::head::{
-    BadResponse, Framing, MAX_HEADERS, MAX_RESPONSE_HEAD, RequestEdits, header, origin_form_target,
+    BadResponse, Fields, FinalHead, Framing, HeadRead, RequestEdits, header, origin_form_target,
+    read_response,
 };
 use crate::proxy::filters::rewrite_target;
 use crate::proxy::headers::{
@@ -353,81 +354,23 @@ pub(crate) fn parse_response(
     head_request: bool,
     edits: Option<&HeaderEdits>,
 ) -> Result<Parsed, BadResponse> {
-    // Uninitialised: httparse writes the ones it parses.
-    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
-            return Ok(Parsed::Partial);
-        }
-        Ok(httparse::Status::Partial) => return Err(BadResponse("response head too large")),
-        Err(_) => return Err(BadResponse("malformed response head")),
+    let mut fields = Fields::new();
+    let FinalHead {
+        len,
+        status: code,
+        headers,
+        rules,
+        framing,
+        reusable,
+        chunked,
+        connection_options,
+        ..
+    } = match read_response(buf, head_request, &mut fields)? {
+        HeadRead::Partial => return Ok(Parsed::Partial),
+        HeadRead::Interim(len) => return Ok(Parsed::Interim(len)),
+        HeadRead::Final(head) => head,
     };
-    let (Some(version), Some(code)) = (resp.version, resp.code) else {
-        return Err(BadResponse("malformed response head"));
-    };
-    if code == 101 {
-        return Err(BadResponse("unexpected protocol switch"));
-    }
-    if (100..200).contains(&code) {
-        return Ok(Parsed::Interim(len));
-    }
     let status = StatusCode::from_u16(code).map_err(|_| BadResponse("invalid status"))?;
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut reusable = version == 1;
-    let mut connection_options = false;
-    let mut rules = [Rule::Keep; MAX_HEADERS];
-    for (h, r) in resp.headers.iter().zip(rules.iter_mut()) {
-        *r = rule(h.name.as_bytes());
-        match *r {
-            Rule::ContentLength => {
-                let v = h.value.trim_ascii();
-                let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
-                    .then(|| v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-                    .ok_or(BadResponse("invalid Content-Length"))?;
-                if content_length.is_some_and(|m| m != n) {
-                    return Err(BadResponse("conflicting Content-Length"));
-                }
-                content_length = Some(n);
-            }
-            Rule::TransferEncoding => {
-                if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    return Err(BadResponse("unsupported transfer coding"));
-                }
-                chunked = true;
-            }
-            Rule::Connection => {
-                for token in connection_tokens(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        reusable = false;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                        connection_options = true;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let bodiless = head_request || code == 204 || code == 304;
-    let framing = if bodiless {
-        Framing::Empty
-    } else if chunked {
-        if content_length.is_some() {
-            reusable = false;
-        }
-        Framing::Chunked
-    } else if let Some(n) = content_length {
-        Framing::Length(n)
-    } else {
-        reusable = false;
-        Framing::UntilClose
-    };
 
     let first = match framing {
         Framing::Length(n) => (buf.len() - len).min(usize::try_from(n).unwrap_or(usize::MAX)),
@@ -437,9 +380,9 @@ pub(crate) fn parse_response(
     // One copy of the head and the first body bytes; every value is a
     // slice of it.
     let head = Bytes::copy_from_slice(&buf[..len + first]);
-    let mut map = HeaderMap::with_capacity(resp.headers.len() + 1);
+    let mut map = HeaderMap::with_capacity(headers.len() + 1);
     let mut length_written = false;
-    for (h, r) in resp.headers.iter().zip(rules) {
+    for (h, &r) in headers.iter().zip(rules) {
         let name = h.name.as_bytes();
         match r {
             Rule::ContentLength => {
@@ -449,7 +392,7 @@ pub(crate) fn parse_response(
                 length_written = true;
             }
             r if is_hop_by_hop(r, false) => continue,
-            _ if connection_options && named_in_connection(name, resp.headers) => continue,
+            _ if connection_options && named_in_connection(name, headers) => continue,
             Rule::Keep if edits.is_some_and(|e| edited_away(e, name)) => continue,
             _ => {}
         }
