@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::proxy::drain::Drain;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use hyper::service::service_fn;
@@ -23,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::drain::Drain;
 use super::headers::ClientIp;
 use super::local::Local;
 use super::rewind::Rewind;

@@ -535,7 +535,7 @@ pub struct BadResponse(pub &'static str);
 pub(crate) struct FinalHead<'b, 'h> {
     /// Bytes of the head.
     pub(crate) len: usize,
-    /// Status code (200–599).
+    /// Status code (three digits, not 1xx).
     pub(crate) status: u16,
     /// Reason phrase.
     pub(crate) reason: &'b str,
@@ -679,45 +679,35 @@ pub fn parse_response(
     out: &mut Vec<u8>,
 ) -> Result<Response, BadResponse> {
     let mut fields = Fields::new();
-    let FinalHead {
-        len,
-        status,
-        reason,
-        headers,
-        rules,
-        framing,
-        reusable,
-        chunked,
-        connection_options,
-    } = match read_response(buf, head_request, &mut fields)? {
+    let head = match read_response(buf, head_request, &mut fields)? {
         HeadRead::Partial => return Ok(Response::Partial),
         HeadRead::Interim(len) => return Ok(Response::Interim { len }),
         HeadRead::Final(head) => head,
     };
-    let close = client_close || framing == Framing::UntilClose;
+    let close = client_close || head.framing == Framing::UntilClose;
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&[
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
+        b'0' + (head.status / 100) as u8,
+        b'0' + (head.status / 10 % 10) as u8,
+        b'0' + (head.status % 10) as u8,
         b' ',
     ]);
-    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length_written = false;
-    for (h, r) in headers.iter().zip(rules) {
+    for (h, r) in head.headers.iter().zip(head.rules) {
         let name = h.name.as_bytes();
         match *r {
             Rule::ContentLength => {
-                if !chunked && !length_written {
+                if !head.chunked && !length_written {
                     header(out, name, h.value.trim_ascii());
                     length_written = true;
                 }
             }
             r if is_hop_by_hop(r, false) => {}
-            _ if connection_options && named_in_connection(name, headers) => {}
+            _ if head.connection_options && named_in_connection(name, head.headers) => {}
             Rule::Keep if edits.is_some_and(|e| edited_away(e, name)) => {}
             _ => header(out, name, h.value),
         }
@@ -727,7 +717,7 @@ pub fn parse_response(
             header(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    if framing == Framing::Chunked {
+    if head.framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     via(out);
@@ -736,10 +726,10 @@ pub fn parse_response(
     }
     out.extend_from_slice(b"\r\n");
     Ok(Response::Ready(ResponseHead {
-        len,
-        status,
-        framing,
-        reusable,
+        len: head.len,
+        status: head.status,
+        framing: head.framing,
+        reusable: head.reusable,
         close,
     }))
 }

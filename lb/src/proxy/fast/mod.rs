@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 
-use crate::proxy::drain::Drain;
 use bytes::{Buf, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +38,7 @@ use super::Worker;
 use super::access_log::{Forwarded, Record};
 use super::attempt::{Decision, Failure, FailureKind, SendFailure, Target, Transport, body_failed};
 use super::buffers::{CLIENT_BUF, COALESCE, ClientBufs, ClientLoan, UPSTREAM_BUF, pooled};
+use super::drain::Drain;
 use super::headers::ClientIp;
 use super::local::{Local, Reply};
 use super::park::Parked;

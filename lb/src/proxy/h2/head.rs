@@ -11,8 +11,7 @@ use http::{Request, Response, StatusCode};
 
 use crate::discovery::route::HeaderEdits;
 use crate::proxy::fast::head::{
-    BadResponse, Fields, FinalHead, Framing, HeadRead, RequestEdits, header, origin_form_target,
-    read_response,
+    BadResponse, Fields, Framing, HeadRead, RequestEdits, header, origin_form_target, read_response,
 };
 use crate::proxy::filters::rewrite_target;
 use crate::proxy::headers::{
@@ -355,23 +354,14 @@ pub(crate) fn parse_response(
     edits: Option<&HeaderEdits>,
 ) -> Result<Parsed, BadResponse> {
     let mut fields = Fields::new();
-    let FinalHead {
-        len,
-        status: code,
-        headers,
-        rules,
-        framing,
-        reusable,
-        chunked,
-        connection_options,
-        ..
-    } = match read_response(buf, head_request, &mut fields)? {
+    let resp = match read_response(buf, head_request, &mut fields)? {
         HeadRead::Partial => return Ok(Parsed::Partial),
         HeadRead::Interim(len) => return Ok(Parsed::Interim(len)),
-        HeadRead::Final(head) => head,
+        HeadRead::Final(resp) => resp,
     };
-    let status = StatusCode::from_u16(code).map_err(|_| BadResponse("invalid status"))?;
+    let status = StatusCode::from_u16(resp.status).map_err(|_| BadResponse("invalid status"))?;
 
+    let (len, framing) = (resp.len, resp.framing);
     let first = match framing {
         Framing::Length(n) => (buf.len() - len).min(usize::try_from(n).unwrap_or(usize::MAX)),
         Framing::UntilClose => buf.len() - len,
@@ -380,19 +370,19 @@ pub(crate) fn parse_response(
     // One copy of the head and the first body bytes; every value is a
     // slice of it.
     let head = Bytes::copy_from_slice(&buf[..len + first]);
-    let mut map = HeaderMap::with_capacity(headers.len() + 1);
+    let mut map = HeaderMap::with_capacity(resp.headers.len() + 1);
     let mut length_written = false;
-    for (h, &r) in headers.iter().zip(rules) {
+    for (h, &r) in resp.headers.iter().zip(resp.rules) {
         let name = h.name.as_bytes();
         match r {
             Rule::ContentLength => {
-                if chunked || length_written {
+                if resp.chunked || length_written {
                     continue;
                 }
                 length_written = true;
             }
             r if is_hop_by_hop(r, false) => continue,
-            _ if connection_options && named_in_connection(name, headers) => continue,
+            _ if resp.connection_options && named_in_connection(name, resp.headers) => continue,
             Rule::Keep if edits.is_some_and(|e| edited_away(e, name)) => continue,
             _ => {}
         }
@@ -422,7 +412,7 @@ pub(crate) fn parse_response(
         len: len + first,
         first: head.slice(len..),
         framing,
-        reusable,
+        reusable: resp.reusable,
         response,
     }))
 }

@@ -37,7 +37,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::proxy::drain::Drain;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -47,6 +46,7 @@ use tracing::debug;
 
 use super::Worker;
 use super::buffers::pooled;
+use super::drain::Drain;
 use super::headers::ClientIp;
 use super::timer::LazyTimer;
 
@@ -161,10 +161,9 @@ pub(crate) async fn serve<S>(
         () = drain.cancelled() => return,
     };
     let mut streams = FuturesUnordered::new();
-    // Polled once, so that the drain wakes this task; after that an atomic
-    // load says whether it began (polling it again costs a lock).
+    // Registers this task's waker on its first poll; later polls check a
+    // flag.
     let mut cancelled = pin!(drain.cancelled());
-    let mut watching = false;
     let mut closing = false;
     let result = poll_fn(|cx| {
         loop {
@@ -202,12 +201,7 @@ pub(crate) async fn serve<S>(
                 if idle_for {
                     debug!(client = %peer, "HTTP/2 connection idle; closing");
                 }
-                let draining = if watching {
-                    drain.is_cancelled()
-                } else {
-                    watching = true;
-                    cancelled.as_mut().poll(cx).is_ready()
-                };
+                let draining = cancelled.as_mut().poll(cx).is_ready();
                 if idle_for || draining {
                     closing = true;
                     conn.graceful_shutdown();
